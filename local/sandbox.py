@@ -1,0 +1,189 @@
+"""The docker sandbox site: a real mini SLURM cluster behind a jumphost.
+
+Used by the tests and as the cluster `up` targets when the user names none.
+Only the jumphost publishes a port (on 127.0.0.1); everything else is reached
+through it, exactly as on a real site. Keys and host keys are made per
+sandbox and live in its state folder, never in the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
+COMPOSE_FILE = DOCKER_DIR / "compose.yml"
+IMAGE = "slurm-persist/sandbox"
+LOGIN_NODES = ("login1", "login2")
+COMPUTE_NODES = ("node1", "node2")
+USERS = ("alice", "mallory")
+JUMP_ALIAS = "sandbox-jump"
+JUMP_USER = "service"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be built or started; the message says why."""
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "slurm-persist" / "sandbox"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    project: str = "slurm-persist-sandbox"
+    state_dir: Path = default_state_dir()
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    def identity(self, user: str = "alice") -> Path:
+        return self.state_dir / f"id_{user}"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def up(self, timeout: float = 180) -> None:
+        """Build what is missing, start the site, wait for idle nodes."""
+        started = time.monotonic()
+        self.make_keys()
+        self.build_image()
+        log.info("sandbox=%s state=starting", self.project)
+        self.compose("up", "-d", "--no-build")
+        self.wait_ready(timeout)
+        self.write_ssh_config()
+        log.info("sandbox=%s state=ready seconds=%.1f jump_port=%d", self.project,
+                 time.monotonic() - started, self.jump_port())
+
+    def down(self) -> None:
+        self.compose("down", "-v", "--remove-orphans")
+        log.info("sandbox=%s state=down", self.project)
+
+    def is_running(self) -> bool:
+        out = self.compose("ps", "-q", "jumphost", check=False)
+        return bool(out.strip())
+
+    # -- pieces ----------------------------------------------------------
+
+    def make_keys(self) -> None:
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        for user in USERS:
+            key = self.identity(user)
+            if not key.exists():
+                _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                      f"{user}@slurm-persist-sandbox", "-f", str(key)])
+            (self.keys_dir / f"{user}.pub").write_text(key.with_suffix(".pub").read_text())
+
+    def build_image(self) -> None:
+        """Build the site image unless one from the same docker/ files exists."""
+        tag = f"{IMAGE}:{_tree_hash(DOCKER_DIR)}"
+        if _run(["docker", "image", "inspect", tag], check=False, quiet=True) is not None:
+            self._tag_latest(tag)
+            return
+        base = _run(["bash", str(DOCKER_DIR / "ensure-docker.sh")]).strip().splitlines()[-1]
+        log.info("sandbox=%s state=building image=%s base=%s", self.project, tag, base)
+        _run(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", tag,
+              str(DOCKER_DIR)])
+        self._tag_latest(tag)
+
+    def _tag_latest(self, tag: str) -> None:
+        _run(["docker", "tag", tag, f"{IMAGE}:latest"])
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until sinfo on a login node shows both compute nodes idle."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            last = self.exec("login1", "sinfo", "-h", "-N", "-o", "%N %t", check=False) or ""
+            states = dict(line.split() for line in last.splitlines() if len(line.split()) == 2)
+            if all(states.get(node) in ("idle", "mix", "alloc") for node in COMPUTE_NODES):
+                return
+            time.sleep(1)
+        raise SandboxError(f"compute nodes not idle after {timeout:.0f} s; sinfo said: {last!r}")
+
+    def jump_port(self) -> int:
+        out = self.compose("port", "jumphost", "22").strip()
+        if not out:
+            raise SandboxError("the jumphost publishes no port; is the sandbox up?")
+        return int(out.rsplit(":", 1)[1])
+
+    def host_key(self, service: str) -> str:
+        key = self.exec(service, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+        return " ".join(key.split()[:2])
+
+    def write_ssh_config(self) -> None:
+        """An ssh_config that reaches every host through the jumphost only."""
+        port = self.jump_port()
+        known = [f"[127.0.0.1]:{port} {self.host_key('jumphost')}"]
+        known += [f"{h} {self.host_key(h)}" for h in LOGIN_NODES + COMPUTE_NODES]
+        self.known_hosts.write_text("\n".join(known) + "\n")
+        self.ssh_config.write_text(
+            f"# Written by slurm-persist for the docker sandbox {self.project}.\n"
+            f"Host {JUMP_ALIAS}\n"
+            f"  HostName 127.0.0.1\n  Port {port}\n  User {JUMP_USER}\n"
+            f"Host {' '.join(LOGIN_NODES + COMPUTE_NODES)}\n"
+            f"  ProxyJump {JUMP_ALIAS}\n"
+            f"Host *\n"
+            f"  IdentityFile {self.identity('alice')}\n  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"
+            f"  BatchMode yes\n  ConnectTimeout 10\n"
+        )
+
+    # -- docker plumbing -------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SANDBOX_KEYS": str(self.keys_dir), "SANDBOX_IMAGE": f"{IMAGE}:latest"}
+
+    def compose(self, *args: str, check: bool = True) -> str:
+        cmd = ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        return _run(cmd, env=self.env(), check=check) or ""
+
+    def container(self, service: str) -> str:
+        """The container id of a service, for docker stop/start/network."""
+        cid = self.compose("ps", "-q", service).strip()
+        if not cid:
+            raise SandboxError(f"no container for {service} in {self.project}")
+        return cid
+
+    def exec(self, service: str, *cmd: str, user: str = "root", check: bool = True) -> str | None:
+        return _run(["docker", "exec", "-u", user, self.container(service), *cmd],
+                    check=check, quiet=not check)
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True,
+         quiet: bool = False) -> str | None:
+    """Run a command; return stdout, or None when it failed and check is off."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return proc.stdout
+    if check:
+        raise SandboxError(f"{' '.join(cmd[:3])}… failed ({proc.returncode}): "
+                           f"{proc.stderr.strip()[-2000:]}")
+    if not quiet:
+        log.debug("command failed rc=%d cmd=%s", proc.returncode, cmd)
+    return None
+
+
+def _tree_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

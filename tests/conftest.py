@@ -1,0 +1,128 @@
+"""Shared fixtures: the docker sandbox cluster (pytest-docker), SSH as a
+cluster user through the jumphost, and the faults the tests inject."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+from local.sandbox import COMPOSE_FILE, Sandbox
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory) -> Sandbox:
+    """Keys and image for this run's cluster; the containers come later."""
+    box = Sandbox(project=f"sptest{os.getpid()}", state_dir=tmp_path_factory.mktemp("sandbox"))
+    box.make_keys()
+    box.build_image()
+    # pytest-docker runs docker-compose with this process's environment.
+    os.environ.update({k: v for k, v in box.env().items() if k.startswith("SANDBOX_")})
+    return box
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command() -> str:
+    return "docker-compose"  # Debian's Compose v1 talks to the 20.10 engine here
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name(sandbox: Sandbox) -> str:
+    return sandbox.project
+
+
+@pytest.fixture(scope="session")
+def docker_setup(sandbox: Sandbox) -> list[str]:
+    return ["up -d --no-build"]
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup() -> list[str]:
+    return ["down -v --remove-orphans"]
+
+
+@pytest.fixture(scope="session")
+def cluster(sandbox: Sandbox, docker_services) -> Sandbox:
+    """A running sandbox site with both compute nodes idle."""
+    sandbox.wait_ready(timeout=180)
+    sandbox.write_ssh_config()
+    return sandbox
+
+
+@dataclass
+class Shell:
+    """Runs commands as a cluster user, always through the jumphost."""
+
+    cluster: Sandbox
+    user: str = "alice"
+
+    def argv(self, host: str, command: str) -> list[str]:
+        return ["ssh", "-F", str(self.cluster.ssh_config), "-i", str(self.cluster.identity(self.user)),
+                "-l", self.user, host, command]
+
+    def run(self, command: str, host: str = "login1", check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.argv(host, command), capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{self.user}@{host}: {command!r} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()}")
+        return proc
+
+    def out(self, command: str, host: str = "login1") -> str:
+        return self.run(command, host).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def alice(cluster: Sandbox) -> Shell:
+    return Shell(cluster, "alice")
+
+
+@pytest.fixture(scope="session")
+def mallory(cluster: Sandbox) -> Shell:
+    return Shell(cluster, "mallory")
+
+
+@pytest.fixture
+def faults(cluster: Sandbox):
+    """Stop containers, cut them off the network, kill processes in them;
+    whatever a test broke is mended when it ends."""
+    injector = Faults(cluster)
+    yield injector
+    injector.restore()
+
+
+class Faults:
+    def __init__(self, cluster: Sandbox):
+        self.cluster = cluster
+        self._undo: list[list[str]] = []
+
+    def stop(self, service: str) -> None:
+        cid = self.cluster.container(service)
+        subprocess.run(["docker", "stop", "-t", "2", cid], check=True, capture_output=True)
+        self._undo.append(["docker", "start", cid])
+
+    def start(self, service: str) -> None:
+        subprocess.run(["docker", "start", self.cluster.container(service)], check=True,
+                       capture_output=True)
+
+    def disconnect(self, service: str, network: str = "cluster") -> None:
+        net = f"{self.cluster.project}_{network}"
+        cid = self.cluster.container(service)
+        subprocess.run(["docker", "network", "disconnect", net, cid], check=True, capture_output=True)
+        self._undo.append(["docker", "network", "connect", "--alias", service, net, cid])
+
+    def kill(self, service: str, pattern: str, signal: str = "KILL") -> None:
+        self.cluster.exec(service, "pkill", f"-{signal}", "-f", pattern, check=False)
+
+    def restore(self) -> None:
+        for cmd in reversed(self._undo):
+            subprocess.run(cmd, capture_output=True)
+        self._undo.clear()
