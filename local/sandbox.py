@@ -139,7 +139,7 @@ class Sandbox:
             f"Host {JUMP_ALIAS}\n"
             f"  HostName 127.0.0.1\n  Port {port}\n  User {JUMP_USER}\n"
             f"Host {' '.join(LOGIN_NODES + COMPUTE_NODES)}\n"
-            f"  ProxyJump {JUMP_ALIAS}\n"
+            f"  User alice\n  ProxyJump {JUMP_ALIAS}\n"
             f"Host *\n"
             f"  IdentityFile {self.identity('alice')}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"

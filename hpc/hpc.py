@@ -1,0 +1,65 @@
+"""The example service: replace it with your own program.
+
+The contract with slurm-persist is small: listen on $HOST:$PORT (set by the
+agent; HOST is 127.0.0.1, the agent's gate is what the cluster sees) and
+answer GET /health with 200 once ready. Everything else is yours.
+"""
+
+import asyncio
+import os
+import shutil
+import socket
+import time
+
+from aiohttp import web
+
+STARTED = time.time()
+
+
+async def nvidia_smi() -> str:
+    if not shutil.which("nvidia-smi"):
+        return "no nvidia-smi on this node"
+    proc = await asyncio.create_subprocess_exec(
+        "nvidia-smi", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return out.decode(errors="replace")
+
+
+def job_info() -> dict:
+    return {
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "uptime_seconds": round(time.time() - STARTED, 1),
+        "time_left_seconds": time_left(),
+    }
+
+
+def time_left():
+    end = os.environ.get("SLURM_PERSIST_JOB_END")
+    return round(float(end) - time.time()) if end else None
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.json_response({**job_info(), "nvidia_smi": await nvidia_smi()})
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.Response(body=body, content_type=request.content_type,
+                        headers={"X-Job-Id": job_info()["job_id"] or ""})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, **job_info()})
+
+
+def app() -> web.Application:
+    application = web.Application(client_max_size=1024 ** 3)
+    application.add_routes([web.get("/", index), web.post("/", echo),
+                            web.post("/echo", echo), web.get("/health", health)])
+    return application
+
+
+if __name__ == "__main__":
+    web.run_app(app(), host=os.environ.get("HOST", "127.0.0.1"),
+                port=int(os.environ["PORT"]), print=None)

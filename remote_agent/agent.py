@@ -1,0 +1,351 @@
+"""One job of a chain: start the server behind the gate, keep exactly one
+successor queued, publish this job's endpoint, supervise, drain, hand over.
+
+Runs as the batch shell itself (``exec python3 -m remote_agent job DIR`` in
+slurm.sbatch), so ``--signal=B:USR1@N`` and SIGTERM arrive here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from . import chain, endpoint, slurm
+from .endpoint import Endpoint
+from .gate import Gate
+from .spec import Spec
+
+log = logging.getLogger("slurm_persist.agent")
+
+HEALTH_EVERY = 15.0
+HEALTH_FAILURES = 4
+OVERLAP_POLL = 2.0
+# Reasons to end that are SLURM's doing, not the server's fault.
+SIGNALLED = ("cancelled", "time limit near")
+
+
+class Agent:
+    def __init__(self, spec: Spec, job_id: str, node: str, user: str):
+        self.spec = spec
+        self.job_id = job_id
+        self.node = node
+        self.user = user
+        self.service_dir = spec.service_path
+        self.secret = secrets.token_hex(16)
+        self.gate = Gate(self.secret, self._server_address)
+        self.server: Optional[asyncio.subprocess.Process] = None
+        self.server_port = 0
+        self.restarts = 0
+        self.successor: Optional[str] = None
+        self.record: Optional[Endpoint] = None
+        self.stop_reason: Optional[str] = None
+        self._wake = asyncio.Event()
+
+    def say(self, message: str, *args) -> None:
+        log.info(f"job={self.job_id} node={self.node} " + message, *args)
+
+    # -- the job's life --------------------------------------------------
+
+    async def run(self) -> int:
+        state = chain.load(self.service_dir)
+        if state.stopped:
+            self.say("state=chain-stopped reason=%r", state.reason)
+            return 0
+        self._install_signals()
+        own = await self._own_job()
+        successor_task = asyncio.ensure_future(self._keep_successor(own))
+        port = await self.gate.start()
+        self._publish("starting", port=port, ends_at=own.end_epoch() if own else None)
+        healthy = await self._start_healthy()
+        if not healthy and self.stop_reason in SIGNALLED:
+            await self._shutdown(successor_task)
+            return 0
+        if not healthy:
+            return await self._failed_job(successor_task)
+        chain.save(self.service_dir, chain.ChainState())
+        self._publish("serving")
+        self.say("state=serving port=%d server_port=%d", port, self.server_port)
+        await self._supervise()
+        await self._shutdown(successor_task)
+        return 0
+
+    async def _failed_job(self, successor_task: asyncio.Future) -> int:
+        state = chain.load(self.service_dir)
+        failed = state.failed_jobs + 1
+        if failed >= self.spec.crash_loop_jobs and not state.stopped:
+            reason = (f"crash loop: {failed} jobs in a row never served "
+                      f"(last job {self.job_id}); fix the service and run up again")
+            chain.save(self.service_dir, chain.ChainState(failed, True, reason))
+            self.say("state=chain-stopped reason=%r", reason)
+            successor = await _wait_quietly(successor_task, 30)
+            if successor:
+                await self._slurm(slurm.scancel_argv([successor]))
+        else:
+            chain.save(self.service_dir, chain.ChainState(failed, state.stopped, state.reason))
+            successor_task.cancel()
+        self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
+        self._publish("stopped")
+        await self._stop_server()
+        endpoint.remove(self.service_dir, self.job_id)
+        return 1
+
+    async def _supervise(self) -> None:
+        """Until a signal, a handover or restarts run out."""
+        watchers = [asyncio.ensure_future(self._watch_server())]
+        if self.spec.overlap_minutes:
+            watchers.append(asyncio.ensure_future(self._watch_for_successor()))
+        await self._wake.wait()
+        for task in watchers:
+            task.cancel()
+
+    async def _shutdown(self, successor_task: asyncio.Future) -> None:
+        self.say("state=draining reason=%r active=%d", self.stop_reason, self.gate.active)
+        self._publish("draining")
+        if self.stop_reason == SIGNALLED[0]:
+            await self._release_successor(successor_task)
+        left = await self.gate.drain(self.spec.drain_seconds)
+        await self._stop_server()
+        endpoint.remove(self.service_dir, self.job_id)
+        successor_task.cancel()
+        self.say("state=ended reason=%r unfinished_connections=%d", self.stop_reason, left)
+
+    # -- the server ------------------------------------------------------
+
+    def _server_address(self):
+        return "127.0.0.1", self.server_port
+
+    async def _start_healthy(self) -> bool:
+        """Start the server, restarting it on early exit, until healthy."""
+        while True:
+            if await self._start_server():
+                return True
+            if self.stop_reason or self.restarts >= self.spec.max_restarts:
+                return False
+            self.restarts += 1
+            delay = min(2 ** self.restarts, 60)
+            self.say("state=restarting restarts=%d delay=%ds", self.restarts, delay)
+            await asyncio.sleep(delay)
+
+    async def _start_server(self) -> bool:
+        self.server_port = _free_port()
+        env = dict(os.environ, PORT=str(self.server_port), HOST="127.0.0.1",
+                   SLURM_PERSIST_SERVICE=self.spec.name)
+        if self.record and self.record.ends_at:
+            env["SLURM_PERSIST_JOB_END"] = str(self.record.ends_at)
+        self.say("state=starting command=%r port=%d", self.spec.command, self.server_port)
+        try:
+            self.server = await asyncio.create_subprocess_exec(
+                *self.spec.command, cwd=self.spec.app_dir, env=env, start_new_session=True)
+        except OSError as exc:
+            self.stop_reason = f"cannot start {self.spec.command[0]}: {exc.strerror}"
+            self.say("state=start-failed reason=%r", self.stop_reason)
+            return False
+        deadline = time.monotonic() + self.spec.health_timeout
+        while time.monotonic() < deadline and not self.stop_reason:
+            if self.server.returncode is not None:
+                self.say("state=server-exited code=%d before-healthy", self.server.returncode)
+                return False
+            if await http_ok("127.0.0.1", self.server_port, self.spec.health_path):
+                return True
+            await asyncio.sleep(0.5)
+        if not self.stop_reason:
+            self.stop_reason = (f"server not healthy at {self.spec.health_path} "
+                                f"within {self.spec.health_timeout:.0f} s")
+            self.say("state=unhealthy reason=%r", self.stop_reason)
+        await self._stop_server()
+        return False
+
+    async def _watch_server(self) -> None:
+        """Restart a server that exits or stops answering, a bounded number of times."""
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.server.wait()), HEALTH_EVERY)
+                failures = HEALTH_FAILURES
+                self.say("state=server-exited code=%s", self.server.returncode)
+            except asyncio.TimeoutError:
+                ok = await http_ok("127.0.0.1", self.server_port, self.spec.health_path)
+                failures = 0 if ok else failures + 1
+            if failures < HEALTH_FAILURES:
+                continue
+            await self._stop_server()
+            self._publish("starting")
+            if self.restarts >= self.spec.max_restarts or not await self._start_healthy():
+                return self._finish(f"server failed after {self.restarts} restarts")
+            self._publish("serving", restarts=self.restarts)
+            self.say("state=serving restarts=%d server_port=%d", self.restarts, self.server_port)
+            failures = 0
+
+    async def _stop_server(self) -> None:
+        proc, self.server = self.server, None
+        if proc is None or proc.returncode is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                await asyncio.wait_for(proc.wait(), wait)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+    # -- the chain -------------------------------------------------------
+
+    async def _own_job(self) -> Optional[slurm.Job]:
+        try:
+            jobs = await self._squeue(job_id=self.job_id)
+        except slurm.SlurmUnknown as exc:
+            self.say("slurm=unknown query=own-job error=%r", str(exc))
+            return None
+        return jobs[0] if jobs else None
+
+    async def _keep_successor(self, own: Optional[slurm.Job]) -> Optional[str]:
+        """Make sure exactly one later job of this chain is queued.
+
+        A job with a higher id than ours is a successor (ids only grow); lower
+        ids are predecessors still draining. An unknown answer is retried,
+        never taken as "none", and a failed sbatch is followed by a fresh
+        look before any second try, since it may have gone through.
+        """
+        delay = 5.0
+        while True:
+            if chain.load(self.service_dir).stopped:
+                return None
+            try:
+                jobs = await self._squeue(job_name=self.spec.job_name)
+                self._clean_stale_records(jobs)
+                later = [j.job_id for j in jobs if int(j.job_id) > int(self.job_id)]
+                if later:
+                    self.successor = later[0]
+                    self.say("successor=%s state=queued", ",".join(later))
+                    return self.successor
+                self.successor = await self._sbatch(self._dependency(own))
+                self.say("successor=%s state=submitted", self.successor)
+                return self.successor
+            except slurm.SlurmUnknown as exc:
+                self.say("slurm=unknown action=successor retry_in=%.0fs error=%r", delay, str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 120.0)
+
+    def _dependency(self, own: Optional[slurm.Job]) -> str:
+        limit = own.limit_minutes() if own else None
+        if self.spec.overlap_minutes and limit:
+            return slurm.after_start(self.job_id, limit - self.spec.overlap_minutes)
+        return slurm.after_any(self.job_id)
+
+    async def _release_successor(self, successor_task: asyncio.Future) -> None:
+        """When cancelled, let the queued successor start now, not at the
+        next scheduler pass; never for a chain that `down` stopped."""
+        if chain.load(self.service_dir).stopped or not successor_task.done():
+            return
+        successor = successor_task.result()
+        if successor:
+            await self._slurm(slurm.release_argv(successor))
+            self.say("successor=%s state=released", successor)
+
+    async def _watch_for_successor(self) -> None:
+        """Overlap mode: once a later job serves, hand over and end."""
+        while True:
+            await asyncio.sleep(OVERLAP_POLL)
+            for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
+                if not path.stem.isdigit() or int(path.stem) <= int(self.job_id):
+                    continue
+                try:
+                    newer = endpoint.read(path)
+                except endpoint.EndpointError:
+                    continue
+                if newer.state == "serving":
+                    self.say("successor=%s state=serving handover_in=%.0fs", newer.job_id,
+                             self.spec.drain_seconds)
+                    # Keep accepting while forwarders notice the new endpoint.
+                    await asyncio.sleep(self.spec.drain_seconds)
+                    return self._finish("handed over")
+
+    def _clean_stale_records(self, active: List[slurm.Job]) -> None:
+        alive = {j.job_id for j in active} | {self.job_id}
+        for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
+            if path.stem not in alive:
+                path.unlink()
+                self.say("record=%s state=removed-stale", path.stem)
+
+    async def _squeue(self, **query) -> List[slurm.Job]:
+        rc, out, err = await self._slurm(slurm.squeue_argv(self.user, **query))
+        return slurm.interpret_squeue(rc, out, err)
+
+    async def _sbatch(self, dependency: str) -> str:
+        rc, out, err = await self._slurm(slurm.sbatch_argv(self.spec, dependency))
+        return slurm.parse_sbatch(rc, out, err)
+
+    async def _slurm(self, argv: List[str]):
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return 255, "", f"{argv[0]}: {exc}"
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    # -- signals and records ---------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_event_loop()
+        loop.add_signal_handler(signal.SIGUSR1, self._finish, SIGNALLED[1])
+        loop.add_signal_handler(signal.SIGTERM, self._finish, SIGNALLED[0])
+        loop.add_signal_handler(signal.SIGINT, self._finish, SIGNALLED[0])
+
+    def _finish(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._wake.set()
+
+    def _publish(self, state: str, **changes) -> None:
+        if self.record is None:
+            self.record = Endpoint(
+                service=self.spec.name, job_id=self.job_id, node=self.node, host=self.node,
+                port=changes.pop("port"), socket=None, login_node=None, state=state,
+                started=time.time(), ends_at=changes.pop("ends_at"),
+                secret=self.secret)
+        self.record = self.record.with_state(state, restarts=self.restarts, **changes)
+        endpoint.write(self.service_dir, self.record)
+
+
+async def http_ok(host: str, port: int, path: str, timeout: float = 5.0) -> bool:
+    """True when GET path answers 2xx. Plain asyncio: the agent has no aiohttp."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        status = await asyncio.wait_for(reader.readline(), timeout)
+        parts = status.split()
+        return len(parts) >= 2 and parts[1][:1] == b"2"
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return False
+    finally:
+        writer.close()
+
+
+async def _wait_quietly(task: asyncio.Future, timeout: float):
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        task.cancel()
+        return None
+
+
+def _free_port() -> int:
+    """A loopback port for the server. The server binds it itself, so a
+    collision is possible and is handled as an early exit + restart."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

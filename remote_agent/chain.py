@@ -1,0 +1,48 @@
+"""The chain's own state, shared by all its jobs: ``<service dir>/chain.json``.
+
+It carries what must outlive one job: how many jobs in a row failed to
+serve (the crash-loop guard), and whether the chain was stopped (by `down`,
+or by the guard) and why. Jobs read it before they submit a successor or
+release one, so a stopped chain stays stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FORMAT = 1
+FILENAME = "chain.json"
+
+
+@dataclass(frozen=True)
+class ChainState:
+    failed_jobs: int = 0
+    stopped: bool = False
+    reason: str = ""
+    format: int = FORMAT
+
+
+def load(service_dir: Path) -> ChainState:
+    """A missing file is a fresh chain; a broken one is read as fresh too,
+    but said so, because refusing to run would end a healthy chain."""
+    path = Path(service_dir) / FILENAME
+    try:
+        data = json.loads(path.read_text())
+        return ChainState(failed_jobs=int(data["failed_jobs"]), stopped=bool(data["stopped"]),
+                          reason=str(data["reason"]))
+    except FileNotFoundError:
+        return ChainState()
+    except (ValueError, KeyError, TypeError) as exc:
+        return ChainState(reason=f"chain.json unreadable ({exc}); started afresh")
+
+
+def save(service_dir: Path, state: ChainState) -> None:
+    path = Path(service_dir) / FILENAME
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".chain-")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(state), handle)
+    os.replace(tmp, path)

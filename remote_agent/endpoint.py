@@ -1,0 +1,140 @@
+"""The endpoint record: where one job of a chain serves, and how to enter.
+
+This module is the one definition of the format, read by the local side and
+written by the agent. One record per job, under
+``<service dir>/endpoints/<job id>.json``, written atomically (temp file +
+``os.replace``) with mode 0600, because it holds the job's secret.
+
+Format 1, a JSON object:
+
+=============  ==========================================================
+``format``     1
+``service``    the service's name
+``job_id``     the SLURM job that owns this record (a string)
+``node``       the compute node the job runs on
+``host``       the address a login node uses to reach ``port``
+``port``       the agent's gate on ``host`` (direct mode), else null
+``socket``     the Unix socket on ``login_node`` (reverse mode), else null
+``login_node`` the login node holding ``socket`` (reverse mode), else null
+``state``      starting | serving | draining | stopped
+``started``    when the job's agent started (Unix time)
+``ends_at``    the job's time limit as Unix time, null when unknown
+``secret``     hex; a connection must present it before any byte reaches
+               the service (see :mod:`remote_agent.gate`)
+``restarts``   how many times the agent restarted the server in this job
+=============  ==========================================================
+
+A reader trusts a record only for the job SLURM says is running; a record
+that does not parse is an error for that record, never for the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+FORMAT = 1
+STATES = ("starting", "serving", "draining", "stopped")
+ENDPOINTS_DIR = "endpoints"
+
+
+class EndpointError(ValueError):
+    """A record that is missing, truncated, of another format or malformed."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    service: str
+    job_id: str
+    node: str
+    host: str
+    port: Optional[int]
+    socket: Optional[str]
+    login_node: Optional[str]
+    state: str
+    started: float
+    ends_at: Optional[float]
+    secret: str
+    restarts: int = 0
+    format: int = FORMAT
+
+    def with_state(self, state: str, **changes) -> "Endpoint":
+        values = asdict(self)
+        values.update(changes, state=state)
+        return Endpoint(**values)
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+_TYPES = {
+    "service": str, "job_id": str, "node": str, "host": str, "state": str, "secret": str,
+    "port": (int, type(None)), "socket": (str, type(None)), "login_node": (str, type(None)),
+    "started": (int, float), "ends_at": (int, float, type(None)), "restarts": int, "format": int,
+}
+
+
+def loads(text: str) -> Endpoint:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise EndpointError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise EndpointError("not a JSON object")
+    if data.get("format") != FORMAT:
+        raise EndpointError(f"format {data.get('format')!r}, this version reads {FORMAT}")
+    known = {f.name for f in fields(Endpoint)}
+    missing = known - set(data)
+    if missing:
+        raise EndpointError(f"missing {', '.join(sorted(missing))}")
+    for name in known:
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, _TYPES[name]):
+            raise EndpointError(f"{name} has the wrong type ({type(value).__name__})")
+    if data["state"] not in STATES:
+        raise EndpointError(f"unknown state {data['state']!r}")
+    if (data["port"] is None) == (data["socket"] is None):
+        raise EndpointError("exactly one of port and socket must be set")
+    if data["port"] is not None and not 0 < data["port"] < 65536:
+        raise EndpointError(f"port {data['port']} out of range")
+    return Endpoint(**{name: data[name] for name in known})
+
+
+def path_for(service_dir: Path, job_id: str) -> Path:
+    return Path(service_dir) / ENDPOINTS_DIR / f"{job_id}.json"
+
+
+def write(service_dir: Path, endpoint: Endpoint) -> Path:
+    """Replace this job's record atomically; readers see old or new, never half."""
+    target = path_for(service_dir, endpoint.job_id)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp already made it 0600
+            handle.write(endpoint.dumps())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target
+
+
+def read(path: Path) -> Endpoint:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise EndpointError(f"cannot read {path}: {exc.strerror}") from None
+    return loads(text)
+
+
+def remove(service_dir: Path, job_id: str) -> None:
+    try:
+        path_for(service_dir, job_id).unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,120 @@
+"""The gate: the only listener a job opens to the cluster network.
+
+A compute node is shared with other users, so the user's server listens on
+127.0.0.1 only and the gate stands in front of it on the node's address.
+A connection must first send one line, ``SLURM-PERSIST/1 <secret>\\n``,
+with the secret from this job's 0600 endpoint record; then its bytes are
+relayed both ways, untouched. Anything else is closed before a byte reaches
+the server. The gate also counts open connections, so a job can drain.
+
+:func:`relay` is shared with the local forwarder, which speaks the other end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import socket
+from typing import Callable, Optional, Set, Tuple
+
+log = logging.getLogger("slurm_persist.gate")
+
+MAGIC = b"SLURM-PERSIST/1 "
+HANDSHAKE_TIMEOUT = 10.0
+CHUNK = 256 * 1024
+
+
+def preamble(secret: str) -> bytes:
+    return MAGIC + secret.encode("ascii") + b"\n"
+
+
+def nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+
+async def relay(a: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                b: Tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+    """Copy bytes both ways until both sides are done, then close both."""
+    for _, writer in (a, b):
+        nodelay(writer)
+    try:
+        await asyncio.gather(_pump(a[0], b[1]), _pump(b[0], a[1]))
+    finally:
+        for _, writer in (a, b):
+            writer.close()
+
+
+class Gate:
+    """Accepts on (host, port), checks the secret, relays to the target."""
+
+    def __init__(self, secret: str, target: Callable[[], Tuple[str, int]]):
+        self._secret = preamble(secret)
+        self._target = target
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._active: Set[asyncio.Task] = set()
+        self.rejected = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
+        """Bind (port 0: the kernel picks, so no bind-then-close race)."""
+        self._server = await asyncio.start_server(self._accept, host, port)
+        return self._server.sockets[0].getsockname()[1]
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> int:
+        """Stop accepting; wait for open connections; return how many remain."""
+        self.stop_accepting()
+        if self._active:
+            await asyncio.wait(set(self._active), timeout=timeout)
+        return self.active
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._active.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._active.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            line = await asyncio.wait_for(reader.readline(), HANDSHAKE_TIMEOUT)
+        except (asyncio.TimeoutError, ValueError, ConnectionError):
+            line = b""
+        if not hmac.compare_digest(line, self._secret):
+            self.rejected += 1
+            log.warning("gate=reject peer=%s reason=bad-secret", peer)
+            writer.close()
+            return
+        host, port = self._target()
+        try:
+            upstream = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            log.warning("gate=upstream-failed target=%s:%d error=%s", host, port, exc)
+            writer.close()
+            return
+        await relay((reader, writer), upstream)

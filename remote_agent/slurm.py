@@ -1,0 +1,167 @@
+"""The one place that knows SLURM's command lines and text formats.
+
+Builds argv lists (never shell strings: a caller that must go through a
+shell joins them with ``shlex.join``) and parses what the commands print.
+Used by the agent inside jobs and, over SSH, by the local side.
+
+Job state is three-valued: a query that succeeds says which jobs exist (an
+empty answer means *gone*); a query that fails or prints garbage raises
+:class:`SlurmUnknown`, which never counts as gone. squeue exits non-zero
+both for a vanished job id and for an unreachable controller, so chains are
+always looked up by job name and user, where "none" is an exit 0.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from .spec import Spec
+
+ACTIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
+    "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
+})
+_FIELDS = ("job_id", "name", "state", "node", "reason", "time_limit", "end_time", "start_time")
+SQUEUE_FORMAT = "|".join(("%i", "%j", "%T", "%N", "%r", "%l", "%e", "%S"))
+_JOB_ID = re.compile(r"^\d+$")
+
+
+class SlurmUnknown(RuntimeError):
+    """SLURM gave no usable answer: the state is unknown, not empty."""
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    name: str
+    state: str
+    node: str
+    reason: str
+    time_limit: str
+    end_time: str
+    start_time: str
+
+    @property
+    def running(self) -> bool:
+        return self.state == "RUNNING"
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "PENDING"
+
+    def end_epoch(self) -> Optional[float]:
+        return parse_timestamp(self.end_time)
+
+    def limit_minutes(self) -> Optional[int]:
+        return parse_duration_minutes(self.time_limit)
+
+
+def squeue_argv(user: str, job_name: Optional[str] = None, job_id: Optional[str] = None) -> List[str]:
+    argv = ["squeue", "--noheader", f"--user={user}", f"--format={SQUEUE_FORMAT}"]
+    if job_name is not None:
+        argv.append(f"--name={job_name}")
+    if job_id is not None:
+        argv.append(f"--jobs={job_id}")
+    return argv
+
+
+def parse_squeue(text: str) -> List[Job]:
+    jobs = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) != len(_FIELDS) or not _JOB_ID.match(parts[0]):
+            raise SlurmUnknown(f"unexpected squeue line: {line[:200]!r}")
+        jobs.append(Job(*parts))
+    return jobs
+
+
+def interpret_squeue(returncode: int, stdout: str, stderr: str) -> List[Job]:
+    """Active jobs, or SlurmUnknown; an exit 0 with no line means none."""
+    if returncode != 0:
+        raise SlurmUnknown(f"squeue exited {returncode}: {stderr.strip()[:300]}")
+    return [job for job in parse_squeue(stdout) if job.state in ACTIVE_STATES]
+
+
+def sbatch_argv(spec: Spec, dependency: Optional[str] = None) -> List[str]:
+    argv = [
+        "sbatch", "--parsable",
+        f"--job-name={spec.job_name}",
+        f"--output={spec.service_dir}/logs/%j.out",
+        f"--chdir={spec.app_dir}",
+        f"--signal=B:USR1@{spec.warn_seconds}",
+        f"--export=ALL,SLURM_PERSIST_SERVICE_DIR={spec.service_dir},"
+        f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
+        *spec.sbatch_options,
+    ]
+    if dependency:
+        argv.append(f"--dependency={dependency}")
+    argv.append(f"{spec.app_dir}/{spec.script}")
+    return argv
+
+
+def parse_sbatch(returncode: int, stdout: str, stderr: str) -> str:
+    """The new job id; SlurmUnknown when sbatch failed or said something odd."""
+    if returncode != 0:
+        raise SlurmUnknown(f"sbatch exited {returncode}: {stderr.strip()[:300]}")
+    first = stdout.strip().split(";")[0]
+    if not _JOB_ID.match(first):
+        raise SlurmUnknown(f"sbatch printed no job id: {stdout.strip()[:200]!r}")
+    return first
+
+
+def after_any(job_id: str) -> str:
+    return f"afterany:{job_id}"
+
+
+def after_start(job_id: str, minutes: int) -> str:
+    """Eligible `minutes` after job_id *started*: the overlap dependency."""
+    return f"after:{job_id}+{max(minutes, 0)}"
+
+
+def scancel_argv(job_ids: Sequence[str]) -> List[str]:
+    for job_id in job_ids:
+        if not _JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+    return ["scancel", *job_ids]
+
+
+def release_argv(job_id: str) -> List[str]:
+    """Drop a pending job's dependency so it may start at once."""
+    return ["scontrol", "update", f"JobId={job_id}", "Dependency="]
+
+
+def parse_timestamp(text: str) -> Optional[float]:
+    """squeue's local-time stamps (2026-11-24T08:47:18); None for N/A etc."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def parse_duration_minutes(text: str) -> Optional[int]:
+    """SLURM durations: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; None for UNLIMITED."""
+    text = text.strip()
+    if "-" in text:
+        head, _, text = text.partition("-")
+        if not head.isdigit():
+            return None
+        days = int(head)
+        parts = text.split(":")
+        if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+            return None
+        hours, minutes = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+        return days * 1440 + hours * 60 + minutes
+    parts = text.split(":")
+    if not text or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        return None
+    nums = [int(p) for p in parts]
+    if len(nums) == 1:
+        return nums[0]
+    if len(nums) == 2:
+        return nums[0]
+    return nums[0] * 60 + nums[1]

@@ -1,0 +1,115 @@
+"""The service spec: what `deploy` tells every job of a chain.
+
+Written by the local side as ``<service dir>/spec.json`` (0600), read by the
+agent at the start of each job. Paths are absolute on the cluster.
+
+Layout of a service dir (``~/.slurm-persist/services/<name>/``)::
+
+    spec.json          this spec
+    app/               the user's service files (hpc/ by default)
+    endpoints/         one endpoint record per job, see remote_agent.endpoint
+    logs/<job>.out     each job's output, agent lines and server output
+    chain.json         the chain's own state, see remote_agent.chain
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import List
+
+FORMAT = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# "reverse" (a socket on the login node) is planned; until then only direct.
+MODES = ("direct",)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message says which field and why."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Names end up in paths, job names and shell commands: keep them plain."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise SpecError(f"{kind} {value!r}: use 1-63 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit")
+    return value
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    job_name: str
+    service_dir: str
+    app_dir: str
+    agent_dir: str
+    script: str = "slurm.sbatch"
+    command: List[str] = field(default_factory=lambda: ["./run"])
+    sbatch_options: List[str] = field(default_factory=list)
+    health_path: str = "/health"
+    health_timeout: float = 600.0
+    mode: str = "direct"
+    overlap_minutes: int = 0
+    warn_seconds: int = 90
+    drain_seconds: float = 30.0
+    max_restarts: int = 3
+    crash_loop_jobs: int = 3
+    format: int = FORMAT
+
+    def __post_init__(self) -> None:
+        check_name("service name", self.name)
+        check_name("job name", self.job_name)
+        if self.mode not in MODES:
+            raise SpecError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if not self.health_path.startswith("/"):
+            raise SpecError(f"health path {self.health_path!r} must start with '/'")
+        if not self.command:
+            raise SpecError("command is empty")
+        for name in ("overlap_minutes", "warn_seconds", "max_restarts", "crash_loop_jobs"):
+            if getattr(self, name) < 0:
+                raise SpecError(f"{name} must not be negative")
+        for option in self.sbatch_options:
+            if not option.startswith("--") or "\n" in option:
+                raise SpecError(f"sbatch option {option!r}: write it as --name=value")
+
+    @property
+    def service_path(self) -> Path:
+        return Path(self.service_dir)
+
+    def log_path(self, job_id: str) -> Path:
+        return self.service_path / "logs" / f"{job_id}.out"
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def loads(text: str) -> Spec:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SpecError(f"spec is not JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise SpecError(f"spec format {data.get('format') if isinstance(data, dict) else None!r}, "
+                        f"this agent reads {FORMAT}: deploy again")
+    known = {f.name for f in fields(Spec)}
+    unknown = set(data) - known
+    if unknown:
+        raise SpecError(f"unknown spec fields: {', '.join(sorted(unknown))}")
+    try:
+        return Spec(**data)
+    except TypeError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def load(service_dir: Path) -> Spec:
+    path = Path(service_dir) / "spec.json"
+    try:
+        return loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def default_service_dir(home: str, name: str) -> str:
+    return f"{home}/.slurm-persist/services/{check_name('service name', name)}"
