@@ -2,6 +2,8 @@
 
     python3 -m remote_agent job SERVICE_DIR    run this SLURM job's part of the chain
     python3 -m remote_agent show SERVICE_DIR   print the chain state and endpoint records as JSON
+    python3 -m remote_agent stop SERVICE_DIR   mark the chain stopped (before `down` cancels it)
+    python3 -m remote_agent reset SERVICE_DIR  clear the stop mark and the crash count (`up`)
 """
 
 from __future__ import annotations
@@ -50,13 +52,27 @@ def show(service_dir: Path) -> int:
     return 0
 
 
+def stop(service_dir: Path) -> int:
+    state = chain.load(service_dir)
+    chain.save(service_dir, chain.ChainState(state.failed_jobs, True, "stopped by down"))
+    return 0
+
+
+def reset(service_dir: Path) -> int:
+    chain.save(service_dir, chain.ChainState())
+    return 0
+
+
+COMMANDS = {"job": job, "show": show, "stop": stop, "reset": reset}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m remote_agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("job", "show"))
+    parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("service_dir", type=Path)
     args = parser.parse_args(argv)
-    return {"job": job, "show": show}[args.command](args.service_dir.expanduser())
+    return COMMANDS[args.command](args.service_dir.expanduser())
 
 
 if __name__ == "__main__":

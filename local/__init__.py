@@ -1,0 +1,39 @@
+"""slurm-persist, laptop side: keep a service that runs in a chain of SLURM
+jobs reachable on 127.0.0.1:PORT.
+
+From Python, with the command line's options as keyword arguments::
+
+    from local import run_sync
+    run_sync(hpc_system_url="login1.example.org", local_port=8642, username="alice",
+             local_hpc_script_dir="hpc", jumphost_url="jump.example.org",
+             jumphost_username="alice", retries=3)
+
+`run_sync` blocks while forwarding (like `slurm-persist up`); `run` is the
+same for an asyncio program and returns when the task running it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from . import config, service
+
+
+def _options(kwargs: dict[str, Any]) -> config.Options:
+    return service.resolve(config.load(kwargs))
+
+
+def run_sync(**kwargs: Any) -> int:
+    """Deploy, ensure the chain and forward until interrupted (SIGINT/SIGTERM)."""
+    return service.up(_options(kwargs))
+
+
+async def run(**kwargs: Any) -> None:
+    """The forwarder inside the caller's event loop; cancel the task to stop."""
+    options = await asyncio.to_thread(_options, kwargs)
+    await asyncio.to_thread(service.prepare, options)
+    await service.forward(options)
+
+
+__all__ = ["run", "run_sync"]

@@ -1,0 +1,153 @@
+"""A service's chain as the laptop sees it: paths on the cluster, the jobs
+SLURM knows, the records the agents published, and the few actions the
+local side takes (start a chain, stop it). All SLURM text goes through
+remote_agent.slurm; every command goes through the Site's failover.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from remote_agent import endpoint, slurm
+from remote_agent.chain import ChainState
+from remote_agent.endpoint import Endpoint
+from remote_agent.spec import Spec
+
+from .config import Options
+from .remote import Site
+
+log = logging.getLogger("slurm_persist.cluster")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Absolute paths of one service on the cluster."""
+
+    home: str
+    agent_dir: str
+    service_dir: str
+    app_dir: str
+
+    @classmethod
+    def of(cls, options: Options, home: str) -> "Layout":
+        def expand(path: str) -> str:
+            return home + path[1:] if path.startswith("~") else path
+        service_dir = expand(options.server_and_port_file
+                             or f"~/.slurm-persist/services/{options.name}")
+        app_dir = expand(options.hpc_script_dir or f"{service_dir}/app")
+        for path in (service_dir, app_dir):
+            if not path.startswith("/") or "," in path or "\n" in path:
+                raise ValueError(f"cluster path {path!r}: use an absolute path without commas")
+        return cls(home, f"{home}/.slurm-persist/agent", service_dir, app_dir)
+
+
+@dataclass
+class Snapshot:
+    """What the service dir says: chain state and records by job id."""
+
+    chain: ChainState
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Chain:
+    def __init__(self, site: Site, options: Options):
+        self.site = site
+        self.options = options
+        self._layout: Optional[Layout] = None
+        self._user = options.username
+
+    @property
+    def layout(self) -> Layout:
+        if self._layout is None:
+            result = self.site.run(["printenv", "HOME"])
+            home = result.stdout.strip()
+            if result.returncode != 0 or not home.startswith("/"):
+                raise RuntimeError(f"cannot find the home directory on {result.host}")
+            self._layout = Layout.of(self.options, home)
+        return self._layout
+
+    def spec(self) -> Spec:
+        o, lay = self.options, self.layout
+        return Spec(name=o.name, job_name=o.job_name, service_dir=lay.service_dir,
+                    app_dir=lay.app_dir, agent_dir=lay.agent_dir,
+                    sbatch_options=list(o.sbatch_options), health_path=o.health_path,
+                    overlap_minutes=o.overlap_minutes,
+                    drain_seconds=max(30.0, 3 * o.heartbeat_time))
+
+    # -- reading ---------------------------------------------------------
+
+    def jobs(self) -> list[slurm.Job]:
+        """Active jobs of this chain, oldest first; SlurmUnknown when unsure."""
+        if not self._user:
+            self._user = self.site.run(["id", "-un"]).stdout.strip()
+        result = self.site.run(slurm.squeue_argv(self._user, job_name=self.options.job_name))
+        jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
+        return sorted(jobs, key=lambda j: int(j.job_id))
+
+    def snapshot(self) -> Snapshot:
+        result = self.agent("show")
+        if result.returncode != 0:
+            raise RuntimeError(f"reading the service dir failed: {result.stderr.strip()[:300]}")
+        data = json.loads(result.stdout)
+        state = ChainState(**{k: v for k, v in data["chain"].items() if k != "format"})
+        records = {}
+        errors = dict(data["errors"])
+        for raw in data["endpoints"]:
+            try:
+                record = endpoint.loads(json.dumps(raw))
+                records[record.job_id] = record
+            except endpoint.EndpointError as exc:
+                errors[str(raw.get("job_id"))] = str(exc)
+        return Snapshot(state, records, errors)
+
+    def serving(self, jobs: list[slurm.Job], snap: Snapshot) -> Optional[Endpoint]:
+        """The newest record that is serving *and* whose job SLURM runs."""
+        running = {j.job_id for j in jobs if j.running}
+        live = [e for e in snap.endpoints.values() if e.job_id in running and e.state == "serving"]
+        return max(live, key=lambda e: int(e.job_id)) if live else None
+
+    def agent(self, command: str):
+        lay = self.layout
+        return self.site.run(["env", f"PYTHONPATH={lay.agent_dir}", "python3", "-m",
+                              "remote_agent", command, lay.service_dir])
+
+    # -- acting ----------------------------------------------------------
+
+    def ensure(self) -> tuple[str, bool]:
+        """The chain's oldest active job, starting a chain only when SLURM
+        says for certain that none exists (SlurmUnknown propagates)."""
+        jobs = self.jobs()
+        if jobs:
+            return jobs[0].job_id, False
+        self.agent("reset")
+        result = self.site.run(slurm.sbatch_argv(self.spec()))
+        job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
+        log.info("service=%s job=%s state=submitted", self.options.name, job_id)
+        return job_id, True
+
+    def cancel_all(self, timeout: float = 60) -> list[str]:
+        """Stop the chain: mark it stopped first, so no agent submits or
+        releases a successor, then cancel pending jobs before running ones."""
+        self.agent("stop")
+        cancelled: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = self.jobs()
+            if not jobs:
+                return cancelled
+            order = [j.job_id for j in jobs if not j.running] + [j.job_id for j in jobs if j.running]
+            fresh = [j for j in order if j not in cancelled]
+            if fresh:
+                self.site.run(slurm.scancel_argv(fresh))
+                cancelled += fresh
+            time.sleep(1)
+        raise RuntimeError(f"jobs still queued after {timeout:.0f} s: "
+                           f"{', '.join(j.job_id for j in self.jobs())}")
+
+    def log_path(self, job_id: str) -> str:
+        return f"{self.layout.service_dir}/logs/{job_id}.out"

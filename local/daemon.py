@@ -1,0 +1,100 @@
+"""Running the forwarder in the background: a real daemon (double fork,
+new session, no terminal), with a pid file and a log file in the service's
+local state directory, so `status` and `down` can find it later.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .config import state_dir
+
+
+def pid_path(name: str) -> Path:
+    return state_dir(name) / "forwarder.pid"
+
+
+def log_path(name: str) -> Path:
+    return state_dir(name) / "forwarder.log"
+
+
+def running_pid(name: str) -> Optional[int]:
+    """The live forwarder's pid, or None (a stale pid file is removed)."""
+    path = pid_path(name)
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid and alive(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def write_pid(name: str) -> None:
+    pid_path(name).write_text(f"{os.getpid()}\n")
+
+
+def clear_pid(name: str) -> None:
+    if running_pid(name) == os.getpid():
+        pid_path(name).unlink(missing_ok=True)
+
+
+def daemonize(name: str, body: Callable[[], int]) -> int:
+    """Fork; the grandchild runs body() detached, logging to the log file.
+    Returns the daemon's pid in the calling process."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            return int(pipe.read() or 0)
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.write(write_end, str(os.getpid()).encode())
+    os.close(write_end)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    code = 1
+    try:
+        code = body()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def stop(name: str, timeout: float = 15) -> Optional[int]:
+    """SIGTERM the forwarder and wait for it; returns its pid if one ran."""
+    pid = running_pid(name)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    pid_path(name).unlink(missing_ok=True)
+    return pid

@@ -1,0 +1,329 @@
+"""The forwarder: 127.0.0.1:PORT, always open, always pointed at the live job.
+
+The local port is bound once for the forwarder's whole life. Each client
+connection is relayed to the current *route* (an endpoint record reached
+through an OpenSSH forward, entered with the job's secret). Every heartbeat
+the service is probed over HTTP through that same route; while it answers,
+nothing else is asked of the cluster. When it fails, recovery tells apart:
+
+- the tunnel died: rebuild it, on the next login node if this one is down;
+- the job is gone: use the successor's record, or start a chain when SLURM
+  says for certain that none exists;
+- SLURM or the login nodes do not answer: wait. Unknown never resubmits.
+
+While no route is healthy, new connections are held (up to hold_seconds)
+instead of refused, so a rollover looks like a slow request, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import aiohttp
+
+from remote_agent import slurm
+from remote_agent.endpoint import Endpoint
+from remote_agent.gate import preamble, relay
+
+from .cluster import Chain
+from .config import Options, state_dir
+from .remote import Unreachable
+from .tunnel import Tunnel, TunnelError, runtime_dir
+
+log = logging.getLogger("slurm_persist.forwarder")
+
+PROBE_TIMEOUT = 10.0
+# Start reading records this long before a job's end, to catch the overlap successor.
+HANDOVER_WINDOW = 180.0
+
+
+class NeverServed(RuntimeError):
+    """Before the first success: the service never became reachable."""
+
+
+class Route:
+    """One endpoint, reached through one tunnel's forward socket."""
+
+    def __init__(self, endpoint: Endpoint, tunnel: Tunnel, socket_path: Path):
+        self.endpoint = endpoint
+        self.tunnel = tunnel
+        self.socket_path = socket_path
+        self._probe_server: Optional[asyncio.AbstractServer] = None
+        self.probe_port = 0
+
+    async def open(self):
+        reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        writer.write(preamble(self.endpoint.secret))
+        return reader, writer
+
+    async def start(self) -> None:
+        """A private loopback port that enters this route, for aiohttp probes."""
+        self._probe_server = await asyncio.start_server(self._probe_client, "127.0.0.1", 0)
+        self.probe_port = self._probe_server.sockets[0].getsockname()[1]
+
+    async def _probe_client(self, reader, writer) -> None:
+        try:
+            upstream = await self.open()
+        except OSError:
+            writer.close()
+            return
+        await relay((reader, writer), upstream)
+
+    async def probe(self, session: aiohttp.ClientSession, path: str) -> bool:
+        url = f"http://127.0.0.1:{self.probe_port}{path}"
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as resp:
+                await resp.read()
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    def close(self) -> None:
+        if self._probe_server is not None:
+            self._probe_server.close()
+
+    def describe(self) -> str:
+        e = self.endpoint
+        return f"job={e.job_id} node={e.node} login={self.tunnel.login}"
+
+
+@dataclass
+class Status:
+    """What `status` shows about a running forwarder (status.json)."""
+
+    pid: int
+    service: str
+    local_port: int
+    state: str = "starting"
+    job_id: str = ""
+    node: str = ""
+    login: str = ""
+    since: float = 0.0
+    switches: int = 0
+    message: str = ""
+
+
+class Forwarder:
+    def __init__(self, options: Options, chain: Chain):
+        self.options = options
+        self.chain = chain
+        self.route: Optional[Route] = None
+        self.healthy = asyncio.Event()
+        self._kick = asyncio.Event()
+        self._tunnels: dict[str, Tunnel] = {}
+        self._runtime = runtime_dir(options.name)
+        self._listeners: list[asyncio.AbstractServer] = []
+        self.attempts = 0
+        self.ever_served = False
+        self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
+        self._status_path = state_dir(options.name) / "status.json"
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def listen(self) -> None:
+        """Bind the local port on loopback only; fails if it is taken."""
+        port = self.options.local_port
+        self._listeners.append(await asyncio.start_server(self._client, "127.0.0.1", port))
+        try:
+            self._listeners.append(await asyncio.start_server(self._client, "::1", port))
+        except OSError as exc:
+            log.info("listen=::1 port=%d state=skipped reason=%r", port, exc.strerror)
+        log.info("listen=127.0.0.1 port=%d state=open", port)
+
+    async def run(self) -> None:
+        """Serve until cancelled; the local port never closes in between."""
+        if not self._listeners:
+            await self.listen()
+        try:
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    await self._heartbeat(session)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for server in self._listeners:
+            server.close()
+        if self.route:
+            self.route.close()
+        for tunnel in self._tunnels.values():
+            await tunnel.close()
+        self._set_status("stopped")
+
+    # -- the loop --------------------------------------------------------
+
+    async def _heartbeat(self, session: aiohttp.ClientSession) -> None:
+        if self.route and await self.route.probe(session, self.options.health_path):
+            if not self.healthy.is_set():
+                log.info("%s state=serving local=127.0.0.1:%d", self.route.describe(),
+                         self.options.local_port)
+                self._set_status("serving")
+            self.healthy.set()
+            if self._near_end():
+                await self._look_for_successor(session)
+            await self._sleep(self.options.heartbeat_time)
+            return
+        if self.route:
+            log.warning("%s state=probe-failed", self.route.describe())
+        self.healthy.clear()
+        await self._recover(session)
+
+    async def _recover(self, session: aiohttp.ClientSession) -> None:
+        self.attempts += 1
+        try:
+            await self._recover_once(session)
+        except (slurm.SlurmUnknown, Unreachable, RuntimeError) as exc:
+            self._set_status("waiting", f"cluster unknown: {exc}")
+            log.warning("slurm=unknown action=wait error=%r", str(exc)[:300])
+        if not self.healthy.is_set():
+            if self.ever_served or self.attempts < self.options.max_attempts_get_server_and_port:
+                return await self._sleep(self.options.delay_between_server_and_port)
+            raise NeverServed(f"no healthy endpoint after {self.attempts} attempts; "
+                              f"see: slurm-persist logs --name {self.options.name}")
+
+    async def _recover_once(self, session: aiohttp.ClientSession) -> None:
+        jobs, snap = await asyncio.to_thread(self._read_cluster)
+        if snap.chain.stopped:
+            self._set_status("stopped", snap.chain.reason)
+            log.error("service=%s state=chain-stopped reason=%r", self.options.name, snap.chain.reason)
+            return
+        target = self.chain.serving(jobs, snap)
+        if target and await self._switch(target, session):
+            return
+        if not jobs:
+            job_id, created = await asyncio.to_thread(self.chain.ensure)
+            log.info("service=%s job=%s state=%s", self.options.name, job_id,
+                     "chain-started" if created else "chain-found")
+            return
+        waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
+                           for j in jobs)
+        self._set_status("waiting", waiting)
+        log.info("service=%s state=waiting %s", self.options.name, waiting)
+
+    def _read_cluster(self):
+        return self.chain.jobs(), self.chain.snapshot()
+
+    async def _switch(self, target: Endpoint, session: aiohttp.ClientSession) -> bool:
+        """Build a route to target and take it once it answers the probe."""
+        for login in self._logins():
+            try:
+                tunnel = await self._tunnel(login)
+                route = Route(target, tunnel, await tunnel.forward(target.host, target.port))
+            except TunnelError as exc:
+                log.warning("login=%s state=tunnel-failed error=%r", login, str(exc))
+                continue
+            await route.start()
+            if not await route.probe(session, self.options.health_path):
+                log.warning("%s state=not-answering", route.describe())
+                route.close()
+                continue
+            old, self.route = self.route, route
+            if old:
+                old.close()  # its open connections keep their own forward
+                self.status.switches += 1
+            self.healthy.set()
+            self.ever_served = True
+            self._set_status("serving")
+            log.info("%s state=serving local=127.0.0.1:%d", route.describe(), self.options.local_port)
+            return True
+        return False
+
+    def _logins(self) -> list[str]:
+        nodes = self.options.login_nodes
+        current = self.route.tunnel.login if self.route and self.route.tunnel.alive else None
+        return [current] + [n for n in nodes if n != current] if current else nodes
+
+    async def _tunnel(self, login: str) -> Tunnel:
+        tunnel = self._tunnels.get(login)
+        if tunnel is None or not tunnel.alive:
+            index = self.options.login_nodes.index(login)
+            tunnel = Tunnel(self.options, login, index, self._runtime)
+            await tunnel.start()
+            self._tunnels[login] = tunnel
+        return tunnel
+
+    def _near_end(self) -> bool:
+        ends_at = self.route.endpoint.ends_at if self.route else None
+        window = self.options.overlap_minutes * 60 + HANDOVER_WINDOW
+        return bool(self.options.overlap_minutes and ends_at and time.time() > ends_at - window)
+
+    async def _look_for_successor(self, session: aiohttp.ClientSession) -> None:
+        """Overlap: a later job serving means it is time to move over."""
+        try:
+            snap = await asyncio.to_thread(self.chain.snapshot)
+        except (Unreachable, RuntimeError):
+            return
+        current = int(self.route.endpoint.job_id)
+        newer = [e for e in snap.endpoints.values()
+                 if int(e.job_id) > current and e.state == "serving"]
+        if not newer:
+            return
+        jobs = await asyncio.to_thread(self.chain.jobs)
+        target = self.chain.serving(jobs, snap)
+        if target and int(target.job_id) > current:
+            log.info("job=%s state=handover to_job=%s", current, target.job_id)
+            await self._switch(target, session)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._kick.clear()
+        try:
+            await asyncio.wait_for(self._kick.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- clients ---------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        deadline = time.monotonic() + self.options.hold_seconds
+        while True:
+            route = await self._wait_route(deadline - time.monotonic())
+            if route is None:
+                log.warning("client=dropped reason=no-healthy-route-within-%.0fs",
+                            self.options.hold_seconds)
+                writer.close()
+                return
+            try:
+                upstream = await route.open()
+                break
+            except OSError as exc:
+                log.warning("%s state=route-broken error=%r", route.describe(), str(exc))
+                if self.route is route:
+                    self.healthy.clear()
+                    self._kick.set()
+                await asyncio.sleep(0.2)
+        await relay((reader, writer), upstream)
+
+    async def _wait_route(self, timeout: float) -> Optional[Route]:
+        if timeout <= 0:
+            return None
+        try:
+            await asyncio.wait_for(self.healthy.wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        return self.route
+
+    def _set_status(self, state: str, message: str = "") -> None:
+        if state != self.status.state:
+            self.status.since = time.time()
+        self.status.state, self.status.message = state, message
+        if self.route:
+            e = self.route.endpoint
+            self.status.job_id, self.status.node, self.status.login = \
+                e.job_id, e.node, self.route.tunnel.login
+        tmp = self._status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.status)))
+        os.replace(tmp, self._status_path)
+
+
+def read_status(name: str) -> Optional[Status]:
+    try:
+        return Status(**json.loads((state_dir(name) / "status.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

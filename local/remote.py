@@ -1,0 +1,167 @@
+"""The control plane: Fabric connections to the site's login nodes.
+
+One connection per login node, through the jumphost, reused for every
+command. The login nodes are tried in order (primary, then fallbacks), each
+up to ``retries`` times with backoff; the first that answers is used until
+it fails. Host keys are checked against the user's known_hosts (or the one
+the ssh_config names); an unknown host is refused, never silently added.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TypeVar
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import UnexpectedExit
+
+from .config import Options
+
+log = logging.getLogger("slurm_persist.remote")
+
+CONNECT_TIMEOUT = 15
+T = TypeVar("T")
+
+
+class Unreachable(RuntimeError):
+    """No login node answered; the message names each and why."""
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    host: str
+
+
+class Site:
+    """Runs commands on whichever login node answers."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self._connections: dict[str, Connection] = {}
+        self.current: Optional[str] = None
+
+    def run(self, argv: Sequence[str], stdin: Optional[str] = None, timeout: float = 120) -> Result:
+        """Run argv (quoted here, once) on a login node; fail over on SSH errors."""
+        command = shlex.join(argv)
+        return self._on_any(lambda host: self._run_on(host, command, stdin, timeout))
+
+    def stream(self, argv: Sequence[str]) -> int:
+        """Run argv with its output shown as it comes (logs --follow)."""
+        command = shlex.join(argv)
+        return self._on_any(lambda host: self._connection(host).run(
+            command, hide=False, warn=True, pty=False, in_stream=False).exited)
+
+    def put(self, local: Path, remote: str, mode: int) -> None:
+        """Upload beside the target, then rename: a job never reads half a file."""
+        def upload(host: str) -> None:
+            sftp = self._connection(host).sftp()
+            partial = f"{remote}.partial"
+            sftp.put(str(local), partial)
+            sftp.chmod(partial, mode)
+            sftp.posix_rename(partial, remote)
+        self._on_any(upload)
+
+    def _on_any(self, action: Callable[[str], T]) -> T:
+        """The first login node (current one first) where action succeeds."""
+        errors = []
+        for host in self._order():
+            for attempt in range(self.options.retries + 1):
+                try:
+                    return action(host)
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    self._drop(host)
+                    errors.append(f"{host}: {_describe(exc)}")
+                    log.warning("login=%s state=unreachable attempt=%d error=%s", host,
+                                attempt + 1, _describe(exc))
+                    if isinstance(exc, (paramiko.BadHostKeyException, HostKeyUnknown,
+                                        paramiko.AuthenticationException)):
+                        break  # retrying cannot fix a key or a host key
+                    if attempt < self.options.retries:
+                        time.sleep(min(2 ** attempt, 10))
+        raise Unreachable("; ".join(errors))
+
+    def close(self) -> None:
+        for host in list(self._connections):
+            self._drop(host)
+
+    def _order(self) -> list[str]:
+        nodes = self.options.login_nodes
+        if self.current in nodes:
+            return [self.current] + [n for n in nodes if n != self.current]
+        return nodes
+
+    def _run_on(self, host: str, command: str, stdin: Optional[str], timeout: float) -> Result:
+        conn = self._connection(host)
+        try:
+            out = conn.run(command, hide=True, warn=True, in_stream=_stream(stdin),
+                           timeout=timeout)
+        except UnexpectedExit as exc:  # pragma: no cover - warn=True avoids it
+            out = exc.result
+        return Result(out.exited, out.stdout, out.stderr, host)
+
+    def _connection(self, host: str) -> Connection:
+        if host not in self._connections:
+            conn = self._make(host, self.options.username, gateway=self._gateway())
+            conn.open()
+            self._connections[host] = conn
+            log.debug("login=%s state=connected", host)
+        self.current = host
+        return self._connections[host]
+
+    def _gateway(self) -> Optional[Connection]:
+        if not self.options.jumphost_url:
+            return None
+        return self._make(self.options.jumphost_url, self.options.jumphost_username)
+
+    def _make(self, host: str, user: Optional[str], gateway=None) -> Connection:
+        config = Config(runtime_ssh_path=self.options.ssh_config) if self.options.ssh_config \
+            else Config()
+        conn = Connection(host, user=user, gateway=gateway, config=config,
+                          connect_timeout=CONNECT_TIMEOUT,
+                          connect_kwargs={"allow_agent": True, "banner_timeout": CONNECT_TIMEOUT,
+                                          "auth_timeout": CONNECT_TIMEOUT})
+        conn.client.set_missing_host_key_policy(RejectUnknown())
+        known = conn.ssh_config.get("userknownhostsfile")
+        for path in (known.split() if isinstance(known, str) else known or []):
+            if Path(path).expanduser().exists():
+                conn.client.load_host_keys(str(Path(path).expanduser()))
+        return conn
+
+    def _drop(self, host: str) -> None:
+        conn = self._connections.pop(host, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a broken transport may raise anything
+                pass
+        if self.current == host:
+            self.current = None
+
+
+class HostKeyUnknown(paramiko.SSHException):
+    pass
+
+
+class RejectUnknown(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyUnknown(
+            f"host key of {hostname} is not in known_hosts (fingerprint "
+            f"{key.get_name()} {key.get_fingerprint().hex()}); connect once with ssh to "
+            "check and accept it")
+
+
+def _stream(stdin: Optional[str]):
+    return io.StringIO(stdin) if stdin is not None else False
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
