@@ -7,13 +7,16 @@ role=$1
 ssh-keygen -A >/dev/null
 
 install_keys() {  # user, public key files...
+    # /home is shared and every login node starts at once: the temp name
+    # carries the host name, since pids are alike across containers.
     local user=$1; shift
-    local dir=/home/$user/.ssh
+    local dir=/home/$user/.ssh tmp
     install -d -m 700 -o "$user" -g "$user" "$dir"
-    cat "$@" >"$dir/.authorized_keys.$$"
-    chown "$user:$user" "$dir/.authorized_keys.$$"
-    chmod 600 "$dir/.authorized_keys.$$"
-    mv -f "$dir/.authorized_keys.$$" "$dir/authorized_keys"
+    tmp=$dir/.authorized_keys.$(hostname)
+    cat "$@" >"$tmp"
+    chown "$user:$user" "$tmp"
+    chmod 600 "$tmp"
+    mv -f "$tmp" "$dir/authorized_keys"
 }
 
 start_munge() {

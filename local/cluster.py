@@ -76,7 +76,9 @@ class Chain:
         return Spec(name=o.name, job_name=o.job_name, service_dir=lay.service_dir,
                     app_dir=lay.app_dir, agent_dir=lay.agent_dir,
                     sbatch_options=list(o.sbatch_options), health_path=o.health_path,
-                    overlap_minutes=o.overlap_minutes,
+                    health_timeout=o.health_timeout, max_restarts=o.max_restarts,
+                    crash_loop_jobs=o.crash_loop_jobs, overlap_minutes=o.overlap_minutes,
+                    warn_seconds=o.warn_seconds,
                     drain_seconds=max(30.0, 3 * o.heartbeat_time))
 
     # -- reading ---------------------------------------------------------

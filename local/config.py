@@ -69,6 +69,10 @@ class Options:
     sbatch_options: list[str] = field(default_factory=list)
     overlap_minutes: int = 0
     health_path: str = "/health"
+    health_timeout: float = 600.0
+    max_restarts: int = 3
+    warn_seconds: int = 90
+    crash_loop_jobs: int = 3
     hold_seconds: float = 120.0
 
     @property
@@ -90,7 +94,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 def load(cli: Mapping[str, Any], directory: Path = Path(".")) -> Options:
     """Merge defaults < slurm-persist.toml < command line, then validate."""
     values: dict[str, Any] = {}
-    name = cli.get("name") or DEFAULT_SERVICE
+    name = DEFAULT_SERVICE if cli.get("name") is None else cli["name"]
     path = directory / CONFIG_FILE
     if path.exists():
         table = _read_toml(path)
@@ -98,7 +102,7 @@ def load(cli: Mapping[str, Any], directory: Path = Path(".")) -> Options:
         services = table.get("services", {})
         if not isinstance(services, dict):
             raise ConfigError(f"{path}: [services] must be a table of tables")
-        if cli.get("name") and name not in services and services:
+        if cli.get("name") is not None and name not in services and services:
             raise ConfigError(f"{path}: no [services.{name}] (known: {', '.join(services)})")
         values.update(_section(services, name, path) if name in services else {})
     values.update({k: v for k, v in cli.items() if v is not None and v != []})
@@ -157,10 +161,12 @@ def validate(options: Options, directory: Path) -> None:
         raise ConfigError(str(exc)) from None
     if not 1 <= options.local_port <= 65535:
         raise ConfigError(f"local-port {options.local_port}: choose 1-65535")
-    for key in ("retries", "max_attempts_get_server_and_port", "overlap_minutes"):
+    for key in ("retries", "max_attempts_get_server_and_port", "overlap_minutes",
+                "max_restarts"):
         if getattr(options, key) < 0:
             raise ConfigError(f"{key.replace('_', '-')} must not be negative")
-    for key in ("heartbeat_time", "delay_between_server_and_port", "hold_seconds"):
+    for key in ("heartbeat_time", "delay_between_server_and_port", "hold_seconds",
+                "health_timeout", "crash_loop_jobs"):
         if getattr(options, key) <= 0:
             raise ConfigError(f"{key.replace('_', '-')} must be positive")
     for host in filter(None, [*options.login_nodes, options.jumphost_url]):

@@ -37,11 +37,16 @@ def running_pid(name: str) -> Optional[int]:
 
 
 def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent that never reaps it."""
     try:
         os.kill(pid, 0)
-        return True
     except OSError:
         return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc here: kill(0) is all we can know
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def write_pid(name: str) -> None:

@@ -101,8 +101,15 @@ class Agent:
         watchers = [asyncio.ensure_future(self._watch_server())]
         if self.spec.overlap_minutes:
             watchers.append(asyncio.ensure_future(self._watch_for_successor()))
-        await self._wake.wait()
-        for task in watchers:
+        woken = asyncio.ensure_future(self._wake.wait())
+        done, _ = await asyncio.wait([woken, *watchers], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not woken and not task.cancelled() and task.exception():
+                # A bug in the agent must end the job loudly, not leave it half alive.
+                log.error("job=%s node=%s state=agent-error", self.job_id, self.node,
+                          exc_info=task.exception())
+                self._finish("agent error")
+        for task in [woken, *watchers]:
             task.cancel()
 
     async def _shutdown(self, successor_task: asyncio.Future) -> None:
@@ -176,10 +183,13 @@ class Agent:
             if failures < HEALTH_FAILURES:
                 continue
             await self._stop_server()
-            self._publish("starting")
-            if self.restarts >= self.spec.max_restarts or not await self._start_healthy():
+            if self.restarts >= self.spec.max_restarts:
                 return self._finish(f"server failed after {self.restarts} restarts")
-            self._publish("serving", restarts=self.restarts)
+            self.restarts += 1
+            self._publish("starting")
+            if not await self._start_healthy():
+                return self._finish(f"server failed after {self.restarts} restarts")
+            self._publish("serving")
             self.say("state=serving restarts=%d server_port=%d", self.restarts, self.server_port)
             failures = 0
 
@@ -298,9 +308,18 @@ class Agent:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_event_loop()
-        loop.add_signal_handler(signal.SIGUSR1, self._finish, SIGNALLED[1])
+        loop.add_signal_handler(signal.SIGUSR1, self._time_warning)
         loop.add_signal_handler(signal.SIGTERM, self._finish, SIGNALLED[0])
         loop.add_signal_handler(signal.SIGINT, self._finish, SIGNALLED[0])
+
+    def _time_warning(self) -> None:
+        """Without overlap, ending now lets the successor start before the
+        hard kill. With overlap the successor is due to take over anyway:
+        keep serving until it does (or SLURM ends this job)."""
+        if self.spec.overlap_minutes:
+            self.say("state=time-limit-near action=wait-for-successor")
+            return
+        self._finish(SIGNALLED[1])
 
     def _finish(self, reason: str) -> None:
         if self.stop_reason is None:

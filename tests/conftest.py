@@ -4,12 +4,19 @@ cluster user through the jumphost, and the faults the tests inject."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from local.sandbox import COMPOSE_FILE, Sandbox
+from local.cluster import Chain
+from local.config import Options
+from local.deploy import deploy
+from local.remote import Site
+from local.sandbox import COMPOSE_FILE, JUMP_ALIAS, JUMP_USER, Sandbox
 
 
 @pytest.fixture(scope="session")
@@ -126,3 +133,52 @@ class Faults:
         for cmd in reversed(self._undo):
             subprocess.run(cmd, capture_output=True)
         self._undo.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory):
+    """The tool's local state (pid files, sockets) of this run, not the user's."""
+    base = tmp_path_factory.mktemp("state")
+    runtime = Path(tempfile.mkdtemp(prefix="spr-"))
+    os.environ["XDG_STATE_HOME"] = str(base)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    yield
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+HPC = Path(__file__).resolve().parent.parent / "hpc"
+
+
+def site_options(cluster: Sandbox, **changes) -> Options:
+    """Options that reach the test cluster the way a user's would."""
+    values = dict(hpc_system_url="login1", fallback_system_url=["login2"],
+                  jumphost_url=JUMP_ALIAS, jumphost_username=JUMP_USER, username="alice",
+                  ssh_config=str(cluster.ssh_config), retries=1, heartbeat_time=2.0,
+                  delay_between_server_and_port=1.0)
+    values.update(changes)
+    return Options(**values)
+
+
+@pytest.fixture
+def make_service(cluster: Sandbox, tmp_path):
+    """Deploy a copy of hpc/ (optionally with another `run`) as a fresh
+    service; every chain made here is cancelled when the test ends."""
+    chains: list[Chain] = []
+
+    def make(name: str, run: str | None = None, **changes) -> Chain:
+        app = tmp_path / name
+        shutil.copytree(HPC, app)
+        if run is not None:
+            (app / "run").rename(app / "run-example")
+            (app / "run").write_text(run)
+            (app / "run").chmod(0o755)
+        options = site_options(cluster, name=name, local_hpc_script_dir=str(app), **changes)
+        chain = Chain(Site(options), options)
+        deploy(chain, app)
+        chains.append(chain)
+        return chain
+
+    yield make
+    for chain in chains:
+        chain.cancel_all()
+        chain.site.close()

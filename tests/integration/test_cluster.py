@@ -6,24 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import pytest
+from helpers import wait_for
 
 from local.sandbox import COMPUTE_NODES, LOGIN_NODES
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(what, predicate, timeout=90.0, every=1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def job_state(alice, job: str) -> tuple[str, str]:

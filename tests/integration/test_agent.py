@@ -1,0 +1,169 @@
+"""The agent inside real SLURM jobs: endpoint records, the successor chain,
+time limits, restarts and the crash-loop guard. The local side only starts
+the first job here; everything after that is the agents' own doing."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+import time
+
+import pytest
+from helpers import wait_for
+
+from remote_agent.gate import preamble
+
+pytestmark = pytest.mark.cluster
+
+CRASH_ONCE = """#!/bin/bash
+# Crash on the first start of every job, then run the example.
+marker=$HOME/.crash-once-$SLURM_JOB_ID
+if [ ! -e "$marker" ]; then touch "$marker"; echo "crashing on purpose" >&2; exit 3; fi
+exec ./run-example
+"""
+NEVER_STARTS = """#!/bin/bash
+echo "this server never starts" >&2
+exit 3
+"""
+
+
+def serving(chain, job_id=None):
+    """The serving record SLURM confirms, optionally of one job."""
+    jobs = chain.jobs()
+    record = chain.serving(jobs, chain.snapshot())
+    if record and (job_id is None or record.job_id == job_id):
+        return record
+    return None
+
+
+def gate_get(alice, record, path="/health", secret=None) -> str:
+    """GET through the job's gate from the login node, as a cluster user would."""
+    hello = preamble(record.secret if secret is None else secret).decode()
+    script = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(({record.host!r},{record.port}),5)\n"
+        f"s.sendall({hello!r}.encode()+b'GET {path} HTTP/1.0\\r\\n\\r\\n')\n"
+        "data=b''\n"
+        "while True:\n"
+        "    chunk=s.recv(65536)\n"
+        "    if not chunk: break\n"
+        "    data+=chunk\n"
+        "sys.stdout.write(data.decode(errors='replace'))\n")
+    return alice.run(f"python3 -c {shlex.quote(script)}").stdout
+
+
+def job_field(alice, job_id: str, field: str) -> str:
+    out = alice.out(f"scontrol show job -o {job_id}")
+    match = re.search(rf"\b{field}=(\S*)", out)
+    return match.group(1) if match else ""
+
+
+class ChainWatcher:
+    """Samples the queue in the background: the most jobs of the chain ever
+    running at once and pending at once."""
+
+    def __init__(self, alice, job_name: str):
+        self.alice, self.job_name = alice, job_name
+        self.max_running = self.max_pending = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            states = self.alice.run(f"squeue -h -n {self.job_name} -o %T", check=False).stdout.split()
+            self.max_running = max(self.max_running, states.count("RUNNING"))
+            self.max_pending = max(self.max_pending, states.count("PENDING"))
+            time.sleep(0.5)
+
+
+def test_job_publishes_endpoint_and_queues_one_successor(make_service, alice):
+    chain = make_service("chain1")
+    job_id, created = chain.ensure()
+    assert created
+    record = wait_for("a serving record", lambda: serving(chain, job_id))
+    assert record.node in ("node1", "node2") and record.port
+    assert '"ok": true' in gate_get(alice, record)
+
+    jobs = wait_for("a queued successor", lambda: len(chain.jobs()) == 2 and chain.jobs())
+    successor = jobs[1]
+    assert successor.pending and successor.reason == "Dependency"
+    assert job_field(alice, successor.job_id, "Dependency").startswith(f"afterany:{job_id}")
+    # A second ensure finds the chain instead of starting another.
+    assert chain.ensure() == (job_id, False)
+
+    with ChainWatcher(alice, chain.options.job_name) as watch:
+        alice.run(f"scancel {job_id}")
+        new = wait_for("the successor serving", lambda: serving(chain, successor.job_id))
+        wait_for("the next successor queued", lambda: len(chain.jobs()) == 2)
+    assert '"ok": true' in gate_get(alice, new)
+    assert (watch.max_running, watch.max_pending) == (1, 1)
+    assert job_id not in chain.snapshot().endpoints  # the cancelled job cleaned up
+
+
+def test_gate_refuses_a_wrong_secret(make_service, alice, mallory):
+    chain = make_service("gated")
+    job_id, _ = chain.ensure()
+    record = wait_for("a serving record", lambda: serving(chain, job_id))
+    assert gate_get(alice, record, secret="0" * 32) == ""
+    assert gate_get(mallory, record, secret="0" * 32) == ""
+    assert "200 OK" in gate_get(alice, record)
+
+
+def test_time_limit_hands_over_without_the_local_side(make_service):
+    chain = make_service("limited", sbatch_options=["--time=1"], warn_seconds=20)
+    first, _ = chain.ensure()
+    wait_for("the first job serving", lambda: serving(chain, first))
+    later = wait_for("a later job serving", lambda: (r := serving(chain)) and r.job_id != first
+                     and r, timeout=150)
+    assert int(later.job_id) > int(first)
+    log = chain.site.run(["cat", chain.log_path(first)]).stdout
+    assert "state=draining reason='time limit near'" in log
+
+
+def test_overlap_successor_serves_before_predecessor_ends(make_service, alice):
+    chain = make_service("overlap", sbatch_options=["--time=2"], overlap_minutes=1,
+                         warn_seconds=20)
+    first, _ = chain.ensure()
+    wait_for("the first job serving", lambda: serving(chain, first))
+    second = wait_for("the successor serving", lambda: (r := serving(chain)) and
+                      r.job_id != first and r, timeout=150)
+    assert job_field(alice, first, "JobState") == "RUNNING"
+    assert first in chain.snapshot().endpoints
+    wait_for("the predecessor handing over", lambda: job_field(alice, first, "JobState")
+             != "RUNNING", timeout=90)
+    log = chain.site.run(["cat", chain.log_path(first)]).stdout
+    assert f"successor={second.job_id} state=serving" in log
+    assert "state=draining reason='handed over'" in log
+
+
+def test_crashed_server_is_restarted(make_service, faults):
+    chain = make_service("crashy", run=CRASH_ONCE)
+    job_id, _ = chain.ensure()
+    record = wait_for("serving after one crash", lambda: serving(chain, job_id), timeout=60)
+    assert record.restarts == 1
+    faults.kill(record.node, f"hpc.py")  # kill -9 while serving
+    wait_for("serving again", lambda: (r := serving(chain, job_id)) and r.restarts == 2 and r)
+    log = chain.site.run(["cat", chain.log_path(job_id)]).stdout
+    assert "state=server-exited code=3 before-healthy" in log
+    assert "state=server-exited code=-9" in log
+
+
+def test_crash_loop_guard_stops_the_chain(make_service):
+    chain = make_service("broken", run=NEVER_STARTS, max_restarts=0, crash_loop_jobs=2)
+    first, _ = chain.ensure()
+    wait_for("the chain to stop", lambda: chain.snapshot().chain.stopped, timeout=120)
+    wait_for("no job left", lambda: chain.jobs() == [], timeout=30)
+    state = chain.snapshot().chain
+    assert state.failed_jobs == 2 and "crash loop" in state.reason
+    log = chain.site.run(["cat", chain.log_path(first)]).stdout
+    assert "state=server-exited code=3 before-healthy" in log
+    assert "state=failed failed_jobs=1" in log

@@ -1,0 +1,219 @@
+"""The `slurm-persist` command against the docker cluster, as a user runs it:
+through the jumphost, login1 first and login2 as fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+from local.sandbox import JUMP_ALIAS, JUMP_USER
+
+pytestmark = pytest.mark.cluster
+
+BIN = str(Path(sys.executable).parent / "slurm-persist")
+HPC = str(Path(__file__).resolve().parents[2] / "hpc")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def site_args(cluster, name: str, *extra: str) -> list[str]:
+    return ["--name", name, "--hpc-system-url", "login1", "--fallback-system-url", "login2",
+            "--jumphost-url", JUMP_ALIAS, "--jumphost-username", JUMP_USER, "--username", "alice",
+            "--ssh-config", str(cluster.ssh_config), "--retries", "1", *extra]
+
+
+def up_args(cluster, name: str, port: int, *extra: str) -> list[str]:
+    return ["up", *site_args(cluster, name), "--local-port", str(port),
+            "--local-hpc-script-dir", HPC, "--heartbeat-time", "2",
+            "--delay-between-server-and-port", "1", *extra]
+
+
+def cli(*args: str, cwd=None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def get(port: int, path: str = "/", data: bytes | None = None, timeout: float = 10):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def answers(port: int):
+    try:
+        return get(port, "/health", timeout=5)[0] == 200
+    except OSError:
+        return False
+
+
+class Up:
+    """`slurm-persist up` in the foreground, in a child process."""
+
+    def __init__(self, cluster, name: str, tmp_path: Path, *extra: str):
+        self.port = free_port()
+        self.cluster, self.name = cluster, name
+        self.log = tmp_path / f"{name}-up.log"
+        self.proc = subprocess.Popen([BIN, *up_args(cluster, name, self.port, *extra)],
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        wait_for(f"{self.name} on 127.0.0.1:{self.port}", lambda: answers(self.port) or
+                 self._exited(), timeout=timeout)
+
+    def _exited(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"up exited {self.proc.returncode}: {self.log.read_text()}")
+        return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+        cli("down", *site_args(self.cluster, self.name))
+
+
+@pytest.fixture
+def start_up(cluster, tmp_path):
+    started: list[Up] = []
+
+    def start(name: str, *extra: str) -> Up:
+        up = Up(cluster, name, tmp_path, *extra)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.stop()
+
+
+def chain_jobs(alice, name: str) -> list[str]:
+    return alice.out(f"squeue -h -n sp-{name} -o '%i:%T'").split()
+
+
+def test_up_serves_get_and_post(start_up):
+    up = start_up("web")
+    up.wait_serving()
+    status, body = get(up.port, "/")
+    info = json.loads(body)
+    assert status == 200 and info["node"] in ("node1", "node2") and info["job_id"]
+    payload = os.urandom(1 << 20)
+    status, echoed = get(up.port, "/echo", data=payload)
+    assert status == 200 and echoed == payload
+
+
+def test_fallback_login_before_up(start_up, faults):
+    faults.stop("login1")
+    up = start_up("fallback")
+    up.wait_serving()
+    assert get(up.port)[0] == 200
+    assert "login=login2 state=serving" in up.log.read_text()
+
+
+def test_login1_lost_while_serving(start_up, faults):
+    up = start_up("failover")
+    up.wait_serving()
+    assert "login=login1 state=serving" in up.log.read_text()
+    faults.stop("login1")
+    wait_for("service back through login2", lambda: "login=login2 state=serving"
+             in up.log.read_text() and answers(up.port), timeout=90)
+    assert get(up.port, "/echo", data=b"still here") == (200, b"still here")
+
+
+def test_up_is_idempotent_and_down_cleans_up(cluster, alice, tmp_path):
+    port = free_port()
+    args = up_args(cluster, "idem", port, "--daemonize")
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert f"serving on http://127.0.0.1:{port}/" in first.stdout
+    jobs = chain_jobs(alice, "idem")
+    assert len(jobs) == 2  # the running job and its queued successor
+
+    again = cli(*args)
+    assert again.returncode == 0 and "already forwarding" in again.stdout
+    assert chain_jobs(alice, "idem") == jobs
+
+    pid = int((Path(os.environ["XDG_STATE_HOME"]) / "slurm-persist/services/idem/forwarder.pid")
+              .read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for("the forwarder gone", lambda: not Path(f"/proc/{pid}").exists() or
+             "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), timeout=10)
+    restarted = cli(*args)
+    assert restarted.returncode == 0, restarted.stderr
+    assert "chain-found" in restarted.stderr
+    assert chain_jobs(alice, "idem") == jobs
+    assert answers(port)
+
+    down = cli("down", *site_args(cluster, "idem"))
+    assert down.returncode == 0, down.stderr
+    assert "cancelled jobs" in down.stdout
+    assert chain_jobs(alice, "idem") == []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_status_reads_well(start_up, cluster):
+    up = start_up("stat")
+    up.wait_serving()
+    out = cli("status", *site_args(cluster, "stat"), "--local-port", str(up.port))
+    assert out.returncode == 0, out.stderr
+    rows = dict(line.split(None, 1) for line in out.stdout.splitlines())
+    assert rows["service"] == "stat" and rows["state"] == "serving"
+    assert rows["node"] in ("node1", "node2")
+    assert rows["url"] == f"http://127.0.0.1:{up.port}/"
+    logs = cli("logs", *site_args(cluster, "stat"), "--lines", "50")
+    assert logs.returncode == 0 and "state=serving" in logs.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("slurm-persist: error: ") and fragment in last, result.stderr
+
+
+def test_wrong_login_host(cluster):
+    args = ["status", "--name", "bad", "--hpc-system-url", "login9", "--jumphost-url", JUMP_ALIAS,
+            "--jumphost-username", JUMP_USER, "--username", "alice",
+            "--ssh-config", str(cluster.ssh_config), "--retries", "0"]
+    one_line_error(cli(*args), "login9")
+
+
+def test_unreachable_jumphost(cluster):
+    args = ["status", "--name", "bad", "--hpc-system-url", "login1",
+            "--jumphost-url", f"127.0.0.1:{free_port()}", "--jumphost-username", JUMP_USER,
+            "--username", "alice", "--ssh-config", str(cluster.ssh_config), "--retries", "0"]
+    one_line_error(cli(*args), "login1")
+
+
+def test_missing_script_dir(cluster, tmp_path):
+    port = free_port()
+    args = up_args(cluster, "nodir", port)
+    args[args.index("--local-hpc-script-dir") + 1] = str(tmp_path / "missing")
+    one_line_error(cli(*args), "no slurm.sbatch there")
+
+
+def test_busy_port(cluster):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        one_line_error(cli(*up_args(cluster, "busy", port)), f"local-port {port} is already in use")
+
+
+def test_malformed_toml(tmp_path):
+    (tmp_path / "slurm-persist.toml").write_text("[services.hpc\nlocal_port = 1\n")
+    one_line_error(cli("status", cwd=tmp_path), "not valid TOML")

@@ -1,0 +1,74 @@
+"""The gate, on loopback with a real upstream server."""
+
+import asyncio
+
+import pytest
+
+from remote_agent.gate import Gate, preamble
+
+SECRET = "s3cr3t" * 4
+
+
+@pytest.fixture
+async def upstream():
+    seen = []
+
+    async def echo(reader, writer):
+        data = await reader.read(1024)
+        seen.append(data)
+        writer.write(b"echo:" + data)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1], seen
+    server.close()
+
+
+async def talk(port: int, first: bytes, body: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(first + body)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return data
+
+
+async def test_right_secret_is_relayed(upstream):
+    port, seen = upstream
+    gate = Gate(SECRET, lambda: ("127.0.0.1", port))
+    gate_port = await gate.start("127.0.0.1")
+    assert await talk(gate_port, preamble(SECRET), b"GET / HTTP/1.0\r\n\r\n") == \
+        b"echo:GET / HTTP/1.0\r\n\r\n"
+    assert seen == [b"GET / HTTP/1.0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("first", [b"", b"GET / HTTP/1.0\r\n", preamble("wrong" * 5),
+                                   preamble(SECRET)[:-1] + b"x\n", b"SLURM-PERSIST/1 \n"])
+async def test_anything_else_never_reaches_the_server(upstream, first):
+    port, seen = upstream
+    gate = Gate(SECRET, lambda: ("127.0.0.1", port))
+    gate_port = await gate.start("127.0.0.1")
+    assert await talk(gate_port, first, b"GET / HTTP/1.0\r\n\r\n") == b""
+    assert seen == []
+    assert gate.rejected == 1
+
+
+async def test_drain_waits_for_open_connections(upstream):
+    port, _ = upstream
+    gate = Gate(SECRET, lambda: ("127.0.0.1", port))
+    gate_port = await gate.start("127.0.0.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
+    writer.write(preamble(SECRET))
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    assert gate.active == 1
+    drain = asyncio.ensure_future(gate.drain(timeout=5))
+    await asyncio.sleep(0.2)
+    assert not drain.done()  # still waiting for our connection
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", gate_port)  # no new ones
+    writer.write(b"last request")
+    assert await reader.read() == b"echo:last request"
+    writer.close()
+    assert await drain == 0

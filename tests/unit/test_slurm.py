@@ -1,0 +1,126 @@
+import shlex
+
+import pytest
+from hypothesis import given, strategies as st
+
+from remote_agent import slurm
+from remote_agent.spec import Spec, SpecError
+from remote_agent.slurm import SlurmUnknown
+
+
+def spec(**changes) -> Spec:
+    values = dict(name="hpc", job_name="sp-hpc", service_dir="/home/a/.slurm-persist/services/hpc",
+                  app_dir="/home/a/.slurm-persist/services/hpc/app",
+                  agent_dir="/home/a/.slurm-persist/agent")
+    values.update(changes)
+    return Spec(**values)
+
+
+SQUEUE = ("12|sp-hpc|RUNNING|node1|None|30:00|2026-11-24T09:30:00|2026-11-24T09:00:00\n"
+          "13|sp-hpc|PENDING||Dependency|30:00|N/A|N/A\n")
+
+
+def test_squeue_lines_become_jobs():
+    jobs = slurm.interpret_squeue(0, SQUEUE, "")
+    assert [(j.job_id, j.state, j.node, j.reason) for j in jobs] == [
+        ("12", "RUNNING", "node1", "None"), ("13", "PENDING", "", "Dependency")]
+    assert jobs[0].running and jobs[1].pending
+    assert jobs[0].limit_minutes() == 30
+    assert jobs[1].end_epoch() is None
+
+
+def test_empty_answer_means_no_jobs():
+    assert slurm.interpret_squeue(0, "", "") == []
+    assert slurm.interpret_squeue(0, "\n\n", "") == []
+
+
+def test_ended_states_are_not_active():
+    line = "12|sp-hpc|COMPLETED|node1|None|30:00|N/A|N/A\n"
+    assert slurm.interpret_squeue(0, line, "") == []
+
+
+def test_failure_is_unknown_not_empty():
+    with pytest.raises(SlurmUnknown, match="squeue exited 1"):
+        slurm.interpret_squeue(1, "", "slurm_load_jobs error: Unable to contact slurm controller")
+
+
+@pytest.mark.parametrize("garbage", [
+    "JOBID PARTITION NAME\n", "12|sp-hpc|RUNNING\n", "x|a|b|c|d|e|f|g\n",
+    SQUEUE[:40], "12|sp-hpc|RUNNING|node1|None|30:00|N/A|N/A|extra\n",
+])
+def test_garbage_is_unknown(garbage):
+    with pytest.raises(SlurmUnknown):
+        slurm.interpret_squeue(0, garbage, "")
+
+
+@given(st.text(max_size=300))
+def test_fuzz_squeue_parser(text):
+    try:
+        jobs = slurm.parse_squeue(text)
+    except SlurmUnknown:
+        return
+    assert all(job.job_id.isdigit() for job in jobs)
+
+
+def test_sbatch_parsing():
+    assert slurm.parse_sbatch(0, "123\n", "") == "123"
+    assert slurm.parse_sbatch(0, "123;cluster\n", "") == "123"
+    with pytest.raises(SlurmUnknown):
+        slurm.parse_sbatch(0, "Submitted batch job 123\n", "")
+    with pytest.raises(SlurmUnknown, match="sbatch exited 1"):
+        slurm.parse_sbatch(1, "", "Socket timed out")
+
+
+def test_sbatch_argv_carries_name_output_signal_dependency():
+    argv = slurm.sbatch_argv(spec(sbatch_options=["--time=00:02:00"]), slurm.after_any("12"))
+    assert argv[:2] == ["sbatch", "--parsable"]
+    assert "--job-name=sp-hpc" in argv
+    assert "--output=/home/a/.slurm-persist/services/hpc/logs/%j.out" in argv
+    assert "--signal=B:USR1@90" in argv
+    assert "--time=00:02:00" in argv
+    assert "--dependency=afterany:12" in argv
+    assert argv[-1] == "/home/a/.slurm-persist/services/hpc/app/slurm.sbatch"
+
+
+def test_overlap_dependency():
+    assert slurm.after_start("12", 28) == "after:12+28"
+    assert slurm.after_start("12", -3) == "after:12+0"
+
+
+@pytest.mark.parametrize("text, minutes", [
+    ("30", 30), ("30:00", 30), ("1:00:00", 60), ("2:30:15", 150), ("1-00:00:00", 1440),
+    ("2-03", 2 * 1440 + 180), ("1-01:30", 1440 + 90), ("UNLIMITED", None), ("INVALID", None),
+    ("", None), ("1:2:3:4", None),
+])
+def test_durations(text, minutes):
+    assert slurm.parse_duration_minutes(text) == minutes
+
+
+def test_scancel_refuses_non_ids():
+    assert slurm.scancel_argv(["1", "2"]) == ["scancel", "1", "2"]
+    with pytest.raises(ValueError):
+        slurm.scancel_argv(["1; rm -rf ~"])
+
+
+HOSTILE = st.text(alphabet=st.sampled_from(list("ab ;'\"$()`\n\\|&*-.")), min_size=1, max_size=20)
+
+
+@given(HOSTILE)
+def test_hostile_names_never_reach_a_command(name):
+    """Names are either plain or refused; a plain one survives shlex round trips."""
+    try:
+        argv = slurm.sbatch_argv(spec(name=name, job_name=name))
+    except SpecError:
+        return
+    assert shlex.split(shlex.join(argv)) == argv
+    assert f"--job-name={name}" in argv
+    assert all(c not in name for c in " ;'\"$()`\n\\|&*")
+
+
+@given(st.lists(HOSTILE, max_size=3))
+def test_hostile_sbatch_options_are_refused_or_one_argument_each(options):
+    try:
+        argv = slurm.sbatch_argv(spec(sbatch_options=options))
+    except SpecError:
+        return
+    assert shlex.split(shlex.join(argv)) == argv
