@@ -46,13 +46,16 @@ OPTION_HELP = {
     "delay_between_server_and_port": "seconds between those looks (default 5)",
     "daemonize": "run the forwarder in the background (pid and log in ~/.local/state)",
     "sbatch_option": "extra sbatch option such as --sbatch-option=--time=2:00:00; repeatable",
+    "warn_seconds": "seconds before the time limit at which SLURM warns a job to hand over "
+                    "(default 90; keep it well under the time limit)",
     "overlap_minutes": "start each successor this many minutes before its predecessor's "
                        "time limit, for handovers without a gap",
 }
 CONNECT = ("name", "hpc_system_url", "fallback_system_url", "jumphost_url", "username",
            "jumphost_username", "ssh_config", "retries", "debug", "hpc_job_name",
            "hpc_script_dir", "server_and_port_file")
-SPEC = ("local_hpc_script_dir", "copy", "sbatch_option", "overlap_minutes", "heartbeat_time")
+SPEC = ("local_hpc_script_dir", "copy", "sbatch_option", "overlap_minutes", "warn_seconds",
+        "heartbeat_time")
 FORWARD = ("local_port", "max_attempts_get_server_and_port", "delay_between_server_and_port",
            "daemonize")
 LISTS = ("fallback_system_url", "sbatch_option")

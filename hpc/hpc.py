@@ -1,8 +1,10 @@
 """The example service: replace it with your own program.
 
-The contract with slurm-persist is small: listen on $HOST:$PORT (set by the
-agent; HOST is 127.0.0.1, the agent's gate is what the cluster sees) and
-answer GET /health with 200 once ready. Everything else is yours.
+The contract with slurm-persist is small: listen where the agent says and
+answer GET /health with 200 once ready. The agent sets SLURM_PERSIST_SOCKET,
+a Unix socket in a directory only you can enter (the default), or HOST and
+PORT, a loopback port (with `listen = "tcp"`, for servers that cannot use a
+socket). The agent's gate is what the cluster sees. Everything else is yours.
 """
 
 import asyncio
@@ -61,5 +63,7 @@ def app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(app(), host=os.environ.get("HOST", "127.0.0.1"),
-                port=int(os.environ["PORT"]), print=None)
+    if "SLURM_PERSIST_SOCKET" in os.environ:
+        web.run_app(app(), path=os.environ["SLURM_PERSIST_SOCKET"], print=None)
+    else:
+        web.run_app(app(), host=os.environ["HOST"], port=int(os.environ["PORT"]), print=None)

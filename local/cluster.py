@@ -78,7 +78,7 @@ class Chain:
                     sbatch_options=list(o.sbatch_options), health_path=o.health_path,
                     health_timeout=o.health_timeout, max_restarts=o.max_restarts,
                     crash_loop_jobs=o.crash_loop_jobs, overlap_minutes=o.overlap_minutes,
-                    warn_seconds=o.warn_seconds,
+                    warn_seconds=o.warn_seconds, listen=o.listen,
                     drain_seconds=max(30.0, 3 * o.heartbeat_time))
 
     # -- reading ---------------------------------------------------------
@@ -93,6 +93,9 @@ class Chain:
 
     def snapshot(self) -> Snapshot:
         result = self.agent("show")
+        if result.returncode == 3:
+            raise RuntimeError("refusing the service dir: "
+                               + "; ".join(json.loads(result.stdout)["unsafe"]))
         if result.returncode != 0:
             raise RuntimeError(f"reading the service dir failed: {result.stderr.strip()[:300]}")
         data = json.loads(result.stdout)

@@ -69,6 +69,7 @@ class Options:
     sbatch_options: list[str] = field(default_factory=list)
     overlap_minutes: int = 0
     health_path: str = "/health"
+    listen: str = "unix"
     health_timeout: float = 600.0
     max_restarts: int = 3
     warn_seconds: int = 90
@@ -172,6 +173,9 @@ def validate(options: Options, directory: Path) -> None:
     for host in filter(None, [*options.login_nodes, options.jumphost_url]):
         if not host.strip() or any(c.isspace() for c in host) or host.startswith("-"):
             raise ConfigError(f"host {host!r} is not a host name")
+    if options.listen not in ("unix", "tcp"):
+        raise ConfigError(f"listen {options.listen!r}: choose unix (a private socket, "
+                          "the default) or tcp (a loopback port)")
     for option in options.sbatch_options:
         if not option.startswith("--") or "\n" in option:
             raise ConfigError(f"sbatch option {option!r}: write it as --name=value")

@@ -82,6 +82,8 @@ def daemonize(name: str, body: Callable[[], int]) -> int:
     code = 1
     try:
         code = body()
+    except Exception as exc:  # the log is the only place left to say why
+        print(f"slurm-persist: error: {exc}", file=sys.stderr)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

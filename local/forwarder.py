@@ -48,6 +48,10 @@ class NeverServed(RuntimeError):
     """Before the first success: the service never became reachable."""
 
 
+class ChainStopped(RuntimeError):
+    """The chain was stopped (by down or the crash-loop guard): nothing to follow."""
+
+
 class Route:
     """One endpoint, reached through one tunnel's forward socket."""
 
@@ -155,7 +159,8 @@ class Forwarder:
             self.route.close()
         for tunnel in self._tunnels.values():
             await tunnel.close()
-        self._set_status("stopped")
+        if self.status.state != "stopped":
+            self._set_status("stopped", "forwarder ended")
 
     # -- the loop --------------------------------------------------------
 
@@ -193,7 +198,7 @@ class Forwarder:
         if snap.chain.stopped:
             self._set_status("stopped", snap.chain.reason)
             log.error("service=%s state=chain-stopped reason=%r", self.options.name, snap.chain.reason)
-            return
+            raise ChainStopped(f"the chain is stopped: {snap.chain.reason}")
         target = self.chain.serving(jobs, snap)
         if target and await self._switch(target, session):
             return

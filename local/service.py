@@ -21,7 +21,7 @@ from . import daemon
 from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
-from .forwarder import Forwarder, read_status
+from .forwarder import ChainStopped, Forwarder, NeverServed, read_status
 from .remote import Site
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 
@@ -96,10 +96,13 @@ async def forward(options: Options) -> None:
 
 
 def _foreground(options: Options) -> int:
-    """Forward in this process until SIGINT/SIGTERM."""
+    """Forward in this process until SIGINT/SIGTERM, or until there is
+    nothing to follow (the chain stopped, or never served)."""
     daemon.write_pid(options.name)
     try:
         asyncio.run(_until_signal(options))
+    except (ChainStopped, NeverServed) as exc:
+        raise ConfigError(str(exc)) from None
     finally:
         daemon.clear_pid(options.name)
     log.info("service=%s state=forwarder-stopped (the chain keeps running; "
@@ -131,7 +134,8 @@ def _start_daemon(options: Options) -> int:
                   f"log {daemon.log_path(options.name)})")
             return 0
         if not daemon.alive(pid):
-            raise ConfigError(f"the forwarder exited; see {daemon.log_path(options.name)}")
+            why = status.message if status and status.pid == pid else "see the log"
+            raise ConfigError(f"the forwarder exited ({why}); log: {daemon.log_path(options.name)}")
         time.sleep(0.5)
     raise ConfigError(f"not serving after {limit:.0f} s; the forwarder (pid {pid}) keeps "
                       f"trying, see {daemon.log_path(options.name)}")

@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import chain, endpoint, spec
+from . import chain, endpoint, private, spec
 from .agent import Agent
 
 
@@ -27,6 +27,10 @@ def job(service_dir: Path) -> int:
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         print("slurm-persist: 'job' runs inside a SLURM job (no SLURM_JOB_ID)", file=sys.stderr)
+        return 2
+    unsafe = private.problems(private.service_paths(service_dir))
+    if unsafe:
+        logging.error("job=%s state=refused reason=%r", job_id, "; ".join(unsafe))
         return 2
     try:
         service = spec.load(service_dir)
@@ -41,6 +45,10 @@ def job(service_dir: Path) -> int:
 
 def show(service_dir: Path) -> int:
     """One round trip for the local side: chain state and every record."""
+    unsafe = private.problems(private.service_paths(service_dir))
+    if unsafe:
+        print(json.dumps({"unsafe": unsafe}))
+        return 3
     records, errors = [], {}
     for path in sorted((service_dir / endpoint.ENDPOINTS_DIR).glob("*.json")):
         try:

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from . import chain, endpoint, slurm
 from .endpoint import Endpoint
@@ -39,9 +41,10 @@ class Agent:
         self.user = user
         self.service_dir = spec.service_path
         self.secret = secrets.token_hex(16)
-        self.gate = Gate(self.secret, self._server_address)
+        self.gate = Gate(self.secret, self._open_server)
         self.server: Optional[asyncio.subprocess.Process] = None
-        self.server_port = 0
+        self.upstream: Optional[Upstream] = None
+        self._private = Path(tempfile.mkdtemp(prefix=f"slurm-persist-{job_id}-"))
         self.restarts = 0
         self.successor: Optional[str] = None
         self.record: Optional[Endpoint] = None
@@ -71,7 +74,10 @@ class Agent:
             return await self._failed_job(successor_task)
         chain.save(self.service_dir, chain.ChainState())
         self._publish("serving")
-        self.say("state=serving port=%d server_port=%d", port, self.server_port)
+        self.say("state=serving port=%d %s", port, self.upstream)
+        if self.spec.listen == "tcp":
+            self.say("listen=tcp warning=%r", "other users' processes on this node can "
+                     "reach the server's loopback port; use listen = unix if it can")
         await self._supervise()
         await self._shutdown(successor_task)
         return 0
@@ -94,6 +100,7 @@ class Agent:
         self._publish("stopped")
         await self._stop_server()
         endpoint.remove(self.service_dir, self.job_id)
+        shutil.rmtree(self._private, ignore_errors=True)
         return 1
 
     async def _supervise(self) -> None:
@@ -120,13 +127,14 @@ class Agent:
         left = await self.gate.drain(self.spec.drain_seconds)
         await self._stop_server()
         endpoint.remove(self.service_dir, self.job_id)
+        shutil.rmtree(self._private, ignore_errors=True)
         successor_task.cancel()
         self.say("state=ended reason=%r unfinished_connections=%d", self.stop_reason, left)
 
     # -- the server ------------------------------------------------------
 
-    def _server_address(self):
-        return "127.0.0.1", self.server_port
+    def _open_server(self):
+        return self.upstream.open()
 
     async def _start_healthy(self) -> bool:
         """Start the server, restarting it on early exit, until healthy."""
@@ -141,12 +149,11 @@ class Agent:
             await asyncio.sleep(delay)
 
     async def _start_server(self) -> bool:
-        self.server_port = _free_port()
-        env = dict(os.environ, PORT=str(self.server_port), HOST="127.0.0.1",
-                   SLURM_PERSIST_SERVICE=self.spec.name)
+        self.upstream = Upstream.fresh(self.spec.listen, self._private, self.restarts)
+        env = dict(os.environ, SLURM_PERSIST_SERVICE=self.spec.name, **self.upstream.env())
         if self.record and self.record.ends_at:
             env["SLURM_PERSIST_JOB_END"] = str(self.record.ends_at)
-        self.say("state=starting command=%r port=%d", self.spec.command, self.server_port)
+        self.say("state=starting command=%r %s", self.spec.command, self.upstream)
         try:
             self.server = await asyncio.create_subprocess_exec(
                 *self.spec.command, cwd=self.spec.app_dir, env=env, start_new_session=True)
@@ -159,12 +166,12 @@ class Agent:
             if self.server.returncode is not None:
                 self.say("state=server-exited code=%d before-healthy", self.server.returncode)
                 return False
-            if await http_ok("127.0.0.1", self.server_port, self.spec.health_path):
+            if await http_ok(self.upstream.open, self.spec.health_path):
                 return True
             await asyncio.sleep(0.5)
         if not self.stop_reason:
-            self.stop_reason = (f"server not healthy at {self.spec.health_path} "
-                                f"within {self.spec.health_timeout:.0f} s")
+            self.stop_reason = (f"server not healthy at {self.spec.health_path} on "
+                                f"{self.upstream} within {self.spec.health_timeout:.0f} s")
             self.say("state=unhealthy reason=%r", self.stop_reason)
         await self._stop_server()
         return False
@@ -178,7 +185,7 @@ class Agent:
                 failures = HEALTH_FAILURES
                 self.say("state=server-exited code=%s", self.server.returncode)
             except asyncio.TimeoutError:
-                ok = await http_ok("127.0.0.1", self.server_port, self.spec.health_path)
+                ok = await http_ok(self.upstream.open, self.spec.health_path)
                 failures = 0 if ok else failures + 1
             if failures < HEALTH_FAILURES:
                 continue
@@ -190,7 +197,7 @@ class Agent:
             if not await self._start_healthy():
                 return self._finish(f"server failed after {self.restarts} restarts")
             self._publish("serving")
-            self.say("state=serving restarts=%d server_port=%d", self.restarts, self.server_port)
+            self.say("state=serving restarts=%d %s", self.restarts, self.upstream)
             failures = 0
 
     async def _stop_server(self) -> None:
@@ -337,14 +344,43 @@ class Agent:
         endpoint.write(self.service_dir, self.record)
 
 
-async def http_ok(host: str, port: int, path: str, timeout: float = 5.0) -> bool:
+class Upstream:
+    """Where this job's server listens. By default a Unix socket in a 0700
+    directory of this job: on a shared node, 127.0.0.1 is open to every
+    user's processes, a private socket only to ours. listen = "tcp" (for
+    servers that cannot use a socket) takes a loopback port instead."""
+
+    def __init__(self, socket_path: Optional[Path] = None, port: int = 0):
+        self.socket_path, self.port = socket_path, port
+
+    @classmethod
+    def fresh(cls, listen: str, private: Path, attempt: int) -> "Upstream":
+        if listen == "unix":
+            return cls(socket_path=private / f"server-{attempt}.sock")
+        return cls(port=_free_port())
+
+    def env(self) -> Dict[str, str]:
+        if self.socket_path:
+            return {"SLURM_PERSIST_SOCKET": str(self.socket_path)}
+        return {"HOST": "127.0.0.1", "PORT": str(self.port)}
+
+    def open(self):
+        if self.socket_path:
+            return asyncio.open_unix_connection(str(self.socket_path))
+        return asyncio.open_connection("127.0.0.1", self.port)
+
+    def __str__(self) -> str:
+        return f"socket={self.socket_path}" if self.socket_path else f"server_port={self.port}"
+
+
+async def http_ok(opener, path: str, timeout: float = 5.0) -> bool:
     """True when GET path answers 2xx. Plain asyncio: the agent has no aiohttp."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await asyncio.wait_for(opener(), timeout)
     except (OSError, asyncio.TimeoutError):
         return False
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
         status = await asyncio.wait_for(reader.readline(), timeout)
         parts = status.split()
         return len(parts) >= 2 and parts[1][:1] == b"2"

@@ -16,7 +16,7 @@ import asyncio
 import hmac
 import logging
 import socket
-from typing import Callable, Optional, Set, Tuple
+from typing import Awaitable, Callable, Optional, Set, Tuple
 
 log = logging.getLogger("slurm_persist.gate")
 
@@ -61,12 +61,16 @@ async def relay(a: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
             writer.close()
 
 
-class Gate:
-    """Accepts on (host, port), checks the secret, relays to the target."""
+Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-    def __init__(self, secret: str, target: Callable[[], Tuple[str, int]]):
+
+class Gate:
+    """Accepts on (host, port), checks the secret, relays to the server
+    that open_upstream() connects to."""
+
+    def __init__(self, secret: str, open_upstream: Callable[[], Awaitable[Streams]]):
         self._secret = preamble(secret)
-        self._target = target
+        self._open_upstream = open_upstream
         self._server: Optional[asyncio.AbstractServer] = None
         self._active: Set[asyncio.Task] = set()
         self.rejected = 0
@@ -110,11 +114,10 @@ class Gate:
             log.warning("gate=reject peer=%s reason=bad-secret", peer)
             writer.close()
             return
-        host, port = self._target()
         try:
-            upstream = await asyncio.open_connection(host, port)
+            upstream = await self._open_upstream()
         except OSError as exc:
-            log.warning("gate=upstream-failed target=%s:%d error=%s", host, port, exc)
+            log.warning("gate=upstream-failed error=%s", exc)
             writer.close()
             return
         await relay((reader, writer), upstream)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import List
 
 FORMAT = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # "reverse" (a socket on the login node) is planned; until then only direct.
 MODES = ("direct",)
+LISTEN = ("unix", "tcp")
 
 
 class SpecError(ValueError):
@@ -32,7 +33,7 @@ class SpecError(ValueError):
 
 def check_name(kind: str, value: str) -> str:
     """Names end up in paths, job names and shell commands: keep them plain."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise SpecError(f"{kind} {value!r}: use 1-63 letters, digits, '.', '_' or '-', "
                         "starting with a letter or digit")
     return value
@@ -51,6 +52,7 @@ class Spec:
     health_path: str = "/health"
     health_timeout: float = 600.0
     mode: str = "direct"
+    listen: str = "unix"
     overlap_minutes: int = 0
     warn_seconds: int = 90
     drain_seconds: float = 30.0
@@ -63,6 +65,8 @@ class Spec:
         check_name("job name", self.job_name)
         if self.mode not in MODES:
             raise SpecError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.listen not in LISTEN:
+            raise SpecError(f"listen {self.listen!r}: choose unix (private socket) or tcp")
         if not self.health_path.startswith("/"):
             raise SpecError(f"health path {self.health_path!r} must start with '/'")
         if not self.command:

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
+from pathlib import Path
+
+from local.sandbox import JUMP_ALIAS, JUMP_USER
+from remote_agent.gate import preamble
 
 
 def wait_for(what: str, predicate, timeout: float = 90.0, every: float = 1.0):
@@ -15,3 +27,156 @@ def wait_for(what: str, predicate, timeout: float = 90.0, every: float = 1.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(every)
+
+
+def serving(chain, job_id=None):
+    """The serving record SLURM confirms, optionally of one job."""
+    jobs = chain.jobs()
+    record = chain.serving(jobs, chain.snapshot())
+    if record and (job_id is None or record.job_id == job_id):
+        return record
+    return None
+
+
+def gate_get(alice, record, path="/health", secret=None) -> str:
+    """GET through the job's gate from the login node, as a cluster user would."""
+    hello = preamble(record.secret if secret is None else secret).decode()
+    script = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(({record.host!r},{record.port}),5)\n"
+        f"s.sendall({hello!r}.encode()+b'GET {path} HTTP/1.0\\r\\n\\r\\n')\n"
+        "data=b''\n"
+        "while True:\n"
+        "    chunk=s.recv(65536)\n"
+        "    if not chunk: break\n"
+        "    data+=chunk\n"
+        "sys.stdout.write(data.decode(errors='replace'))\n")
+    return alice.run(f"python3 -c {shlex.quote(script)}").stdout
+
+
+BIN = str(Path(sys.executable).parent / "slurm-persist")
+HPC = str(Path(__file__).resolve().parents[2] / "hpc")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def site_args(cluster, name: str, *extra: str) -> list[str]:
+    return ["--name", name, "--hpc-system-url", "login1", "--fallback-system-url", "login2",
+            "--jumphost-url", JUMP_ALIAS, "--jumphost-username", JUMP_USER, "--username", "alice",
+            "--ssh-config", str(cluster.ssh_config), "--retries", "1", *extra]
+
+
+def up_args(cluster, name: str, port: int, *extra: str) -> list[str]:
+    return ["up", *site_args(cluster, name), "--local-port", str(port),
+            "--local-hpc-script-dir", HPC, "--heartbeat-time", "2",
+            "--delay-between-server-and-port", "1", *extra]
+
+
+def cli(*args: str, cwd=None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def get(port: int, path: str = "/", data: bytes | None = None, timeout: float = 10):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def answers(port: int):
+    try:
+        return get(port, "/health", timeout=5)[0] == 200
+    except OSError:
+        return False
+
+
+class Up:
+    """`slurm-persist up` in the foreground, in a child process."""
+
+    def __init__(self, cluster, name: str, tmp_path: Path, *extra: str):
+        self.port = free_port()
+        self.cluster, self.name = cluster, name
+        self.log = tmp_path / f"{name}-up.log"
+        self.proc = subprocess.Popen([BIN, *up_args(cluster, name, self.port, *extra)],
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        wait_for(f"{self.name} on 127.0.0.1:{self.port}", lambda: answers(self.port) or
+                 self._exited(), timeout=timeout)
+
+    def _exited(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"up exited {self.proc.returncode}: {self.log.read_text()}")
+        return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+        cli("down", *site_args(self.cluster, self.name))
+
+
+class Load:
+    """A bounded client load on 127.0.0.1:port: one GET per `every` seconds,
+    each on a new connection, from a background thread. Records what each
+    request got, so a test can count failures and measure the outage."""
+
+    def __init__(self, port: int, every: float = 0.05, limit: int = 20000, timeout: float = 60):
+        self.port, self.every, self.limit, self.timeout = port, every, limit, timeout
+        self.results: list[tuple[float, float, str | None, str]] = []  # start, end, job, error
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self):
+        self._threads = [threading.Thread(target=self._run, daemon=True)]
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout + 5)
+
+    def _run(self):
+        pool: list[threading.Thread] = []
+        while not self._stop.is_set() and len(pool) < self.limit:
+            thread = threading.Thread(target=self._one, daemon=True)
+            thread.start()
+            pool.append(thread)
+            time.sleep(self.every)
+        for thread in pool:
+            thread.join(timeout=self.timeout + 5)
+
+    def _one(self):
+        start = time.time()
+        try:
+            status, body = get(self.port, "/health", timeout=self.timeout)
+            job = json.loads(body)["job_id"] if status == 200 else None
+            error = "" if status == 200 else f"HTTP {status}"
+        except Exception as exc:  # any failure counts; the test reports which
+            job, error = None, f"{type(exc).__name__}: {exc}"
+        self.results.append((start, time.time(), job, error))
+
+    def failures(self) -> list[tuple[float, float, str | None, str]]:
+        return [r for r in self.results if r[3]]
+
+    def jobs(self) -> list[str]:
+        seen: list[str] = []
+        for _, _, job, _ in sorted(self.results):
+            if job and job not in seen:
+                seen.append(job)
+        return seen
+
+    def outage_after(self, t0: float) -> float:
+        """Longest wait of a request started after t0 (held or failed)."""
+        waits = [end - start for start, end, _, _ in self.results if start >= t0]
+        return max(waits, default=0.0)
+
+    def first_served_by(self, job: str, after: float) -> float:
+        times = [end for start, end, j, e in self.results if j == job and start >= after]
+        return min(times) - after if times else float("inf")

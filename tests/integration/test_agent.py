@@ -1,18 +1,16 @@
 """The agent inside real SLURM jobs: endpoint records, the successor chain,
-time limits, restarts and the crash-loop guard. The local side only starts
+restarts and the crash-loop guard (time limits and overlap are in
+tests/faults, under load). The local side only starts
 the first job here; everything after that is the agents' own doing."""
 
 from __future__ import annotations
 
 import re
-import shlex
 import threading
 import time
 
 import pytest
-from helpers import wait_for
-
-from remote_agent.gate import preamble
+from helpers import gate_get, serving, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -26,31 +24,6 @@ NEVER_STARTS = """#!/bin/bash
 echo "this server never starts" >&2
 exit 3
 """
-
-
-def serving(chain, job_id=None):
-    """The serving record SLURM confirms, optionally of one job."""
-    jobs = chain.jobs()
-    record = chain.serving(jobs, chain.snapshot())
-    if record and (job_id is None or record.job_id == job_id):
-        return record
-    return None
-
-
-def gate_get(alice, record, path="/health", secret=None) -> str:
-    """GET through the job's gate from the login node, as a cluster user would."""
-    hello = preamble(record.secret if secret is None else secret).decode()
-    script = (
-        "import socket,sys\n"
-        f"s=socket.create_connection(({record.host!r},{record.port}),5)\n"
-        f"s.sendall({hello!r}.encode()+b'GET {path} HTTP/1.0\\r\\n\\r\\n')\n"
-        "data=b''\n"
-        "while True:\n"
-        "    chunk=s.recv(65536)\n"
-        "    if not chunk: break\n"
-        "    data+=chunk\n"
-        "sys.stdout.write(data.decode(errors='replace'))\n")
-    return alice.run(f"python3 -c {shlex.quote(script)}").stdout
 
 
 def job_field(alice, job_id: str, field: str) -> str:
@@ -118,39 +91,12 @@ def test_gate_refuses_a_wrong_secret(make_service, alice, mallory):
     assert "200 OK" in gate_get(alice, record)
 
 
-def test_time_limit_hands_over_without_the_local_side(make_service):
-    chain = make_service("limited", sbatch_options=["--time=1"], warn_seconds=20)
-    first, _ = chain.ensure()
-    wait_for("the first job serving", lambda: serving(chain, first))
-    later = wait_for("a later job serving", lambda: (r := serving(chain)) and r.job_id != first
-                     and r, timeout=150)
-    assert int(later.job_id) > int(first)
-    log = chain.site.run(["cat", chain.log_path(first)]).stdout
-    assert "state=draining reason='time limit near'" in log
-
-
-def test_overlap_successor_serves_before_predecessor_ends(make_service, alice):
-    chain = make_service("overlap", sbatch_options=["--time=2"], overlap_minutes=1,
-                         warn_seconds=20)
-    first, _ = chain.ensure()
-    wait_for("the first job serving", lambda: serving(chain, first))
-    second = wait_for("the successor serving", lambda: (r := serving(chain)) and
-                      r.job_id != first and r, timeout=150)
-    assert job_field(alice, first, "JobState") == "RUNNING"
-    assert first in chain.snapshot().endpoints
-    wait_for("the predecessor handing over", lambda: job_field(alice, first, "JobState")
-             != "RUNNING", timeout=90)
-    log = chain.site.run(["cat", chain.log_path(first)]).stdout
-    assert f"successor={second.job_id} state=serving" in log
-    assert "state=draining reason='handed over'" in log
-
-
 def test_crashed_server_is_restarted(make_service, faults):
     chain = make_service("crashy", run=CRASH_ONCE)
     job_id, _ = chain.ensure()
     record = wait_for("serving after one crash", lambda: serving(chain, job_id), timeout=60)
     assert record.restarts == 1
-    faults.kill(record.node, f"hpc.py")  # kill -9 while serving
+    faults.kill(record.node, "hpc.py")  # kill -9 while serving
     wait_for("serving again", lambda: (r := serving(chain, job_id)) and r.restarts == 2 and r)
     log = chain.site.run(["cat", chain.log_path(job_id)]).stdout
     assert "state=server-exited code=3 before-healthy" in log

@@ -8,83 +8,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import Up, answers, cli, free_port, get, site_args, up_args, wait_for
 
 from local.sandbox import JUMP_ALIAS, JUMP_USER
 
 pytestmark = pytest.mark.cluster
-
-BIN = str(Path(sys.executable).parent / "slurm-persist")
-HPC = str(Path(__file__).resolve().parents[2] / "hpc")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def site_args(cluster, name: str, *extra: str) -> list[str]:
-    return ["--name", name, "--hpc-system-url", "login1", "--fallback-system-url", "login2",
-            "--jumphost-url", JUMP_ALIAS, "--jumphost-username", JUMP_USER, "--username", "alice",
-            "--ssh-config", str(cluster.ssh_config), "--retries", "1", *extra]
-
-
-def up_args(cluster, name: str, port: int, *extra: str) -> list[str]:
-    return ["up", *site_args(cluster, name), "--local-port", str(port),
-            "--local-hpc-script-dir", HPC, "--heartbeat-time", "2",
-            "--delay-between-server-and-port", "1", *extra]
-
-
-def cli(*args: str, cwd=None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([BIN, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def get(port: int, path: str = "/", data: bytes | None = None, timeout: float = 10):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, response.read()
-
-
-def answers(port: int):
-    try:
-        return get(port, "/health", timeout=5)[0] == 200
-    except OSError:
-        return False
-
-
-class Up:
-    """`slurm-persist up` in the foreground, in a child process."""
-
-    def __init__(self, cluster, name: str, tmp_path: Path, *extra: str):
-        self.port = free_port()
-        self.cluster, self.name = cluster, name
-        self.log = tmp_path / f"{name}-up.log"
-        self.proc = subprocess.Popen([BIN, *up_args(cluster, name, self.port, *extra)],
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-
-    def wait_serving(self, timeout: float = 120) -> None:
-        wait_for(f"{self.name} on 127.0.0.1:{self.port}", lambda: answers(self.port) or
-                 self._exited(), timeout=timeout)
-
-    def _exited(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"up exited {self.proc.returncode}: {self.log.read_text()}")
-        return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(timeout=30)
-        cli("down", *site_args(self.cluster, self.name))
-
 
 @pytest.fixture
 def start_up(cluster, tmp_path):

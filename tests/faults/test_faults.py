@@ -1,0 +1,306 @@
+"""Fault injection on the docker cluster, each under a steady client load
+(20 requests/s on new connections to the local port). Every test asserts
+the recovery it expects, that the same local port serves again without
+user action, and that exactly one chain is left; it logs the measured
+recovery. With SLURM_PERSIST_FAULT_REPORT set, rows are appended there as
+JSON lines (`invoke faults-table` turns them into the README's table)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import Load, Up, cli, free_port, site_args, up_args, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def report(request):
+    rows = []
+
+    def add(fault: str, behaviour: str, recovery: float, load: Load | None) -> None:
+        row = {"fault": fault, "recovery": behaviour, "seconds": round(recovery, 1),
+               "requests": len(load.results) if load else 0,
+               "failed": len(load.failures()) if load else 0}
+        rows.append(row)
+        print(f"fault={fault!r} recovery_seconds={row['seconds']} requests={row['requests']} "
+              f"failed={row['failed']}")
+
+    yield add
+    path = os.environ.get("SLURM_PERSIST_FAULT_REPORT")
+    if path and rows:
+        with open(path, "a") as out:
+            for row in rows:
+                out.write(json.dumps({**row, "test": request.node.name}) + "\n")
+
+
+@pytest.fixture
+def serve(cluster, tmp_path):
+    """`up` in the foreground for one fresh service; down at the end."""
+    started: list[Up] = []
+
+    def start(name: str, *extra: str) -> Up:
+        up = Up(cluster, name, tmp_path, "--heartbeat-time", "2", *extra)
+        started.append(up)
+        up.wait_serving()
+        return up
+
+    yield start
+    for up in started:
+        up.stop()
+
+
+def chain_states(alice, name: str) -> list[str]:
+    return sorted(alice.out(f"squeue -h -n sp-{name} -o %T").split())
+
+
+def one_chain(alice, name: str) -> list[str]:
+    """Wait until the chain settles at one running job and one queued."""
+    return wait_for("one running job and one queued successor",
+                    lambda: (s := chain_states(alice, name)) == ["PENDING", "RUNNING"] and s,
+                    timeout=120)
+
+
+def current_job(load: Load) -> str:
+    wait_for("a served request", lambda: load.jobs(), timeout=30)
+    return load.jobs()[-1]
+
+
+def recovered_by_new_job(load: Load, old: str, t0: float, timeout: float = 180) -> float:
+    job = wait_for("a request served by a new job",
+                   lambda: next((j for j in load.jobs() if j != old), None), timeout=timeout)
+    wait_for("the new job serving steadily", lambda: load.first_served_by(job, t0) < 1e9)
+    return load.first_served_by(job, t0)
+
+
+def test_scancel_of_the_serving_job(serve, alice, report):
+    up = serve("f-scancel")
+    with Load(up.port) as load:
+        old = current_job(load)
+        t0 = time.time()
+        alice.run(f"scancel {old}")
+        seconds = recovered_by_new_job(load, old, t0)
+        time.sleep(2)
+    report("scancel of the serving job", "successor released at once; forwarder switches",
+           seconds, load)
+    one_chain(alice, "f-scancel")
+
+
+def test_server_killed_inside_the_job(serve, cluster, alice, faults, report):
+    up = serve("f-kill")
+    with Load(up.port) as load:
+        job = current_job(load)
+        node = alice.out(f"squeue -h -j {job} -o %N")
+        t0 = time.time()
+        faults.kill(node, "hpc.py")
+        wait_for("the agent's restart", lambda: "state=serving restarts=1" in alice.out(
+            f"cat ~/.slurm-persist/services/f-kill/logs/{job}.out"), timeout=60)
+        wait_for("requests served again", lambda: any(s > t0 + 0.5 and not e
+                 for s, _, _, e in load.results), timeout=60)
+        seconds = max(load.outage_after(t0), 0.0)
+    assert load.jobs() == [job]  # the same job kept the service
+    report("server killed (kill -9) in the job", "agent restarts it in the same job",
+           seconds, load)
+    one_chain(alice, "f-kill")
+
+
+def test_time_limit_without_overlap(serve, alice, report):
+    up = serve("f-limit", "--sbatch-option=--time=1", "--warn-seconds", "20")
+    with Load(up.port) as load:
+        old = current_job(load)
+        recovered_by_new_job(load, old, time.time(), timeout=150)
+        time.sleep(2)
+    log = alice.out(f"cat ~/.slurm-persist/services/f-limit/logs/{old}.out")
+    assert "state=draining reason='time limit near'" in log
+    report("job reaches its time limit (no overlap)",
+           "agent ends at the USR1 warning; successor starts; connections held meanwhile",
+           recovered_gap(load, old), load)
+    one_chain(alice, "f-limit")
+
+
+def recovered_gap(load: Load, old: str) -> float:
+    """Longest request wait around the switch away from `old`."""
+    last_old = max(end for _, end, j, _ in load.results if j == old)
+    return load.outage_after(last_old - 5)
+
+
+def test_rollover_with_overlap_loses_no_request(serve, alice, report):
+    up = serve("f-overlap", "--sbatch-option=--time=2", "--overlap-minutes", "1",
+               "--warn-seconds", "20")
+    with Load(up.port) as load:
+        old = current_job(load)
+        t0 = time.time()
+        new = wait_for("the successor serving requests",
+                       lambda: next((j for j in load.jobs() if j != old), None), timeout=150)
+        # The successor served while the predecessor was still running.
+        assert alice.out(f"squeue -h -j {old} -o %T") == "RUNNING"
+        wait_for("the predecessor to hand over and end",
+                 lambda: alice.run(f"squeue -h -j {old} -o %T", check=False).stdout.strip() == "",
+                 timeout=120)
+        time.sleep(2)
+    assert load.failures() == [], load.failures()[:5]
+    log = alice.out(f"cat ~/.slurm-persist/services/f-overlap/logs/{old}.out")
+    assert f"successor={new} state=serving" in log
+    report("rollover with overlap (time limit)", "successor serves first; old job drains",
+           recovered_gap(load, old), load)
+    assert time.time() > t0
+    one_chain(alice, "f-overlap")
+
+
+def test_compute_node_lost(serve, alice, faults, report):
+    up = serve("f-node")
+    with Load(up.port, timeout=120) as load:
+        old = current_job(load)
+        node = alice.out(f"squeue -h -j {old} -o %N")
+        t0 = time.time()
+        faults.stop(node)
+        seconds = recovered_by_new_job(load, old, t0, timeout=240)
+        time.sleep(2)
+    other = alice.out("squeue -h -n sp-f-node -t RUNNING -o %N")
+    assert other and other != node
+    report("compute node stopped (container)", "SLURM fails the job; successor runs on the "
+           "other node", seconds, load)
+    faults.restore()
+    one_chain(alice, "f-node")
+
+
+def test_login1_lost_while_serving(serve, alice, faults, report):
+    up = serve("f-login")
+    with Load(up.port) as load:
+        current_job(load)
+        t0 = time.time()
+        faults.stop("login1")
+        wait_for("serving through login2", lambda: "login=login2 state=serving"
+                 in up.log.read_text(), timeout=120)
+        time.sleep(3)
+    report("login1 stopped while serving", "tunnel rebuilt through login2",
+           load.outage_after(t0), load)
+    faults.restore()
+    one_chain(alice, "f-login")
+
+
+def test_ssh_master_killed(serve, alice, report):
+    up = serve("f-ssh")
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / f"slurm-persist-{os.getuid()}" / "f-ssh"
+    with Load(up.port) as load:
+        current_job(load)
+        t0 = time.time()
+        subprocess.run(["pkill", "-KILL", "-f", f"-S {runtime}/c0 -N"], check=True)
+        wait_for("the tunnel rebuilt", lambda: up.log.read_text().count("tunnel=login1 state=up")
+                 >= 2, timeout=60)
+        time.sleep(3)
+    report("local ssh process killed", "tunnel rebuilt", load.outage_after(t0), load)
+    one_chain(alice, "f-ssh")
+
+
+def test_jumphost_frozen_for_30_seconds(serve, cluster, alice, report):
+    up = serve("f-jump")
+    jump = cluster.container("jumphost")
+    with Load(up.port, timeout=90) as load:
+        current_job(load)
+        t0 = time.time()
+        subprocess.run(["docker", "pause", jump], check=True)
+        try:
+            time.sleep(30)
+        finally:
+            subprocess.run(["docker", "unpause", jump], check=True)
+        wait_for("requests served after the cut", lambda: any(s > t0 + 31 and not e
+                 for s, _, _, e in load.results), timeout=120)
+        time.sleep(3)
+    report("jumphost unreachable for 30 s (frozen)", "held, then tunnel rebuilt",
+           load.outage_after(t0 + 30), load)
+    one_chain(alice, "f-jump")
+
+
+def test_slurmctld_restarted_while_serving_and_pending(serve, cluster, alice, report):
+    up = serve("f-ctld")
+    one_chain(alice, "f-ctld")
+    with Load(up.port) as load:
+        old = current_job(load)
+        t0 = time.time()
+        subprocess.run(["docker", "restart", "-t", "2", cluster.container("slurmctld")], check=True)
+        wait_for("the controller answering", lambda: alice.run("squeue -h", check=False)
+                 .returncode == 0, timeout=90)
+        assert chain_states(alice, "f-ctld") == ["PENDING", "RUNNING"]
+        assert load.jobs() == [old] and load.failures() == []
+        alice.run(f"scancel {old}")  # the pending successor survived the restart
+        seconds = recovered_by_new_job(load, old, t0)
+        time.sleep(2)
+    report("slurmctld restarted (serving job, pending successor)",
+           "nothing to do; the successor still takes over later", seconds, load)
+    one_chain(alice, "f-ctld")
+
+
+def test_controller_down_never_resubmits(serve, cluster, alice, faults, report):
+    up = serve("f-noctl")
+    with Load(up.port, timeout=120) as load:
+        old = current_job(load)
+        node = alice.out(f"squeue -h -j {old} -o %N")
+        t0 = time.time()
+        faults.stop("slurmctld")
+        faults.stop(node)  # the job is lost while nobody can ask SLURM about it
+        wait_for("the forwarder waiting on an unknown state",
+                 lambda: "slurm=unknown action=wait" in up.log.read_text(), timeout=60)
+        time.sleep(10)
+        faults.start("slurmctld")
+        seconds = recovered_by_new_job(load, old, t0, timeout=240)
+    assert "chain-started" not in up.log.read_text()
+    report("controller down while the job is lost", "waits on unknown; never resubmits; "
+           "the successor takes over once SLURM answers", seconds, load)
+    faults.restore()
+    one_chain(alice, "f-noctl")
+
+
+def test_forwarder_killed_and_restarted(cluster, alice, tmp_path, report):
+    port = free_port()
+    args = up_args(cluster, "f-fwd", port, "--daemonize")
+    try:
+        assert cli(*args).returncode == 0
+        jobs = chain_states(alice, "f-fwd")
+        pid = int((Path(os.environ["XDG_STATE_HOME"]) /
+                   "slurm-persist/services/f-fwd/forwarder.pid").read_text())
+        with Load(port, timeout=5) as load:
+            current_job(load)
+            t0 = time.time()
+            os.kill(pid, 9)
+            time.sleep(1)
+            assert cli(*args).returncode == 0
+            wait_for("served again", lambda: any(s > time.time() - 1 and not e
+                     for s, _, _, e in load.results), timeout=30)
+        restarted = min(s for s, _, _, e in load.results if s > t0 + 1 and not e) - t0
+        assert chain_states(alice, "f-fwd") == jobs
+        report("forwarder kill -9, then up again", "same chain found; port served again",
+               restarted, load)
+    finally:
+        cli("down", *site_args(cluster, "f-fwd"))
+
+
+def test_crash_loop_is_stopped_and_explained(cluster, alice, tmp_path, report):
+    app = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(Path(__file__).resolve().parents[2] / "hpc"), str(app)],
+                   check=True)
+    (app / "run").write_text("#!/bin/bash\necho never starts >&2\nexit 3\n")
+    (tmp_path / "slurm-persist.toml").write_text(
+        "[services.f-crash]\nmax_restarts = 0\ncrash_loop_jobs = 2\n")
+    args = site_args(cluster, "f-crash")
+    t0 = time.time()
+    result = cli("up", *args, "--local-hpc-script-dir", str(app), "--daemonize",
+                 "--max-attempts-get-server-and-port", "40", "--delay-between-server-and-port",
+                 "1", cwd=tmp_path)
+    try:
+        assert result.returncode != 0
+        wait_for("the chain stopped", lambda: "crash loop" in cli("status", *args, cwd=tmp_path)
+                 .stdout, timeout=120)
+        seconds = time.time() - t0
+        status = cli("status", *args, cwd=tmp_path).stdout
+        assert "stopped: crash loop: 2 jobs in a row never served" in status
+        assert chain_states(alice, "f-crash") == []
+        report("server crashes in every job", "crash-loop guard stops the chain after 2 jobs; "
+               "status says why", seconds, None)
+    finally:
+        cli("down", *args, cwd=tmp_path)

@@ -1,0 +1,78 @@
+"""Another cluster user, mallory, cannot reach or read alice's service."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from helpers import gate_get, serving, wait_for
+
+pytestmark = pytest.mark.cluster
+
+# Run by mallory inside a job on alice's node: every way in she can try.
+PROBE = r"""
+import glob, os, socket, subprocess
+def get(connect):
+    try:
+        s = connect()
+        s.settimeout(3)
+        s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        return s.recv(100).split(b"\r\n")[0].decode() or "closed"
+    except OSError as exc:
+        return type(exc).__name__
+ports = set()
+for line in subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout.splitlines():
+    ports.add(int(line.split()[3].rsplit(":", 1)[1]))
+for port in sorted(ports):
+    for host in ("127.0.0.1", socket.gethostname()):
+        print("tcp", host, port, get(lambda: socket.create_connection((host, port), 3)))
+for path in [d + "/server-0.sock" for d in glob.glob("/tmp/slurm-persist-*")]:
+    def unix():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        return s
+    print("unix", path, get(unix))
+"""
+
+
+def test_mallory_on_the_same_node_cannot_reach_the_server(make_service, alice, mallory):
+    chain = make_service("guarded")
+    job_id, _ = chain.ensure()
+    record = wait_for("a serving record", lambda: serving(chain, job_id))
+    script = f"/home/mallory/probe-{job_id}.py"
+    mallory.run(f"cat > {script} <<'EOF'\n{PROBE}\nEOF")
+    job = mallory.out(f"sbatch --parsable --nodelist={record.node} --output={script}.out "
+                      f"--wrap {shlex.quote(f'python3 {script}')}")
+    wait_for("mallory's probe", lambda: mallory.run(f"squeue -h -j {job}", check=False)
+             .stdout.strip() == "", timeout=60)
+    report = mallory.out(f"cat {script}.out")
+    tried = [line for line in report.splitlines() if line.startswith(("tcp", "unix"))]
+    assert any(str(record.port) in line for line in tried), report  # she did find the gate
+    assert not any("200" in line for line in tried), report
+    assert "unix" in report and "PermissionError" in report, report
+    assert "200 OK" in gate_get(alice, record)
+
+
+def test_mallory_cannot_read_records(make_service, mallory):
+    chain = make_service("secret")
+    job_id, _ = chain.ensure()
+    wait_for("a serving record", lambda: serving(chain, job_id))
+    record_path = f"{chain.layout.service_dir}/endpoints/{job_id}.json"
+    result = mallory.run(f"cat {record_path}", check=False)
+    assert result.returncode != 0 and "Permission denied" in result.stderr
+    modes = chain.site.run(["stat", "-c", "%a %n", chain.layout.home + "/.slurm-persist",
+                            chain.layout.service_dir, record_path,
+                            chain.layout.service_dir + "/spec.json"]).stdout.split("\n")
+    assert [m.split()[0] for m in modes if m] == ["700", "700", "600", "600"]
+
+
+def test_agent_refuses_a_service_dir_others_can_write(make_service, alice):
+    chain = make_service("loose")
+    alice.run(f"chmod 777 {chain.layout.service_dir}")
+    job_id, _ = chain.ensure()
+    wait_for("the job to end", lambda: chain.jobs() == [], timeout=60)
+    log = alice.out(f"cat {chain.log_path(job_id)}")
+    assert "state=refused" in log and "can be written by others (mode 777)" in log
+    with pytest.raises(RuntimeError, match="refusing the service dir"):
+        chain.snapshot()
+    alice.run(f"chmod 700 {chain.layout.service_dir}")  # so cleanup can stop the chain
