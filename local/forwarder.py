@@ -30,7 +30,7 @@ import aiohttp
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import preamble, relay
+from remote_agent.gate import ACK, CHUNK, preamble, relay
 
 from .cluster import Chain
 from .config import Options, state_dir
@@ -40,6 +40,16 @@ from .tunnel import Tunnel, TunnelError, runtime_dir
 log = logging.getLogger("slurm_persist.forwarder")
 
 PROBE_TIMEOUT = 10.0
+# How long a new connection waits for the gate's acknowledgement.
+ACK_TIMEOUT = 15.0
+# Client bytes kept for a retry until the gate acknowledges; past this, the
+# client waits for the acknowledgement before sending more.
+REPLAY_LIMIT = 1 << 20
+
+
+class NotAcknowledged(ConnectionError):
+    """The route failed before the gate confirmed the server: nothing sent
+    so far reached the server, so the connection may be tried elsewhere."""
 # Start reading records this long before a job's end, to catch the overlap successor.
 HANDOVER_WINDOW = 180.0
 
@@ -63,8 +73,14 @@ class Route:
         self.probe_port = 0
 
     async def open(self):
+        """Connect and present the secret; the acknowledgement is still to come."""
         reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         writer.write(preamble(self.endpoint.secret))
+        return reader, writer
+
+    async def open_acked(self):
+        reader, writer = await self.open()
+        await expect_ack(reader, writer)
         return reader, writer
 
     async def start(self) -> None:
@@ -74,7 +90,7 @@ class Route:
 
     async def _probe_client(self, reader, writer) -> None:
         try:
-            upstream = await self.open()
+            upstream = await self.open_acked()
         except OSError:
             writer.close()
             return
@@ -146,7 +162,9 @@ class Forwarder:
         if not self._listeners:
             await self.listen()
         try:
-            async with aiohttp.ClientSession() as session:
+            # New connection per probe: a kept-alive one would hold a draining job open.
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as session:
                 while True:
                     await self._heartbeat(session)
         finally:
@@ -286,7 +304,11 @@ class Forwarder:
     # -- clients ---------------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Carry one client connection to the current route. Until the gate
+        acknowledges, the client's bytes are kept: if the route fails first,
+        they cannot have reached the server, and go to the next route."""
         deadline = time.monotonic() + self.options.hold_seconds
+        sent = bytearray()
         while True:
             route = await self._wait_route(deadline - time.monotonic())
             if route is None:
@@ -296,14 +318,39 @@ class Forwarder:
                 return
             try:
                 upstream = await route.open()
+                upstream[1].write(bytes(sent))
+                await self._until_ack(reader, upstream, sent)
                 break
-            except OSError as exc:
-                log.warning("%s state=route-broken error=%r", route.describe(), str(exc))
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning("%s state=route-broken error=%r", route.describe(), str(exc) or
+                            type(exc).__name__)
                 if self.route is route:
                     self.healthy.clear()
                     self._kick.set()
-                await asyncio.sleep(0.2)
         await relay((reader, writer), upstream)
+
+    async def _until_ack(self, client: asyncio.StreamReader, upstream, sent: bytearray) -> None:
+        """Pass client bytes on (keeping a copy) while waiting for the ack."""
+        up_reader, up_writer = upstream
+        ack = asyncio.ensure_future(expect_ack(up_reader, up_writer))
+        more: Optional[asyncio.Future] = None
+        try:
+            while not ack.done():
+                if more is None and len(sent) < REPLAY_LIMIT and not client.at_eof():
+                    more = asyncio.ensure_future(client.read(CHUNK))
+                await asyncio.wait([f for f in (ack, more) if f], timeout=ACK_TIMEOUT,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not ack.done() and (more is None or not more.done()):
+                    raise asyncio.TimeoutError("no acknowledgement from the gate")
+                if more is not None and more.done():
+                    data, more = more.result(), None
+                    sent += data
+                    up_writer.write(data)
+            ack.result()
+        finally:
+            ack.cancel()
+            if more is not None:
+                more.cancel()
 
     async def _wait_route(self, timeout: float) -> Optional[Route]:
         if timeout <= 0:
@@ -325,6 +372,16 @@ class Forwarder:
         tmp = self._status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self.status)))
         os.replace(tmp, self._status_path)
+
+
+async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        line = await asyncio.wait_for(reader.readline(), ACK_TIMEOUT)
+    except (ValueError, asyncio.IncompleteReadError):
+        line = b""
+    if line != ACK:
+        writer.close()
+        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line else "closed before the gate answered")
 
 
 def read_status(name: str) -> Optional[Status]:

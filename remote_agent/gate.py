@@ -3,9 +3,13 @@
 A compute node is shared with other users, so the user's server listens on
 127.0.0.1 only and the gate stands in front of it on the node's address.
 A connection must first send one line, ``SLURM-PERSIST/1 <secret>\\n``,
-with the secret from this job's 0600 endpoint record; then its bytes are
-relayed both ways, untouched. Anything else is closed before a byte reaches
-the server. The gate also counts open connections, so a job can drain.
+with the secret from this job's 0600 endpoint record. Once the gate has
+reached the server it answers ``SLURM-PERSIST/1 OK\\n`` and from then on
+relays bytes both ways, untouched. Anything else is closed before a byte
+reaches the server. The acknowledgement lets the sender know that nothing
+it sent before it can have reached the server when the connection fails
+first, so it may safely try again elsewhere. The gate also counts open
+connections, so a job can drain.
 
 :func:`relay` is shared with the local forwarder, which speaks the other end.
 """
@@ -21,6 +25,7 @@ from typing import Awaitable, Callable, Optional, Set, Tuple
 log = logging.getLogger("slurm_persist.gate")
 
 MAGIC = b"SLURM-PERSIST/1 "
+ACK = MAGIC + b"OK\n"
 HANDSHAKE_TIMEOUT = 10.0
 CHUNK = 256 * 1024
 
@@ -35,7 +40,8 @@ def nodelay(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Copy until EOF (passed on as a half-close: True) or an error (False)."""
     try:
         while True:
             data = await reader.read(CHUNK)
@@ -45,18 +51,28 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+        return True
     except (ConnectionError, OSError):
-        pass
+        return False
 
 
 async def relay(a: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
                 b: Tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-    """Copy bytes both ways until both sides are done, then close both."""
+    """Copy bytes both ways until both sides are done, then close both.
+    A reset on either side ends both directions at once: a client must not
+    wait forever for an answer from a side that is gone."""
     for _, writer in (a, b):
         nodelay(writer)
+    pumps = [asyncio.ensure_future(_pump(a[0], b[1])), asyncio.ensure_future(_pump(b[0], a[1]))]
     try:
-        await asyncio.gather(_pump(a[0], b[1]), _pump(b[0], a[1]))
+        pending = set(pumps)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not all(task.result() for task in done):
+                break
     finally:
+        for task in pumps:
+            task.cancel()
         for _, writer in (a, b):
             writer.close()
 
@@ -120,4 +136,5 @@ class Gate:
             log.warning("gate=upstream-failed error=%s", exc)
             writer.close()
             return
+        writer.write(ACK)
         await relay((reader, writer), upstream)

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from remote_agent.gate import Gate, preamble
+from remote_agent.gate import ACK, Gate, preamble, relay
 
 SECRET = "s3cr3t" * 4
 
@@ -39,7 +39,7 @@ async def test_right_secret_is_relayed(upstream):
     gate = Gate(SECRET, lambda: asyncio.open_connection("127.0.0.1", port))
     gate_port = await gate.start("127.0.0.1")
     assert await talk(gate_port, preamble(SECRET), b"GET / HTTP/1.0\r\n\r\n") == \
-        b"echo:GET / HTTP/1.0\r\n\r\n"
+        ACK + b"echo:GET / HTTP/1.0\r\n\r\n"
     assert seen == [b"GET / HTTP/1.0\r\n\r\n"]
 
 
@@ -61,7 +61,7 @@ async def test_drain_waits_for_open_connections(upstream):
     reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
     writer.write(preamble(SECRET))
     await writer.drain()
-    await asyncio.sleep(0.2)
+    assert await reader.readline() == ACK
     assert gate.active == 1
     drain = asyncio.ensure_future(gate.drain(timeout=5))
     await asyncio.sleep(0.2)
@@ -72,3 +72,34 @@ async def test_drain_waits_for_open_connections(upstream):
     assert await reader.read() == b"echo:last request"
     writer.close()
     assert await drain == 0
+
+
+async def test_gate_without_server_never_acknowledges():
+    async def refused():
+        raise ConnectionRefusedError("server gone")
+    gate = Gate(SECRET, refused)
+    gate_port = await gate.start("127.0.0.1")
+    assert await talk(gate_port, preamble(SECRET), b"GET / HTTP/1.0\r\n\r\n") == b""
+
+
+async def test_relay_ends_both_sides_when_one_resets():
+    """A reset upstream must not leave the client waiting for an answer."""
+    async def reset_at_once(reader, writer):
+        await reader.read(10)
+        writer.transport.abort()
+
+    upstream = await asyncio.start_server(reset_at_once, "127.0.0.1", 0)
+    up_port = upstream.sockets[0].getsockname()[1]
+
+    async def front(reader, writer):
+        await relay((reader, writer), await asyncio.open_connection("127.0.0.1", up_port))
+
+    server = await asyncio.start_server(front, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")  # and then wait for an answer, like a client
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        pass  # also an immediate end, which is the point
+    server.close()
+    upstream.close()
