@@ -19,13 +19,14 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 import paramiko
 from fabric import Config, Connection
-from invoke.exceptions import UnexpectedExit
+from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from .config import Options
 
 log = logging.getLogger("slurm_persist.remote")
 
 CONNECT_TIMEOUT = 15
+COMMAND_TIMEOUT = 30
 T = TypeVar("T")
 
 
@@ -49,8 +50,12 @@ class Site:
         self._connections: dict[str, Connection] = {}
         self.current: Optional[str] = None
 
-    def run(self, argv: Sequence[str], stdin: Optional[str] = None, timeout: float = 120) -> Result:
-        """Run argv (quoted here, once) on a login node; fail over on SSH errors."""
+    def run(self, argv: Sequence[str], stdin: Optional[str] = None,
+            timeout: float = COMMAND_TIMEOUT) -> Result:
+        """Run argv (quoted here, once) on a login node; fail over on SSH errors.
+        A command that outlives timeout comes back as exit status 124: SLURM
+        commands hang for minutes when the controller is gone, and a caller
+        must see "no answer", not wait."""
         command = shlex.join(argv)
         return self._on_any(lambda host: self._run_on(host, command, stdin, timeout))
 
@@ -82,9 +87,11 @@ class Site:
                     errors.append(f"{host}: {_describe(exc)}")
                     log.warning("login=%s state=unreachable attempt=%d error=%s", host,
                                 attempt + 1, _describe(exc))
-                    if isinstance(exc, (paramiko.BadHostKeyException, HostKeyUnknown,
-                                        paramiko.AuthenticationException)):
-                        break  # retrying cannot fix a key or a host key
+                    if isinstance(exc, (paramiko.BadHostKeyException, HostKeyUnknown)):
+                        # Possibly someone in the middle: stop, do not route around it.
+                        raise Unreachable(f"{host}: {_describe(exc)}") from None
+                    if isinstance(exc, paramiko.AuthenticationException):
+                        break  # retrying cannot fix a key
                     if attempt < self.options.retries:
                         time.sleep(min(2 ** attempt, 10))
         raise Unreachable("; ".join(errors))
@@ -106,6 +113,9 @@ class Site:
                            timeout=timeout)
         except UnexpectedExit as exc:  # pragma: no cover - warn=True avoids it
             out = exc.result
+        except CommandTimedOut:
+            self._drop(host)  # the channel may still carry the hung command
+            return Result(124, "", f"{argv0(command)} did not answer within {timeout:.0f} s", host)
         return Result(out.exited, out.stdout, out.stderr, host)
 
     def _connection(self, host: str) -> Connection:
@@ -161,6 +171,10 @@ class RejectUnknown(paramiko.MissingHostKeyPolicy):
 
 def _stream(stdin: Optional[str]):
     return io.StringIO(stdin) if stdin is not None else False
+
+
+def argv0(command: str) -> str:
+    return command.split(" ", 1)[0]
 
 
 def _describe(exc: BaseException) -> str:

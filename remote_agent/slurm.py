@@ -94,6 +94,9 @@ def sbatch_argv(spec: Spec, dependency: Optional[str] = None) -> List[str]:
         f"--output={spec.service_dir}/logs/%j.out",
         f"--chdir={spec.app_dir}",
         f"--signal=B:USR1@{spec.warn_seconds}",
+        # A job lost with its node must end, not be requeued under the same id
+        # behind a begin-time delay: its successor is what carries the service on.
+        "--no-requeue",
         f"--export=ALL,SLURM_PERSIST_SERVICE_DIR={spec.service_dir},"
         f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
         *spec.sbatch_options,
