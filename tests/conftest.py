@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from local.cluster import Chain
-from local.config import Options
 from local.deploy import deploy
 from local.remote import Site
-from local.sandbox import COMPOSE_FILE, JUMP_ALIAS, JUMP_USER, Sandbox
+from helpers import Up, site_options
+
+from local.sandbox import COMPOSE_FILE, Sandbox
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +117,13 @@ class Faults:
         subprocess.run(["docker", "stop", "-t", "2", cid], check=True, capture_output=True)
         self._undo.append(["docker", "start", cid])
 
+    def pause(self, service: str) -> None:
+        """Freeze a container: it keeps its name and address but answers
+        nothing, like a hung node or a network black hole."""
+        cid = self.cluster.container(service)
+        subprocess.run(["docker", "pause", cid], check=True, capture_output=True)
+        self._undo.append(["docker", "unpause", cid])
+
     def start(self, service: str) -> None:
         subprocess.run(["docker", "start", self.cluster.container(service)], check=True,
                        capture_output=True)
@@ -149,16 +157,6 @@ def private_state(tmp_path_factory):
 HPC = Path(__file__).resolve().parent.parent / "hpc"
 
 
-def site_options(cluster: Sandbox, **changes) -> Options:
-    """Options that reach the test cluster the way a user's would."""
-    values = dict(hpc_system_url="login1", fallback_system_url=["login2"],
-                  jumphost_url=JUMP_ALIAS, jumphost_username=JUMP_USER, username="alice",
-                  ssh_config=str(cluster.ssh_config), retries=1, heartbeat_time=2.0,
-                  delay_between_server_and_port=1.0)
-    values.update(changes)
-    return Options(**values)
-
-
 @pytest.fixture
 def make_service(cluster: Sandbox, tmp_path):
     """Deploy a copy of hpc/ (optionally with another `run`) as a fresh
@@ -182,3 +180,18 @@ def make_service(cluster: Sandbox, tmp_path):
     for chain in chains:
         chain.cancel_all()
         chain.site.close()
+
+
+@pytest.fixture
+def start_up(cluster, tmp_path):
+    """`slurm-persist up` in the foreground, per test; stopped and down at the end."""
+    started: list[Up] = []
+
+    def start(name: str, *extra: str) -> Up:
+        up = Up(cluster, name, tmp_path, *extra)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.stop()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from local.sandbox import JUMP_ALIAS, JUMP_USER
+from bench.client import Load  # noqa: F401  (shared with the benchmark)
+from local.config import Options
+from local.sandbox import JUMP_ALIAS, JUMP_USER, Sandbox
 from remote_agent.gate import preamble
 
 
@@ -55,7 +55,7 @@ def gate_get(alice, record, path="/health", secret=None) -> str:
 
 
 BIN = str(Path(sys.executable).parent / "slurm-persist")
-HPC = str(Path(__file__).resolve().parents[2] / "hpc")
+HPC = str(Path(__file__).resolve().parents[1] / "hpc")
 
 
 def free_port() -> int:
@@ -121,62 +121,11 @@ class Up:
         cli("down", *site_args(self.cluster, self.name))
 
 
-class Load:
-    """A bounded client load on 127.0.0.1:port: one GET per `every` seconds,
-    each on a new connection, from a background thread. Records what each
-    request got, so a test can count failures and measure the outage."""
-
-    def __init__(self, port: int, every: float = 0.05, limit: int = 20000, timeout: float = 60):
-        self.port, self.every, self.limit, self.timeout = port, every, limit, timeout
-        self.results: list[tuple[float, float, str | None, str]] = []  # start, end, job, error
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def __enter__(self):
-        self._threads = [threading.Thread(target=self._run, daemon=True)]
-        self._threads[0].start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self.timeout + 5)
-
-    def _run(self):
-        pool: list[threading.Thread] = []
-        while not self._stop.is_set() and len(pool) < self.limit:
-            thread = threading.Thread(target=self._one, daemon=True)
-            thread.start()
-            pool.append(thread)
-            time.sleep(self.every)
-        for thread in pool:
-            thread.join(timeout=self.timeout + 5)
-
-    def _one(self):
-        start = time.time()
-        try:
-            status, body = get(self.port, "/health", timeout=self.timeout)
-            job = json.loads(body)["job_id"] if status == 200 else None
-            error = "" if status == 200 else f"HTTP {status}"
-        except Exception as exc:  # any failure counts; the test reports which
-            job, error = None, f"{type(exc).__name__}: {exc}"
-        self.results.append((start, time.time(), job, error))
-
-    def failures(self) -> list[tuple[float, float, str | None, str]]:
-        return [r for r in self.results if r[3]]
-
-    def jobs(self) -> list[str]:
-        seen: list[str] = []
-        for _, _, job, _ in sorted(self.results):
-            if job and job not in seen:
-                seen.append(job)
-        return seen
-
-    def outage_after(self, t0: float) -> float:
-        """Longest wait of a request started after t0 (held or failed)."""
-        waits = [end - start for start, end, _, _ in self.results if start >= t0]
-        return max(waits, default=0.0)
-
-    def first_served_by(self, job: str, after: float) -> float:
-        times = [end for start, end, j, e in self.results if j == job and start >= after]
-        return min(times) - after if times else float("inf")
+def site_options(cluster: Sandbox, **changes) -> Options:
+    """Options that reach the test cluster the way a user's would."""
+    values = dict(hpc_system_url="login1", fallback_system_url=["login2"],
+                  jumphost_url=JUMP_ALIAS, jumphost_username=JUMP_USER, username="alice",
+                  ssh_config=str(cluster.ssh_config), retries=1, heartbeat_time=2.0,
+                  delay_between_server_and_port=1.0)
+    values.update(changes)
+    return Options(**values)

@@ -28,8 +28,9 @@ def report(request):
                "requests": len(load.results) if load else 0,
                "failed": len(load.failures()) if load else 0}
         rows.append(row)
+        kinds = sorted({e.split(":")[0] for *_, e in (load.failures() if load else [])})
         print(f"fault={fault!r} recovery_seconds={row['seconds']} requests={row['requests']} "
-              f"failed={row['failed']}")
+              f"failed={row['failed']} errors={','.join(kinds) or '-'}")
 
     yield add
     path = os.environ.get("SLURM_PERSIST_FAULT_REPORT")
@@ -40,19 +41,13 @@ def report(request):
 
 
 @pytest.fixture
-def serve(cluster, tmp_path):
-    """`up` in the foreground for one fresh service; down at the end."""
-    started: list[Up] = []
-
+def serve(start_up):
+    """A fresh service, serving on its local port before the test goes on."""
     def start(name: str, *extra: str) -> Up:
-        up = Up(cluster, name, tmp_path, "--heartbeat-time", "2", *extra)
-        started.append(up)
+        up = start_up(name, *extra)
         up.wait_serving()
         return up
-
-    yield start
-    for up in started:
-        up.stop()
+    return start
 
 
 def chain_states(alice, name: str) -> list[str]:
@@ -190,7 +185,7 @@ def test_ssh_master_killed(serve, alice, report):
     with Load(up.port) as load:
         current_job(load)
         t0 = time.time()
-        subprocess.run(["pkill", "-KILL", "-f", f"-S {runtime}/c0 -N"], check=True)
+        subprocess.run(["pkill", "-KILL", "-f", "--", f"-S {runtime}/c0 -N"], check=True)
         wait_for("the tunnel rebuilt", lambda: up.log.read_text().count("tunnel=login1 state=up")
                  >= 2, timeout=60)
         time.sleep(3)
@@ -198,17 +193,14 @@ def test_ssh_master_killed(serve, alice, report):
     one_chain(alice, "f-ssh")
 
 
-def test_jumphost_frozen_for_30_seconds(serve, cluster, alice, report):
+def test_jumphost_frozen_for_30_seconds(serve, alice, faults, report):
     up = serve("f-jump")
-    jump = cluster.container("jumphost")
     with Load(up.port, timeout=90) as load:
         current_job(load)
         t0 = time.time()
-        subprocess.run(["docker", "pause", jump], check=True)
-        try:
-            time.sleep(30)
-        finally:
-            subprocess.run(["docker", "unpause", jump], check=True)
+        faults.pause("jumphost")
+        time.sleep(30)
+        faults.restore()
         wait_for("requests served after the cut", lambda: any(s > t0 + 31 and not e
                  for s, _, _, e in load.results), timeout=120)
         time.sleep(3)
@@ -243,13 +235,16 @@ def test_controller_down_never_resubmits(serve, cluster, alice, faults, report):
         node = alice.out(f"squeue -h -j {old} -o %N")
         t0 = time.time()
         faults.stop("slurmctld")
-        faults.stop(node)  # the job is lost while nobody can ask SLURM about it
+        # The node hangs while nobody can ask SLURM about it. Paused, not
+        # stopped: a stopped container's name stops resolving, which would
+        # make the restarted controller forget the node instead of failing it.
+        faults.pause(node)
         wait_for("the forwarder waiting on an unknown state",
                  lambda: "slurm=unknown action=wait" in up.log.read_text(), timeout=60)
         time.sleep(10)
         faults.start("slurmctld")
         seconds = recovered_by_new_job(load, old, t0, timeout=240)
-    assert "chain-started" not in up.log.read_text()
+    assert up.log.read_text().count("chain-started") == 1  # the first up, never again
     report("controller down while the job is lost", "waits on unknown; never resubmits; "
            "the successor takes over once SLURM answers", seconds, load)
     faults.restore()

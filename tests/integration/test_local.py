@@ -11,25 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import Up, answers, cli, free_port, get, site_args, up_args, wait_for
+from helpers import answers, cli, free_port, get, site_args, up_args, wait_for
 
 from local.sandbox import JUMP_ALIAS, JUMP_USER
 
 pytestmark = pytest.mark.cluster
-
-@pytest.fixture
-def start_up(cluster, tmp_path):
-    started: list[Up] = []
-
-    def start(name: str, *extra: str) -> Up:
-        up = Up(cluster, name, tmp_path, *extra)
-        started.append(up)
-        return up
-
-    yield start
-    for up in started:
-        up.stop()
-
 
 def chain_jobs(alice, name: str) -> list[str]:
     return alice.out(f"squeue -h -n sp-{name} -o '%i:%T'").split()

@@ -1,0 +1,25 @@
+"""The benchmark still runs (short mode): every figure is produced. How
+fast is for `invoke bench` to report, not for a test to assert."""
+
+import json
+
+import pytest
+from helpers import site_options
+
+from bench.bench import Bench, Settings, table
+
+pytestmark = pytest.mark.cluster
+
+
+def test_bench_short_mode_produces_every_figure(cluster, tmp_path):
+    results = Bench(site_options(cluster), cluster, Settings.short()).run()
+    assert set(results["paths"]) == {"slurm-persist", "ssh -L (baseline)", "in-cluster (limit)"}
+    for row in results["paths"].values():
+        assert row["mb_per_s"] > 0 and row["p50_new_ms"] > 0 and row["p99_keepalive_ms"] > 0
+    assert results["startup_cold_s"] > 0 and results["startup_warm_s"] > 0
+    assert results["recovery_scancel"]["seconds"] is not None
+    assert results["forwarder"]["idle"]["rss_mb"] > 0
+    assert "slurm_calls_per_hour" in results
+    report = table(results)
+    assert report.count("\n|") >= 12
+    json.dumps(results)  # what `invoke bench` writes
