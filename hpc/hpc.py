@@ -51,6 +51,19 @@ async def echo(request: web.Request) -> web.Response:
                         headers={"X-Job-Id": job_info()["job_id"] or ""})
 
 
+async def data(request: web.Request) -> web.StreamResponse:
+    """GET /bytes?n=N streams N bytes: a download to measure."""
+    remaining = int(request.query.get("n", "0"))
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                            "Content-Length": str(remaining)})
+    await response.prepare(request)
+    block = b"x" * (1 << 20)
+    while remaining > 0:
+        await response.write(block[:remaining])
+        remaining -= len(block)
+    return response
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, **job_info()})
 
@@ -58,7 +71,8 @@ async def health(request: web.Request) -> web.Response:
 def app() -> web.Application:
     application = web.Application(client_max_size=1024 ** 3)
     application.add_routes([web.get("/", index), web.post("/", echo),
-                            web.post("/echo", echo), web.get("/health", health)])
+                            web.post("/echo", echo), web.get("/health", health),
+                            web.get("/bytes", data)])
     return application
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of slurm-persist on the sandbox cluster: `invoke bench`."""
