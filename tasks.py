@@ -7,14 +7,23 @@ installed `slurm-persist TASK` command (the same Collection).
     logs     the current job's output (agent and server), --follow to keep reading
     down     stop the forwarder and cancel every job of the chain
     sandbox.up / sandbox.down   the docker mini cluster used when no cluster is named
+    bench    measure slurm-persist against a hand-made ssh -L on the sandbox
+    faults-table   run the fault-injection suite and write its table into README.md
+    diagram  render docs/architecture.dot to the SVG the README shows
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
+import os
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
@@ -144,7 +153,7 @@ def down(c, options):
 def sandbox_up(c):
     """Build (first time) and start the docker mini cluster; print how to ssh in."""
     _logging(False)
-    box = Sandbox()
+    box = Sandbox.default()
     try:
         box.up()
     except SandboxError as exc:
@@ -156,10 +165,61 @@ def sandbox_up(c):
 def sandbox_down(c):
     """Stop the docker mini cluster and remove its shared /home volume."""
     _logging(False)
-    Sandbox().down()
+    Sandbox.default().down()
+
+
+@task(help={"short": "small sizes and windows: checks that it runs (CI), not how fast",
+            "out": "where to write the JSON results (default bench-results.json)"})
+def bench(c, short=False, out="bench-results.json"):
+    """Benchmark on the sandbox: throughput, latency, start-up, recovery, SLURM load, cost."""
+    from bench.bench import main as run_bench
+    _logging(False)
+    try:
+        options = service.resolve(config.load({}))
+        print(run_bench(options, Sandbox.default(), short, Path(out)))
+    except USER_ERRORS as exc:
+        raise Exit(f"slurm-persist: error: {exc}", code=2) from None
+
+
+@task
+def diagram(c):
+    """Render docs/architecture.dot to docs/architecture.svg (needs Graphviz's dot)."""
+    try:
+        subprocess.run(["dot", "-Tsvg", "-o", "docs/architecture.svg", "docs/architecture.dot"],
+                       check=True)
+    except FileNotFoundError:
+        raise Exit("slurm-persist: error: Graphviz is not installed (apt-get install graphviz)",
+                   code=2) from None
+    print("docs/architecture.svg written")
+
+
+FAULTS_START, FAULTS_END = "<!-- faults:start -->", "<!-- faults:end -->"
+
+
+@task(help={"report": "use the rows a run with SLURM_PERSIST_FAULT_REPORT=FILE wrote, "
+                      "instead of running tests/faults now"})
+def faults_table(c, report=None):
+    """Run tests/faults and replace the table between the README's fault markers."""
+    if not Path("tests/faults").is_dir() or not Path("README.md").is_file():
+        raise Exit("slurm-persist: error: run faults-table from a clone of the repository", code=2)
+    if report is None:
+        with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as handle:
+            report = handle.name
+        env = {**os.environ, "SLURM_PERSIST_FAULT_REPORT": report}
+        if subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/faults"], env=env).returncode:
+            raise Exit("slurm-persist: error: the fault suite failed; README left as it was", code=1)
+    rows = [json.loads(line) for line in Path(report).read_text().splitlines() if line.strip()]
+    lines = ["| fault | recovery | measured (s) | requests failed |", "|---|---|---|---|"]
+    lines += [f"| {r['fault']} | {r['recovery']} | {r['seconds']} | "
+              f"{r['failed']} of {r['requests']} |" for r in rows]
+    readme = Path("README.md")
+    block = f"{FAULTS_START}\n" + "\n".join(lines) + f"\n{FAULTS_END}"
+    readme.write_text(re.sub(re.escape(FAULTS_START) + ".*?" + re.escape(FAULTS_END),
+                             lambda _: block, readme.read_text(), flags=re.S))
+    print(f"README.md: {len(rows)} faults")
 
 
 sandbox = Collection("sandbox")
 sandbox.add_task(sandbox_up, "up")
 sandbox.add_task(sandbox_down, "down")
-ns = Collection(deploy, up, status, logs, down, sandbox)
+ns = Collection(deploy, up, status, logs, down, bench, faults_table, diagram, sandbox)

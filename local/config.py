@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from remote_agent.spec import SpecError, check_name
+from remote_agent.spec import Spec, SpecError, check_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +36,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 CONFIG_FILE = "slurm-persist.toml"
+# What every job is told comes from the spec; its defaults are the defaults here.
+_SPEC = {f.name: f.default for f in dataclasses.fields(Spec)}
 DEFAULT_SERVICE = "hpc"
 
 
@@ -67,13 +69,13 @@ class Options:
     delay_between_server_and_port: float = 5.0
     daemonize: bool = False
     sbatch_options: list[str] = field(default_factory=list)
-    overlap_minutes: int = 0
-    health_path: str = "/health"
-    listen: str = "unix"
-    health_timeout: float = 600.0
-    max_restarts: int = 3
-    warn_seconds: int = 90
-    crash_loop_jobs: int = 3
+    overlap_minutes: int = _SPEC["overlap_minutes"]
+    health_path: str = _SPEC["health_path"]
+    listen: str = _SPEC["listen"]
+    health_timeout: float = _SPEC["health_timeout"]
+    max_restarts: int = _SPEC["max_restarts"]
+    warn_seconds: int = _SPEC["warn_seconds"]
+    crash_loop_jobs: int = _SPEC["crash_loop_jobs"]
     hold_seconds: float = 120.0
 
     @property

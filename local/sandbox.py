@@ -39,8 +39,16 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Sandbox:
-    project: str = "slurm-persist-sandbox"
-    state_dir: Path = default_state_dir()
+    project: str
+    state_dir: Path
+
+    @classmethod
+    def default(cls) -> "Sandbox":
+        """The user's sandbox: one per state folder, so a second user or a
+        test run with its own XDG_STATE_HOME never shares keys with another."""
+        state = default_state_dir()
+        digest = hashlib.sha256(str(state).encode()).hexdigest()[:8]
+        return cls(project=f"slurm-persist-{digest}", state_dir=state)
 
     @property
     def keys_dir(self) -> Path:
@@ -75,9 +83,18 @@ class Sandbox:
         self.compose("down", "-v", "--remove-orphans")
         log.info("sandbox=%s state=down", self.project)
 
-    def is_running(self) -> bool:
-        out = self.compose("ps", "-q", "jumphost", check=False)
-        return bool(out.strip())
+    def is_current(self) -> bool:
+        """Running, from the image the docker/ files in this tree make."""
+        cid = self.compose("ps", "-q", "jumphost", check=False).strip()
+        if not cid:
+            return False
+        want = _run(["docker", "image", "inspect", "-f", "{{.Id}}", self.image_tag()],
+                    check=False, quiet=True)
+        have = _run(["docker", "inspect", "-f", "{{.Image}}", cid], check=False, quiet=True)
+        return bool(want) and want == have
+
+    def image_tag(self) -> str:
+        return f"{IMAGE}:{_tree_hash(DOCKER_DIR)}"
 
     # -- pieces ----------------------------------------------------------
 
@@ -93,7 +110,7 @@ class Sandbox:
 
     def build_image(self) -> None:
         """Build the site image unless one from the same docker/ files exists."""
-        tag = f"{IMAGE}:{_tree_hash(DOCKER_DIR)}"
+        tag = self.image_tag()
         if _run(["docker", "image", "inspect", tag], check=False, quiet=True) is not None:
             self._tag_latest(tag)
             return

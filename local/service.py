@@ -34,8 +34,8 @@ def resolve(options: Options, project_dir: Path = Path(".")) -> Options:
     if options.ssh_config:
         changes["ssh_config"] = str(Path(options.ssh_config).expanduser().resolve())
     if options.uses_sandbox:
-        box = Sandbox()
-        if not box.is_running():
+        box = Sandbox.default()
+        if not box.is_current():
             log.info("no cluster named: starting the docker sandbox (first time: a few minutes)")
             box.up()
         changes.update(hpc_system_url=LOGIN_NODES[0], fallback_system_url=list(LOGIN_NODES[1:]),
