@@ -78,6 +78,7 @@ def app() -> web.Application:
 
 if __name__ == "__main__":
     if "SLURM_PERSIST_SOCKET" in os.environ:
-        web.run_app(app(), path=os.environ["SLURM_PERSIST_SOCKET"], print=None)
+        web.run_app(app(), path=os.environ["SLURM_PERSIST_SOCKET"], print=None, backlog=1024)
     else:
-        web.run_app(app(), host=os.environ["HOST"], port=int(os.environ["PORT"]), print=None)
+        web.run_app(app(), host=os.environ["HOST"], port=int(os.environ["PORT"]), print=None,
+                    backlog=1024)

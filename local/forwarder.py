@@ -30,7 +30,7 @@ import aiohttp
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK, CHUNK, preamble, relay
+from remote_agent.gate import ACK, BACKLOG, CHUNK, preamble, relay
 
 from .cluster import Chain
 from .config import Options, state_dir
@@ -45,6 +45,10 @@ ACK_TIMEOUT = 15.0
 # Client bytes kept for a retry until the gate acknowledges; past this, the
 # client waits for the acknowledgement before sending more.
 REPLAY_LIMIT = 1 << 20
+# Connections being set up at once on one route. After an outage hundreds
+# of held clients are released together; unbounded, they overflow listen
+# backlogs along the way and fail each other.
+SETUP_CONCURRENCY = 32
 
 
 class NotAcknowledged(ConnectionError):
@@ -71,6 +75,7 @@ class Route:
         self.socket_path = socket_path
         self._probe_server: Optional[asyncio.AbstractServer] = None
         self.probe_port = 0
+        self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
 
     async def open(self):
         """Connect and present the secret; the acknowledgement is still to come."""
@@ -150,9 +155,11 @@ class Forwarder:
     async def listen(self) -> None:
         """Bind the local port on loopback only; fails if it is taken."""
         port = self.options.local_port
-        self._listeners.append(await asyncio.start_server(self._client, "127.0.0.1", port))
+        self._listeners.append(await asyncio.start_server(self._client, "127.0.0.1", port,
+                                                          backlog=BACKLOG))
         try:
-            self._listeners.append(await asyncio.start_server(self._client, "::1", port))
+            self._listeners.append(await asyncio.start_server(self._client, "::1", port,
+                                                              backlog=BACKLOG))
         except OSError as exc:
             log.info("listen=::1 port=%d state=skipped reason=%r", port, exc.strerror)
         log.info("listen=127.0.0.1 port=%d state=open", port)
@@ -317,16 +324,18 @@ class Forwarder:
                 writer.close()
                 return
             try:
-                upstream = await route.open()
-                upstream[1].write(bytes(sent))
-                await self._until_ack(reader, upstream, sent)
+                async with route.setup_slots:
+                    upstream = await route.open()
+                    upstream[1].write(bytes(sent))
+                    await self._until_ack(reader, upstream, sent)
                 break
             except (OSError, asyncio.TimeoutError) as exc:
-                log.warning("%s state=route-broken error=%r", route.describe(), str(exc) or
-                            type(exc).__name__)
-                if self.route is route:
-                    self.healthy.clear()
-                    self._kick.set()
+                # One failed connection is no verdict on the route: let the
+                # probe decide at once, and try again shortly.
+                log.debug("%s state=connection-retry error=%r", route.describe(),
+                          str(exc) or type(exc).__name__)
+                self._kick.set()
+                await asyncio.sleep(0.5)
         await relay((reader, writer), upstream)
 
     async def _until_ack(self, client: asyncio.StreamReader, upstream, sent: bytearray) -> None:

@@ -28,6 +28,8 @@ MAGIC = b"SLURM-PERSIST/1 "
 ACK = MAGIC + b"OK\n"
 HANDSHAKE_TIMEOUT = 10.0
 CHUNK = 256 * 1024
+# A forwarder releases every held client at once after an outage.
+BACKLOG = 1024
 
 
 def preamble(secret: str) -> bytes:
@@ -73,6 +75,7 @@ async def relay(a: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
     finally:
         for task in pumps:
             task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
         for _, writer in (a, b):
             writer.close()
 
@@ -97,7 +100,7 @@ class Gate:
 
     async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
         """Bind (port 0: the kernel picks, so no bind-then-close race)."""
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await asyncio.start_server(self._accept, host, port, backlog=BACKLOG)
         return self._server.sockets[0].getsockname()[1]
 
     def stop_accepting(self) -> None:
