@@ -30,7 +30,7 @@ import aiohttp
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK, BACKLOG, CHUNK, preamble, relay
+from remote_agent.gate import ACK, BACKLOG, CHUNK, COALESCE, preamble, relay
 
 from .cluster import Chain
 from .config import Options, state_dir
@@ -77,10 +77,11 @@ class Route:
         self.probe_port = 0
         self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
 
-    async def open(self):
-        """Connect and present the secret; the acknowledgement is still to come."""
+    async def open(self, first: bytes = b""):
+        """Connect and present the secret, with the client's first bytes in
+        the same write; the acknowledgement is still to come."""
         reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
-        writer.write(preamble(self.endpoint.secret))
+        writer.write(preamble(self.endpoint.secret) + first)
         return reader, writer
 
     async def open_acked(self):
@@ -315,7 +316,10 @@ class Forwarder:
         acknowledges, the client's bytes are kept: if the route fails first,
         they cannot have reached the server, and go to the next route."""
         deadline = time.monotonic() + self.options.hold_seconds
-        sent = bytearray()
+        try:  # most clients speak first: send their request with the secret
+            sent = bytearray(await asyncio.wait_for(reader.read(CHUNK), COALESCE))
+        except asyncio.TimeoutError:
+            sent = bytearray()
         while True:
             route = await self._wait_route(deadline - time.monotonic())
             if route is None:
@@ -325,8 +329,7 @@ class Forwarder:
                 return
             try:
                 async with route.setup_slots:
-                    upstream = await route.open()
-                    upstream[1].write(bytes(sent))
+                    upstream = await route.open(bytes(sent))
                     await self._until_ack(reader, upstream, sent)
                 break
             except (OSError, asyncio.TimeoutError) as exc:

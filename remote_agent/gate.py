@@ -30,6 +30,10 @@ HANDSHAKE_TIMEOUT = 10.0
 CHUNK = 256 * 1024
 # A forwarder releases every held client at once after an outage.
 BACKLOG = 1024
+# How long a first write waits to go out together with the next bytes. Two
+# small writes in a row meet Nagle's algorithm somewhere along the SSH hops
+# and the second waits for a delayed ACK: 40 ms per new connection here.
+COALESCE = 0.05
 
 
 def preamble(secret: str) -> bytes:
@@ -42,9 +46,19 @@ def nodelay(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """Copy until EOF (passed on as a half-close: True) or an error (False)."""
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                greeting: bytes = b"") -> bool:
+    """Copy until EOF (passed on as a half-close: True) or an error (False).
+    A greeting goes out first, in one write with the first bytes if they
+    come within COALESCE."""
     try:
+        if greeting:
+            try:
+                first = await asyncio.wait_for(reader.read(CHUNK), COALESCE)
+            except asyncio.TimeoutError:
+                first = b""
+            writer.write(greeting + first)
+            await writer.drain()
         while True:
             data = await reader.read(CHUNK)
             if not data:
@@ -59,13 +73,16 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> b
 
 
 async def relay(a: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                b: Tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-    """Copy bytes both ways until both sides are done, then close both.
-    A reset on either side ends both directions at once: a client must not
-    wait forever for an answer from a side that is gone."""
+                b: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                greeting: bytes = b"") -> None:
+    """Copy bytes both ways until both sides are done, then close both; send
+    `greeting` to a before anything from b. A reset on either side ends both
+    directions at once: a client must not wait forever for an answer from a
+    side that is gone."""
     for _, writer in (a, b):
         nodelay(writer)
-    pumps = [asyncio.ensure_future(_pump(a[0], b[1])), asyncio.ensure_future(_pump(b[0], a[1]))]
+    pumps = [asyncio.ensure_future(_pump(a[0], b[1])),
+             asyncio.ensure_future(_pump(b[0], a[1], greeting))]
     try:
         pending = set(pumps)
         while pending:
@@ -139,5 +156,4 @@ class Gate:
             log.warning("gate=upstream-failed error=%s", exc)
             writer.close()
             return
-        writer.write(ACK)
-        await relay((reader, writer), upstream)
+        await relay((reader, writer), upstream, greeting=ACK)
