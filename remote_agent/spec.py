@@ -82,9 +82,6 @@ class Spec:
     def service_path(self) -> Path:
         return Path(self.service_dir)
 
-    def log_path(self, job_id: str) -> Path:
-        return self.service_path / "logs" / f"{job_id}.out"
-
     def dumps(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
@@ -113,7 +110,3 @@ def load(service_dir: Path) -> Spec:
         return loads(path.read_text())
     except OSError as exc:
         raise SpecError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def default_service_dir(home: str, name: str) -> str:
-    return f"{home}/.slurm-persist/services/{check_name('service name', name)}"
