@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 
 import pytest
 from helpers import Up, cli, site_args
@@ -39,9 +40,12 @@ def test_local_port_listens_on_loopback_only(cluster, tmp_path):
 
 def test_changed_host_key_is_refused(cluster, tmp_path):
     """login1 presenting another key is an error, not a reason to use login2."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "fake")],
+                   check=True)
+    fake = " ".join((tmp_path / "fake.pub").read_text().split()[:2])
     lines = cluster.known_hosts.read_text().splitlines()
-    jump_key = next(line for line in lines if line.startswith("[127.0.0.1]")).split(None, 1)[1]
-    forged = [f"login1 {jump_key}" if line.startswith("login1 ") else line for line in lines]
+    assert len({line.split(None, 1)[1] for line in lines}) == len(lines)  # keys differ per host
+    forged = [f"login1 {fake}" if line.startswith("login1 ") else line for line in lines]
     known = tmp_path / "known_hosts"
     known.write_text("\n".join(forged) + "\n")
     config = tmp_path / "ssh_config"

@@ -79,7 +79,10 @@ def test_up_is_idempotent_and_down_cleans_up(cluster, alice, tmp_path):
     assert "cancelled jobs" in down.stdout
     assert chain_jobs(alice, "idem") == []
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # the port is free again
+        # Free for a new server: TIME_WAIT leftovers of closed client
+        # connections do not count, as for any server that binds it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
 
 
 def test_status_reads_well(start_up, cluster):
