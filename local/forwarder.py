@@ -58,11 +58,12 @@ class NotAcknowledged(ConnectionError):
 HANDOVER_WINDOW = 180.0
 
 
-class NeverServed(RuntimeError):
-    """Before the first success: the service never became reachable."""
+class NeverServed(Exception):
+    """Before the first success: the service never became reachable.
+    (Not a RuntimeError: recovery waits out those, and this must end it.)"""
 
 
-class ChainStopped(RuntimeError):
+class ChainStopped(Exception):
     """The chain was stopped (by down or the crash-loop guard): nothing to follow."""
 
 

@@ -285,10 +285,11 @@ def test_crash_loop_is_stopped_and_explained(cluster, alice, tmp_path, report):
     args = site_args(cluster, "f-crash")
     t0 = time.time()
     result = cli("up", *args, "--local-hpc-script-dir", str(app), "--daemonize",
-                 "--max-attempts-get-server-and-port", "40", "--delay-between-server-and-port",
+                 "--max-attempts-get-server-and-port", "150", "--delay-between-server-and-port",
                  "1", cwd=tmp_path)
     try:
         assert result.returncode != 0
+        assert "crash loop: 2 jobs in a row never served" in result.stderr, result.stderr
         wait_for("the chain stopped", lambda: "crash loop" in cli("status", *args, cwd=tmp_path)
                  .stdout, timeout=120)
         seconds = time.time() - t0
