@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 from . import chain, endpoint, slurm
 from .endpoint import Endpoint
 from .gate import Gate
+from .reverse import Reverse
 from .spec import Spec
 
 log = logging.getLogger("slurm_persist.agent")
@@ -31,6 +32,8 @@ HEALTH_FAILURES = 4
 OVERLAP_POLL = 2.0
 # Reasons to end that are SLURM's doing, not the server's fault.
 SIGNALLED = ("cancelled", "time limit near")
+# Reverse mode: how long a job may look for a login node to carry its socket.
+REVERSE_TIMEOUT = 300.0
 
 
 class Agent:
@@ -45,6 +48,11 @@ class Agent:
         self.server: Optional[asyncio.subprocess.Process] = None
         self.upstream: Optional[Upstream] = None
         self._private = Path(tempfile.mkdtemp(prefix=f"slurm-persist-{job_id}-"))
+        self.reverse = (Reverse(spec, job_id, self._private / "gate.sock", self.say)
+                        if spec.mode == "reverse" else None)
+        self._reverse_task: Optional[asyncio.Future] = None
+        self.gate_port: Optional[int] = None
+        self.ends_at: Optional[float] = None
         self.restarts = 0
         self.successor: Optional[str] = None
         self.record: Optional[Endpoint] = None
@@ -63,9 +71,11 @@ class Agent:
             return 0
         self._install_signals()
         own = await self._own_job()
+        self.ends_at = own.end_epoch() if own else None
         successor_task = asyncio.ensure_future(self._keep_successor(own))
-        port = await self.gate.start()
-        self._publish("starting", port=port, ends_at=own.end_epoch() if own else None)
+        if not await self._open_gate():
+            return await self._failed_job(successor_task)
+        self._publish("starting")
         healthy = await self._start_healthy()
         if not healthy and self.stop_reason in SIGNALLED:
             await self._shutdown(successor_task)
@@ -74,7 +84,7 @@ class Agent:
             return await self._failed_job(successor_task)
         chain.save(self.service_dir, chain.ChainState())
         self._publish("serving")
-        self.say("state=serving port=%d %s", port, self.upstream)
+        self.say("state=serving %s %s", self._where(), self.upstream)
         if self.spec.listen == "tcp":
             self.say("listen=tcp warning=%r", "other users' processes on this node can "
                      "reach the server's loopback port; use listen = unix if it can")
@@ -97,8 +107,10 @@ class Agent:
             chain.save(self.service_dir, chain.ChainState(failed, state.stopped, state.reason))
             successor_task.cancel()
         self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
-        self._publish("stopped")
+        if self.record is not None:
+            self._publish("stopped")
         await self._stop_server()
+        await self._close_reverse()
         endpoint.remove(self.service_dir, self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
         return 1
@@ -108,6 +120,9 @@ class Agent:
         watchers = [asyncio.ensure_future(self._watch_server())]
         if self.spec.overlap_minutes:
             watchers.append(asyncio.ensure_future(self._watch_for_successor()))
+        if self._reverse_task is not None:
+            # Shielded: its ssh must outlive this, to carry the drain.
+            watchers.append(asyncio.shield(self._reverse_task))
         woken = asyncio.ensure_future(self._wake.wait())
         done, _ = await asyncio.wait([woken, *watchers], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -126,10 +141,57 @@ class Agent:
             await self._release_successor(successor_task)
         left = await self.gate.drain(self.spec.drain_seconds)
         await self._stop_server()
+        await self._close_reverse()
         endpoint.remove(self.service_dir, self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
         successor_task.cancel()
         self.say("state=ended reason=%r unfinished_connections=%d", self.stop_reason, left)
+
+    # -- the way in ------------------------------------------------------
+
+    async def _open_gate(self) -> bool:
+        """Direct mode: the gate on a port of the node. Reverse mode: on a
+        private socket, carried by ssh -R to a login node."""
+        if self.reverse is None:
+            self.gate_port = await self.gate.start()
+            return True
+        await self.gate.start_unix(str(self.reverse.gate_socket))
+        self._reverse_task = asyncio.ensure_future(self.reverse.run(self._route_changed))
+        up = asyncio.ensure_future(self.reverse.wait_up(REVERSE_TIMEOUT))
+        await asyncio.wait([up, self._reverse_task], return_when=asyncio.FIRST_COMPLETED)
+        if up.done() and up.result():
+            return True
+        up.cancel()
+        if self._reverse_task.done():
+            self.stop_reason = str(self._reverse_task.exception())
+        else:
+            self.stop_reason = f"no login node carried the socket within {REVERSE_TIMEOUT:.0f} s"
+        self.say("state=unreachable reason=%r", self.stop_reason)
+        return False
+
+    def _route_changed(self) -> None:
+        if self.record is not None:  # before the first record, _publish reads it anyway
+            self._publish(self.record.state)
+
+    def _route(self) -> Dict[str, object]:
+        if self.reverse is None:
+            return {"port": self.gate_port, "socket": None, "login_node": None}
+        hop = self.reverse.current
+        return {"port": None, "socket": str(hop.socket), "login_node": hop.login}
+
+    def _where(self) -> str:
+        route = self._route()
+        if route["port"] is not None:
+            return f"port={route['port']}"
+        return f"login={route['login_node']} socket={route['socket']}"
+
+    async def _close_reverse(self) -> None:
+        if self.reverse is None:
+            return
+        if self._reverse_task is not None:
+            self._reverse_task.cancel()
+            await asyncio.gather(self._reverse_task, return_exceptions=True)
+        await self.reverse.close()
 
     # -- the server ------------------------------------------------------
 
@@ -151,8 +213,8 @@ class Agent:
     async def _start_server(self) -> bool:
         self.upstream = Upstream.fresh(self.spec.listen, self._private, self.restarts)
         env = dict(os.environ, SLURM_PERSIST_SERVICE=self.spec.name, **self.upstream.env())
-        if self.record and self.record.ends_at:
-            env["SLURM_PERSIST_JOB_END"] = str(self.record.ends_at)
+        if self.ends_at:
+            env["SLURM_PERSIST_JOB_END"] = str(self.ends_at)
         self.say("state=starting command=%r %s", self.spec.command, self.upstream)
         try:
             self.server = await asyncio.create_subprocess_exec(
@@ -333,14 +395,13 @@ class Agent:
             self.stop_reason = reason
         self._wake.set()
 
-    def _publish(self, state: str, **changes) -> None:
+    def _publish(self, state: str) -> None:
         if self.record is None:
             self.record = Endpoint(
                 service=self.spec.name, job_id=self.job_id, node=self.node, host=self.node,
-                port=changes.pop("port"), socket=None, login_node=None, state=state,
-                started=time.time(), ends_at=changes.pop("ends_at"),
-                secret=self.secret)
-        self.record = self.record.with_state(state, restarts=self.restarts, **changes)
+                state=state, started=time.time(), ends_at=self.ends_at, secret=self.secret,
+                **self._route())
+        self.record = self.record.with_state(state, restarts=self.restarts, **self._route())
         endpoint.write(self.service_dir, self.record)
 
 
@@ -370,7 +431,7 @@ class Upstream:
         return asyncio.open_connection("127.0.0.1", self.port)
 
     def __str__(self) -> str:
-        return f"socket={self.socket_path}" if self.socket_path else f"server_port={self.port}"
+        return f"server_socket={self.socket_path}" if self.socket_path else f"server_port={self.port}"
 
 
 async def http_ok(opener, path: str, timeout: float = 5.0) -> bool:

@@ -15,7 +15,8 @@ Format 1, a JSON object:
 ``host``       the address a login node uses to reach ``port``
 ``port``       the agent's gate on ``host`` (direct mode), else null
 ``socket``     the Unix socket on ``login_node`` (reverse mode), else null
-``login_node`` the login node holding ``socket`` (reverse mode), else null
+``login_node`` the login node holding ``socket`` (reverse mode), by the
+               name the local side gave it (see Spec.login_nodes), else null
 ``state``      starting | serving | draining | stopped
 ``started``    when the job's agent started (Unix time)
 ``ends_at``    the job's time limit as Unix time, null when unknown

@@ -1,7 +1,9 @@
-"""The gate: the only listener a job opens to the cluster network.
+"""The gate: the only way into a job's server.
 
 A compute node is shared with other users, so the user's server listens on
-127.0.0.1 only and the gate stands in front of it on the node's address.
+a private socket and the gate stands in front of it: on the node's address
+in direct mode, on a Unix socket that ssh -R carries to a login node in
+reverse mode.
 A connection must first send one line, ``SLURM-PERSIST/1 <secret>\\n``,
 with the secret from this job's 0600 endpoint record. Once the gate has
 reached the server it answers ``SLURM-PERSIST/1 OK\\n`` and from then on
@@ -119,6 +121,10 @@ class Gate:
         """Bind (port 0: the kernel picks, so no bind-then-close race)."""
         self._server = await asyncio.start_server(self._accept, host, port, backlog=BACKLOG)
         return self._server.sockets[0].getsockname()[1]
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix socket instead (reverse mode: ssh -R connects here)."""
+        self._server = await asyncio.start_unix_server(self._accept, path, backlog=BACKLOG)
 
     def stop_accepting(self) -> None:
         if self._server is not None:

@@ -34,4 +34,4 @@ def problems(paths: Iterable[Path], uid: int = -1) -> List[str]:
 
 def service_paths(service_dir: Path) -> List[Path]:
     return [service_dir, service_dir / "spec.json", service_dir / "chain.json",
-            service_dir / "endpoints", service_dir / "logs"]
+            service_dir / "endpoints", service_dir / "logs", service_dir / "sockets"]

@@ -8,6 +8,7 @@ Layout of a service dir (``~/.slurm-persist/services/<name>/``)::
     spec.json          this spec
     app/               the user's service files (hpc/ by default)
     endpoints/         one endpoint record per job, see remote_agent.endpoint
+    sockets/           reverse mode: each job's socket on a login node
     logs/<job>.out     each job's output, agent lines and server output
     chain.json         the chain's own state, see remote_agent.chain
 """
@@ -22,9 +23,14 @@ from typing import List
 
 FORMAT = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-# "reverse" (a socket on the login node) is planned; until then only direct.
-MODES = ("direct",)
+# direct: login nodes reach the job's gate on node:port. reverse: the job
+# reaches out to a login node and serves on a Unix socket there (see
+# remote_agent.reverse), for sites where login nodes cannot reach nodes.
+MODES = ("direct", "reverse")
 LISTEN = ("unix", "tcp")
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
+# sun_path holds 108 bytes; "<job id>-<n>.sock" takes up to 20 of them.
+SOCKET_PATH_MAX = 107 - 20
 
 
 class SpecError(ValueError):
@@ -52,6 +58,12 @@ class Spec:
     health_path: str = "/health"
     health_timeout: float = 600.0
     mode: str = "direct"
+    # Reverse mode: [name the nodes reach it by, name the laptop uses] per
+    # login node, in order of preference; the key the job logs in with and
+    # the login nodes' host keys. Filled in by deploy.
+    login_nodes: List[List[str]] = field(default_factory=list)
+    reverse_key: str = ""
+    known_hosts: str = ""
     listen: str = "unix"
     overlap_minutes: int = 0
     warn_seconds: int = 90
@@ -77,10 +89,29 @@ class Spec:
         for option in self.sbatch_options:
             if not option.startswith("--") or "\n" in option:
                 raise SpecError(f"sbatch option {option!r}: write it as --name=value")
+        if self.mode == "reverse":
+            self._check_reverse()
+
+    def _check_reverse(self) -> None:
+        for pair in self.login_nodes:
+            if not (isinstance(pair, list) and len(pair) == 2
+                    and all(isinstance(h, str) and HOST_RE.fullmatch(h) for h in pair)):
+                raise SpecError(f"login node {pair!r}: expected [host, alias], plain host names")
+        for name in ("reverse_key", "known_hosts"):
+            if not getattr(self, name).startswith("/"):
+                raise SpecError(f"{name} must be an absolute path in reverse mode")
+        if len(str(self.sockets_dir)) > SOCKET_PATH_MAX:
+            raise SpecError(f"{self.sockets_dir} is too long for a Unix socket path "
+                            f"({SOCKET_PATH_MAX} characters at most): choose a shorter "
+                            "service dir (server-and-port-file)")
 
     @property
     def service_path(self) -> Path:
         return Path(self.service_dir)
+
+    @property
+    def sockets_dir(self) -> Path:
+        return self.service_path / "sockets"
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
