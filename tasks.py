@@ -28,7 +28,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from local import config, service
-from local.remote import Unreachable
+from local.remote import ClusterError, Unreachable
 from local.sandbox import Sandbox, SandboxError
 from local.tunnel import TunnelError
 from remote_agent.slurm import SlurmUnknown
@@ -59,18 +59,22 @@ OPTION_HELP = {
                     "(default 90; keep it well under the time limit)",
     "overlap_minutes": "start each successor this many minutes before its predecessor's "
                        "time limit, for handovers without a gap",
+    "mode": "direct: login nodes connect to the job's port (default); reverse: the job "
+            "connects to a login node and serves on a private socket there, for sites "
+            "whose login nodes cannot reach compute nodes",
 }
 CONNECT = ("name", "hpc_system_url", "fallback_system_url", "jumphost_url", "username",
            "jumphost_username", "ssh_config", "retries", "debug", "hpc_job_name",
            "hpc_script_dir", "server_and_port_file")
 SPEC = ("local_hpc_script_dir", "copy", "sbatch_option", "overlap_minutes", "warn_seconds",
-        "heartbeat_time")
+        "heartbeat_time", "mode")
 FORWARD = ("local_port", "max_attempts_get_server_and_port", "delay_between_server_and_port",
            "daemonize")
 LISTS = ("fallback_system_url", "sbatch_option")
 FLAGS = {"copy": True, "debug": False, "daemonize": False}
 FIELD_OF = {"sbatch_option": "sbatch_options"}
-USER_ERRORS = (config.ConfigError, Unreachable, SlurmUnknown, TunnelError, SandboxError)
+USER_ERRORS = (config.ConfigError, Unreachable, ClusterError, SlurmUnknown, TunnelError,
+               SandboxError)
 
 
 def service_task(*names: str, help: dict | None = None):

@@ -7,13 +7,19 @@ role=$1
 ssh-keygen -A >/dev/null
 
 install_keys() {  # user, public key files...
-    # /home is shared and every login node starts at once: the temp name
-    # carries the host name, since pids are alike across containers.
+    # Adds the sandbox's keys to what is there: a login node that restarts
+    # must not drop keys the user added (reverse mode's, for one). /home is
+    # shared and every login node starts at once: the temp name carries the
+    # host name, since pids are alike across containers.
     local user=$1; shift
-    local dir=/home/$user/.ssh tmp
+    local dir=/home/$user/.ssh tmp key
     install -d -m 700 -o "$user" -g "$user" "$dir"
     tmp=$dir/.authorized_keys.$(hostname)
-    cat "$@" >"$tmp"
+    touch "$dir/authorized_keys"
+    cp "$dir/authorized_keys" "$tmp"
+    for key in "$@"; do
+        grep -qxF "$(cat "$key")" "$tmp" || cat "$key" >>"$tmp"
+    done
     chown "$user:$user" "$tmp"
     chmod 600 "$tmp"
     mv -f "$tmp" "$dir/authorized_keys"

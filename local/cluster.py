@@ -18,7 +18,7 @@ from remote_agent.endpoint import Endpoint
 from remote_agent.spec import Spec
 
 from .config import Options
-from .remote import Site
+from .remote import ClusterError, Site
 
 log = logging.getLogger("slurm_persist.cluster")
 
@@ -31,6 +31,7 @@ class Layout:
     agent_dir: str
     service_dir: str
     app_dir: str
+    reverse_dir: str
 
     @classmethod
     def of(cls, options: Options, home: str) -> "Layout":
@@ -42,7 +43,8 @@ class Layout:
         for path in (service_dir, app_dir):
             if not path.startswith("/") or "," in path or "\n" in path:
                 raise ValueError(f"cluster path {path!r}: use an absolute path without commas")
-        return cls(home, f"{home}/.slurm-persist/agent", service_dir, app_dir)
+        base = f"{home}/.slurm-persist"
+        return cls(home, f"{base}/agent", service_dir, app_dir, f"{base}/reverse")
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Chain:
             result = self.site.run(["printenv", "HOME"])
             home = result.stdout.strip()
             if result.returncode != 0 or not home.startswith("/"):
-                raise RuntimeError(f"cannot find the home directory on {result.host}")
+                raise ClusterError(f"cannot find the home directory on {result.host}")
             self._layout = Layout.of(self.options, home)
         return self._layout
 
@@ -78,8 +80,15 @@ class Chain:
                     sbatch_options=list(o.sbatch_options), health_path=o.health_path,
                     health_timeout=o.health_timeout, max_restarts=o.max_restarts,
                     crash_loop_jobs=o.crash_loop_jobs, overlap_minutes=o.overlap_minutes,
-                    warn_seconds=o.warn_seconds, listen=o.listen,
-                    drain_seconds=max(30.0, 3 * o.heartbeat_time))
+                    warn_seconds=o.warn_seconds, listen=o.listen, mode=o.mode,
+                    drain_seconds=max(30.0, 3 * o.heartbeat_time), **self._reverse_paths())
+
+    def _reverse_paths(self) -> dict[str, str]:
+        if self.options.mode != "reverse":
+            return {}
+        lay = self.layout
+        return {"reverse_key": f"{lay.reverse_dir}/id_ed25519",
+                "known_hosts": f"{lay.reverse_dir}/known_hosts"}
 
     # -- reading ---------------------------------------------------------
 
@@ -94,10 +103,10 @@ class Chain:
     def snapshot(self) -> Snapshot:
         result = self.agent("show")
         if result.returncode == 3:
-            raise RuntimeError("refusing the service dir: "
+            raise ClusterError("refusing the service dir: "
                                + "; ".join(json.loads(result.stdout)["unsafe"]))
         if result.returncode != 0:
-            raise RuntimeError(f"reading the service dir failed: {result.stderr.strip()[:300]}")
+            raise ClusterError(f"reading the service dir failed: {result.stderr.strip()[:300]}")
         data = json.loads(result.stdout)
         state = ChainState(**{k: v for k, v in data["chain"].items() if k != "format"})
         records = {}
@@ -151,7 +160,7 @@ class Chain:
                 self.site.run(slurm.scancel_argv(fresh))
                 cancelled += fresh
             time.sleep(1)
-        raise RuntimeError(f"jobs still queued after {timeout:.0f} s: "
+        raise ClusterError(f"jobs still queued after {timeout:.0f} s: "
                            f"{', '.join(j.job_id for j in self.jobs())}")
 
     def log_path(self, job_id: str) -> str:

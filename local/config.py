@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from remote_agent.spec import Spec, SpecError, check_name
+from remote_agent.spec import MODES, Spec, SpecError, check_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,6 +71,7 @@ class Options:
     sbatch_options: list[str] = field(default_factory=list)
     overlap_minutes: int = _SPEC["overlap_minutes"]
     health_path: str = _SPEC["health_path"]
+    mode: str = _SPEC["mode"]
     listen: str = _SPEC["listen"]
     health_timeout: float = _SPEC["health_timeout"]
     max_restarts: int = _SPEC["max_restarts"]
@@ -175,6 +176,9 @@ def validate(options: Options, directory: Path) -> None:
     for host in filter(None, [*options.login_nodes, options.jumphost_url]):
         if not host.strip() or any(c.isspace() for c in host) or host.startswith("-"):
             raise ConfigError(f"host {host!r} is not a host name")
+    if options.mode not in MODES:
+        raise ConfigError(f"mode {options.mode!r}: choose direct (login nodes connect to the "
+                          "job, the default) or reverse (the job connects to a login node)")
     if options.listen not in ("unix", "tcp"):
         raise ConfigError(f"listen {options.listen!r}: choose unix (a private socket, "
                           "the default) or tcp (a loopback port)")

@@ -6,14 +6,15 @@ Nothing on the cluster is deleted: a file removed locally stays there.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import remote_agent
 
+from . import reverse
 from .cluster import Chain
 from .config import check_script_dir
 
@@ -70,7 +71,8 @@ def deploy(chain: Chain, script_dir: Path) -> Report:
             site.put(path, f"{remote_root}/{rel}", mode)
             log.info("deploy=sent file=%s/%s", remote_root, rel)
             sent += 1
-    write_spec(chain)
+    hops = reverse.prepare(chain) if chain.options.mode == "reverse" else []
+    write_spec(chain, hops)
     return Report(sent, unchanged)
 
 
@@ -89,9 +91,6 @@ def remote_hashes(chain: Chain, root: str) -> dict[str, str]:
     return hashes
 
 
-def write_spec(chain: Chain) -> None:
-    spec = chain.spec()
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
-        handle.write(spec.dumps())
-        handle.flush()
-        chain.site.put(Path(handle.name), f"{spec.service_dir}/spec.json", 0o600)
+def write_spec(chain: Chain, login_nodes: list[list[str]]) -> None:
+    spec = dataclasses.replace(chain.spec(), login_nodes=login_nodes)
+    chain.site.put_text(spec.dumps(), f"{spec.service_dir}/spec.json", 0o600)

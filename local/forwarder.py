@@ -77,6 +77,28 @@ class Route:
         self._probe_server: Optional[asyncio.AbstractServer] = None
         self.probe_port = 0
         self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
+        self.connections = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def carry(self, client, upstream) -> None:
+        """Relay one client connection, counted so the route knows when it is idle."""
+        self.connections += 1
+        self.idle.clear()
+        try:
+            await relay(client, upstream)
+        finally:
+            self.connections -= 1
+            if not self.connections:
+                self.idle.set()
+
+    async def retire(self) -> None:
+        """After a switch: once its last connection ends, drop this route's
+        forward from the ssh master, which would otherwise keep one per job."""
+        self.close()
+        await self.idle.wait()
+        if self.tunnel.alive:
+            await self.tunnel.cancel(self.socket_path, _remote(self.endpoint))
 
     async def open(self, first: bytes = b""):
         """Connect and present the secret, with the client's first bytes in
@@ -147,6 +169,7 @@ class Forwarder:
         self._tunnels: dict[str, Tunnel] = {}
         self._runtime = runtime_dir(options.name)
         self._listeners: list[asyncio.AbstractServer] = []
+        self._retiring: set[asyncio.Future] = set()
         self.attempts = 0
         self.ever_served = False
         self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
@@ -184,6 +207,8 @@ class Forwarder:
             server.close()
         if self.route:
             self.route.close()
+        for retiring in self._retiring:
+            retiring.cancel()
         for tunnel in self._tunnels.values():
             await tunnel.close()
         if self.status.state != "stopped":
@@ -244,10 +269,10 @@ class Forwarder:
 
     async def _switch(self, target: Endpoint, session: aiohttp.ClientSession) -> bool:
         """Build a route to target and take it once it answers the probe."""
-        for login in self._logins():
+        for login in self._logins(target):
             try:
                 tunnel = await self._tunnel(login)
-                route = Route(target, tunnel, await tunnel.forward(target.host, target.port))
+                route = Route(target, tunnel, await tunnel.forward(_remote(target)))
             except TunnelError as exc:
                 log.warning("login=%s state=tunnel-failed error=%r", login, str(exc))
                 continue
@@ -258,7 +283,9 @@ class Forwarder:
                 continue
             old, self.route = self.route, route
             if old:
-                old.close()  # its open connections keep their own forward
+                retiring = asyncio.ensure_future(old.retire())
+                self._retiring.add(retiring)
+                retiring.add_done_callback(self._retiring.discard)
                 self.status.switches += 1
             self.healthy.set()
             self.ever_served = True
@@ -267,8 +294,17 @@ class Forwarder:
             return True
         return False
 
-    def _logins(self) -> list[str]:
+    def _logins(self, target: Endpoint) -> list[str]:
+        """Login nodes to reach target through, best first. A reverse-mode
+        socket exists on one login node only."""
         nodes = self.options.login_nodes
+        if target.login_node is not None:
+            if target.login_node in nodes:
+                return [target.login_node]
+            log.error("job=%s state=unreachable reason=%r", target.job_id,
+                      f"its socket is on {target.login_node}, which is not one of this "
+                      f"service's login nodes ({', '.join(nodes)}): deploy again")
+            return []
         current = self.route.tunnel.login if self.route and self.route.tunnel.alive else None
         return [current] + [n for n in nodes if n != current] if current else nodes
 
@@ -340,7 +376,7 @@ class Forwarder:
                           str(exc) or type(exc).__name__)
                 self._kick.set()
                 await asyncio.sleep(0.5)
-        await relay((reader, writer), upstream)
+        await route.carry((reader, writer), upstream)
 
     async def _until_ack(self, client: asyncio.StreamReader, upstream, sent: bytearray) -> None:
         """Pass client bytes on (keeping a copy) while waiting for the ack."""
@@ -385,6 +421,11 @@ class Forwarder:
         tmp = self._status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self.status)))
         os.replace(tmp, self._status_path)
+
+
+def _remote(target: Endpoint) -> str:
+    """What a login node connects to: the gate's port, or the job's socket."""
+    return target.socket if target.socket is not None else f"{target.host}:{target.port}"
 
 
 async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import shlex
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,14 @@ T = TypeVar("T")
 
 class Unreachable(RuntimeError):
     """No login node answered; the message names each and why."""
+
+
+class ClusterError(RuntimeError):
+    """The cluster answered, but not with what was needed; the message says what."""
+
+
+class HostKeyRefused(Unreachable):
+    """A login node showed a host key known_hosts does not vouch for."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,11 @@ class Site:
         command = shlex.join(argv)
         return self._on_any(lambda host: self._run_on(host, command, stdin, timeout))
 
+    def run_at(self, host: str, argv: Sequence[str]) -> Result:
+        """Run argv on this login node only: for what differs between them."""
+        command = shlex.join(argv)
+        return self._on_hosts([host], lambda h: self._run_on(h, command, None, COMMAND_TIMEOUT))
+
     def stream(self, argv: Sequence[str]) -> int:
         """Run argv with its output shown as it comes (logs --follow)."""
         command = shlex.join(argv)
@@ -75,10 +89,19 @@ class Site:
             sftp.posix_rename(partial, remote)
         self._on_any(upload)
 
+    def put_text(self, text: str, remote: str, mode: int) -> None:
+        with tempfile.NamedTemporaryFile("w") as handle:
+            handle.write(text)
+            handle.flush()
+            self.put(Path(handle.name), remote, mode)
+
     def _on_any(self, action: Callable[[str], T]) -> T:
         """The first login node (current one first) where action succeeds."""
+        return self._on_hosts(self._order(), action)
+
+    def _on_hosts(self, hosts: Sequence[str], action: Callable[[str], T]) -> T:
         errors = []
-        for host in self._order():
+        for host in hosts:
             for attempt in range(self.options.retries + 1):
                 try:
                     return action(host)
@@ -89,7 +112,7 @@ class Site:
                                 attempt + 1, _describe(exc))
                     if isinstance(exc, (paramiko.BadHostKeyException, HostKeyUnknown)):
                         # Possibly someone in the middle: stop, do not route around it.
-                        raise Unreachable(f"{host}: {_describe(exc)}") from None
+                        raise HostKeyRefused(f"{host}: {_describe(exc)}") from None
                     if isinstance(exc, paramiko.AuthenticationException):
                         break  # retrying cannot fix a key
                     if attempt < self.options.retries:

@@ -88,15 +88,22 @@ class Tunnel:
         await self.close()
         raise TunnelError(f"ssh to {self.login} did not come up within {START_TIMEOUT:.0f} s")
 
-    async def forward(self, host: str, port: int) -> Path:
-        """A local Unix socket that reaches host:port from the login node."""
+    async def forward(self, remote: str) -> Path:
+        """A local Unix socket that reaches remote ("host:port", or a Unix
+        socket's path on the login node) from the login node."""
         self._forwards += 1
         path = self.directory / f"{self.control.name}-f{self._forwards}.sock"
         if path.exists():
             path.unlink()
-        if await self._control("forward", "-L", f"{path}:{host}:{port}") != 0:
-            raise TunnelError(f"{self.login} refused a forward to {host}:{port}")
+        if await self._control("forward", "-L", f"{path}:{remote}") != 0:
+            raise TunnelError(f"{self.login} refused a forward to {remote}")
         return path
+
+    async def cancel(self, path: Path, remote: str) -> None:
+        if await self._control("cancel", "-L", f"{path}:{remote}") != 0:
+            log.warning("tunnel=%s forward=%s state=cancel-failed", self.login, path.name)
+        if path.exists():
+            path.unlink()
 
     async def _control(self, command: str, *extra: str) -> int:
         proc = await asyncio.create_subprocess_exec(

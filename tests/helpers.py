@@ -39,11 +39,19 @@ def serving(chain, job_id=None):
 
 
 def gate_get(alice, record, path="/health", secret=None) -> str:
-    """GET through the job's gate from the login node, as a cluster user would."""
+    """GET through the job's gate from a login node, as a cluster user would:
+    to node:port (direct mode) or to the job's socket on the login node
+    that holds it (reverse mode)."""
     hello = preamble(record.secret if secret is None else secret).decode()
+    if record.socket:
+        login = record.login_node
+        connect = f"s=socket.socket(socket.AF_UNIX)\ns.settimeout(5)\ns.connect({record.socket!r})\n"
+    else:
+        login = "login1"
+        connect = f"s=socket.create_connection(({record.host!r},{record.port}),5)\n"
     script = (
         "import socket,sys\n"
-        f"s=socket.create_connection(({record.host!r},{record.port}),5)\n"
+        + connect +
         f"s.sendall({hello!r}.encode()+b'GET {path} HTTP/1.0\\r\\n\\r\\n')\n"
         "data=b''\n"
         "while True:\n"
@@ -51,7 +59,7 @@ def gate_get(alice, record, path="/health", secret=None) -> str:
         "    if not chunk: break\n"
         "    data+=chunk\n"
         "sys.stdout.write(data.decode(errors='replace'))\n")
-    return alice.run(f"python3 -c {shlex.quote(script)}").stdout
+    return alice.run(f"python3 -c {shlex.quote(script)}", host=login).stdout
 
 
 BIN = str(Path(sys.executable).parent / "slurm-persist")

@@ -164,8 +164,17 @@ def test_compute_node_lost(serve, alice, faults, report):
     one_chain(alice, "f-node")
 
 
-def test_login1_lost_while_serving(serve, alice, faults, report):
-    up = serve("f-login")
+LOGIN1_LOST = {
+    "direct": ("login1 stopped while serving", "tunnel rebuilt through login2"),
+    "reverse": ("login1 stopped while serving (reverse mode)",
+                "the job's ssh -R moves to login2; the forwarder follows its record"),
+}
+
+
+@pytest.mark.parametrize("mode", ["direct", "reverse"])
+def test_login1_lost_while_serving(serve, alice, faults, report, mode):
+    name = f"f-login-{mode}"
+    up = serve(name, "--mode", mode)
     with Load(up.port) as load:
         current_job(load)
         t0 = time.time()
@@ -173,10 +182,24 @@ def test_login1_lost_while_serving(serve, alice, faults, report):
         wait_for("serving through login2", lambda: "login=login2 state=serving"
                  in up.log.read_text(), timeout=120)
         time.sleep(3)
-    report("login1 stopped while serving", "tunnel rebuilt through login2",
-           load.outage_after(t0), load)
+    report(*LOGIN1_LOST[mode], load.outage_after(t0), load)
     faults.restore()
-    one_chain(alice, "f-login")
+    one_chain(alice, name)
+
+
+def test_reverse_tunnel_killed_in_the_job(serve, cluster, alice, report):
+    up = serve("f-rssh", "--mode", "reverse")
+    node = alice.out("squeue -h -n sp-f-rssh -t R -o %N")
+    with Load(up.port) as load:
+        current_job(load)
+        t0 = time.time()
+        cluster.exec(node, "pkill", "-KILL", "-f", "ssh -N -T -F /dev/null")
+        wait_for("serving through login2", lambda: "login=login2 state=serving"
+                 in up.log.read_text(), timeout=120)
+        time.sleep(3)
+    report("the job's ssh -R killed (reverse mode)", "agent opens it again on the next "
+           "login node; the forwarder follows", load.outage_after(t0), load)
+    one_chain(alice, "f-rssh")
 
 
 def test_ssh_master_killed(serve, alice, report):

@@ -113,3 +113,22 @@ def test_crash_loop_guard_stops_the_chain(make_service):
     log = chain.site.run(["cat", chain.log_path(first)]).stdout
     assert "state=server-exited code=3 before-healthy" in log
     assert "state=failed failed_jobs=1" in log
+
+
+def test_reverse_mode_serves_on_a_login_node_and_moves_when_it_goes(make_service, alice, faults):
+    chain = make_service("backward", mode="reverse")
+    job_id, _ = chain.ensure()
+    record = wait_for("a serving record", lambda: serving(chain, job_id))
+    assert record.port is None and record.login_node == "login1"
+    assert record.socket == f"{chain.layout.service_dir}/sockets/{job_id}-0.sock"
+    assert '"ok": true' in gate_get(alice, record)
+    # The job opened no TCP port on the node: ss shows alice her own listeners.
+    assert "users:" not in alice.out("ss -Hltnp", host=record.node)
+
+    faults.stop("login1")
+    moved = wait_for("the socket on login2", lambda: (r := serving(chain, job_id))
+                     and r.login_node == "login2" and r, timeout=90)
+    assert moved.socket == f"{chain.layout.service_dir}/sockets/{job_id}-1.sock"
+    assert '"ok": true' in gate_get(alice, moved)
+    log = chain.site.run(["cat", chain.log_path(job_id)]).stdout
+    assert "reverse=down login=login1" in log and "reverse=up login=login2" in log

@@ -89,14 +89,23 @@ def test_only_the_jumphost_is_published(cluster, alice):
 
 
 def test_login_nodes_see_ssh_only_from_the_jumphost(cluster, alice):
+    """Users come in through the jumphost; the only other logins are
+    reverse-mode jobs on compute nodes, and those only with their own key."""
     for login in LOGIN_NODES:
         alice.out("true", host=login)
     jump_ip = container_ip(cluster, "jumphost")
+    node_ips = {container_ip(cluster, node) for node in COMPUTE_NODES}
+    reverse_key = alice.run("ssh-keygen -lf ~/.slurm-persist/reverse/id_ed25519.pub",
+                            check=False).stdout.split()[1:2]
     for login in LOGIN_NODES:
         logs = subprocess.run(["docker", "logs", cluster.container(login)],
                               capture_output=True, text=True).stderr
-        sources = set(re.findall(r"Accepted publickey for \w+ from (\S+)", logs))
-        assert sources == {jump_ip}, f"{login} accepted SSH from {sources}"
+        accepted = set(re.findall(r"Accepted publickey for \w+ from (\S+) port \d+ ssh2: \S+ (\S+)",
+                                  logs))
+        assert jump_ip in {ip for ip, _ in accepted}
+        others = {(ip, key) for ip, key in accepted if ip != jump_ip}
+        assert all(ip in node_ips and [key] == reverse_key for ip, key in others), \
+            f"{login} accepted SSH from {others}"
 
 
 def container_ip(cluster, service: str) -> str:

@@ -21,8 +21,9 @@ def chain_jobs(alice, name: str) -> list[str]:
     return alice.out(f"squeue -h -n sp-{name} -o '%i:%T'").split()
 
 
-def test_up_serves_get_and_post(start_up):
-    up = start_up("web")
+@pytest.mark.parametrize("mode", ["direct", "reverse"])
+def test_up_serves_get_and_post(start_up, mode):
+    up = start_up(f"web-{mode}", "--mode", mode)
     up.wait_serving()
     status, body = get(up.port, "/")
     info = json.loads(body)
@@ -40,14 +41,29 @@ def test_fallback_login_before_up(start_up, faults):
     assert "login=login2 state=serving" in up.log.read_text()
 
 
-def test_login1_lost_while_serving(start_up, faults):
-    up = start_up("failover")
+@pytest.mark.parametrize("mode", ["direct", "reverse"])
+def test_login1_lost_while_serving(start_up, faults, mode):
+    up = start_up(f"failover-{mode}", "--mode", mode)
     up.wait_serving()
     assert "login=login1 state=serving" in up.log.read_text()
     faults.stop("login1")
     wait_for("service back through login2", lambda: "login=login2 state=serving"
              in up.log.read_text() and answers(up.port), timeout=90)
     assert get(up.port, "/echo", data=b"still here") == (200, b"still here")
+
+
+def test_a_switch_drops_the_old_forward(start_up, alice):
+    up = start_up("switch")
+    up.wait_serving()
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / f"slurm-persist-{os.getuid()}" / "switch"
+    assert [p.name for p in runtime.glob("*.sock")] == ["c0-f1.sock"]
+    first = alice.out("squeue -h -n sp-switch -t R -o %i")
+    alice.run(f"scancel {first}")
+    wait_for("the successor serving", lambda: up.log.read_text().count("state=serving local=") >= 2
+             and answers(up.port), timeout=90)
+    # The master keeps no forward to a job that is gone.
+    wait_for("only the new forward", lambda: [p.name for p in runtime.glob("*.sock")]
+             == ["c0-f2.sock"], timeout=30)
 
 
 def test_up_is_idempotent_and_down_cleans_up(cluster, alice, tmp_path):

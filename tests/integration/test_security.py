@@ -26,7 +26,8 @@ for line in subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdo
 for port in sorted(ports):
     for host in ("127.0.0.1", socket.gethostname()):
         print("tcp", host, port, get(lambda: socket.create_connection((host, port), 3)))
-for path in [d + "/server-0.sock" for d in glob.glob("/tmp/slurm-persist-*")]:
+for path in [d + name for d in glob.glob("/tmp/slurm-persist-*")
+             for name in ("/server-0.sock", "/gate.sock")]:
     def unix():
         s = socket.socket(socket.AF_UNIX)
         s.connect(path)
@@ -35,8 +36,9 @@ for path in [d + "/server-0.sock" for d in glob.glob("/tmp/slurm-persist-*")]:
 """
 
 
-def test_mallory_on_the_same_node_cannot_reach_the_server(make_service, alice, mallory):
-    chain = make_service("guarded")
+@pytest.mark.parametrize("mode", ["direct", "reverse"])
+def test_mallory_on_the_same_node_cannot_reach_the_server(make_service, alice, mallory, mode):
+    chain = make_service(f"guarded-{mode}", mode=mode)
     job_id, _ = chain.ensure()
     record = wait_for("a serving record", lambda: serving(chain, job_id))
     script = f"/home/mallory/probe-{job_id}.py"
@@ -47,7 +49,8 @@ def test_mallory_on_the_same_node_cannot_reach_the_server(make_service, alice, m
              .stdout.strip() == "", timeout=60)
     report = mallory.out(f"cat {script}.out")
     tried = [line for line in report.splitlines() if line.startswith(("tcp", "unix"))]
-    assert any(str(record.port) in line for line in tried), report  # she did find the gate
+    if mode == "direct":
+        assert any(str(record.port) in line for line in tried), report  # she did find the gate
     assert not any("200" in line for line in tried), report
     assert "unix" in report and "PermissionError" in report, report
     assert "200 OK" in gate_get(alice, record)
@@ -76,3 +79,40 @@ def test_agent_refuses_a_service_dir_others_can_write(make_service, alice):
     with pytest.raises(RuntimeError, match="refusing the service dir"):
         chain.snapshot()
     alice.run(f"chmod 700 {chain.layout.service_dir}")  # so cleanup can stop the chain
+
+
+UNIX_GET = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(b"GET /health HTTP/1.0\\r\\n\\r\\n")
+    print(s.recv(100) or "closed")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_reverse_mode_socket_and_key_are_alices_alone(make_service, alice, mallory):
+    chain = make_service("hidden", mode="reverse")
+    job_id, _ = chain.ensure()
+    record = wait_for("a serving record", lambda: serving(chain, job_id))
+    get = f"python3 -c {shlex.quote(UNIX_GET)} {shlex.quote(record.socket)}"
+    assert mallory.out(get, host=record.login_node) == "PermissionError"
+    sockets = chain.layout.service_dir + "/sockets"
+    assert alice.out(f"stat -c %a {sockets}") == "700"
+    assert "200 OK" in gate_get(alice, record)
+
+    # The job's key gets forwarding only: a command through it runs nothing
+    # (exit 1 is /bin/false; a refused host key or login would be 255).
+    reverse = chain.layout.reverse_dir
+    tried = alice.run(f"ssh -F /dev/null -i {reverse}/id_ed25519 -o IdentitiesOnly=yes "
+                      f"-o BatchMode=yes -o UserKnownHostsFile={reverse}/known_hosts "
+                      f"-o StrictHostKeyChecking=yes login1 id", host=record.node, check=False)
+    assert (tried.returncode, tried.stdout) == (1, ""), tried.stderr
+    assert alice.out(f"stat -c %a {reverse} {reverse}/id_ed25519").split() == ["700", "600"]
+
+    make_service("hidden-again", mode="reverse")  # a second deploy adds no second line
+    keys = [line for line in alice.out("cat ~/.ssh/authorized_keys").splitlines()
+            if "slurm-persist reverse mode" in line]
+    assert len(keys) == 1 and keys[0].startswith('restrict,port-forwarding,command="/bin/false" ')
