@@ -137,11 +137,12 @@ class Chain:
         says for certain that none exists (SlurmUnknown propagates)."""
         jobs = self.jobs()
         if jobs:
+            log.info("service=%s job=%s state=chain-found", self.options.name, jobs[0].job_id)
             return jobs[0].job_id, False
         self.agent("reset")
         result = self.site.run(slurm.sbatch_argv(self.spec()))
         job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
-        log.info("service=%s job=%s state=submitted", self.options.name, job_id)
+        log.info("service=%s job=%s state=chain-started", self.options.name, job_id)
         return job_id, True
 
     def cancel_all(self, timeout: float = 60) -> list[str]:

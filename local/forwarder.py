@@ -255,9 +255,7 @@ class Forwarder:
         if target and await self._switch(target, session):
             return
         if not jobs:
-            job_id, created = await asyncio.to_thread(self.chain.ensure)
-            log.info("service=%s job=%s state=%s", self.options.name, job_id,
-                     "chain-started" if created else "chain-found")
+            await asyncio.to_thread(self.chain.ensure)
             return
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
                            for j in jobs)

@@ -78,9 +78,7 @@ def prepare(options: Options) -> None:
     try:
         if options.copy:
             deploy_files(chain, Path(options.local_hpc_script_dir))
-        job_id, created = chain.ensure()
-        log.info("service=%s job=%s state=%s", options.name, job_id,
-                 "chain-started" if created else "chain-found")
+        chain.ensure()
     finally:
         chain.site.close()
 

@@ -31,7 +31,7 @@ CONNECT_TIMEOUT = 15
 # How long ssh may take to log in and the socket to appear in the shared home.
 APPEAR_TIMEOUT = 30.0
 RETRY_MAX = 60.0
-# A socket that held for less than this is dropping again at once: pause.
+# Two sockets in a row that held for less than this: pause before the next.
 FLAPPING = 30.0
 
 
@@ -86,7 +86,7 @@ class Reverse:
             raise ReverseError("reverse mode, but the spec names no login node: deploy again")
         self.spec.sockets_dir.mkdir(mode=0o700, exist_ok=True)
         nodes = self.spec.login_nodes
-        first, delay = 0, 5.0
+        first, delay, was_short = 0, 5.0, False
         while True:
             for index in [(first + i) % len(nodes) for i in range(len(nodes))]:
                 host, alias = nodes[index]
@@ -102,8 +102,10 @@ class Reverse:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = 5.0
-            if time.monotonic() - began < FLAPPING:
+            short = time.monotonic() - began < FLAPPING
+            if short and was_short:
                 await asyncio.sleep(delay)
+            was_short = short
 
     async def _hold(self, host: str, hop: Hop, changed: Callable[[], None]) -> bool:
         """Run one ssh -R to host until it ends; True if the socket was up."""
