@@ -3,6 +3,7 @@ sandbox cluster, all in one run. Prints a markdown table, writes JSON.
 
 Paths measured, same example server, same client code (bench/client.py):
   slurm-persist   127.0.0.1:PORT of `slurm-persist up` (jumphost, login1, gate)
+  reverse mode    the same with --mode reverse (the job's ssh -R to a login node)
   ssh -L          a hand-made `ssh -J jumphost -L PORT:node:port login1` to the
                   same server started by hand on a TCP port (the baseline)
   in-cluster      the client on login1 straight to node:port (the limit)
@@ -72,13 +73,14 @@ class Bench:
             raise RuntimeError(f"slurm-persist {args[0]} failed: {result.stderr.strip()[-500:]}")
         return result
 
-    def up(self, name: str, *extra: str) -> float:
+    def up(self, name: str, *extra: str, port: int | None = None) -> float:
         """Seconds from `up --daemonize` to the first 200 on the local port."""
+        port = port or self.port
         start = time.monotonic()
-        self.cli("up", *self.site_args(name), "--local-port", str(self.port), "--daemonize",
+        self.cli("up", *self.site_args(name), "--local-port", str(port), "--daemonize",
                  "--local-hpc-script-dir", str(HPC), "--heartbeat-time", "2",
                  "--delay-between-server-and-port", "1", *extra)
-        client.latencies("127.0.0.1", self.port, 1, keepalive=False)
+        client.latencies("127.0.0.1", port, 1, keepalive=False)
         return time.monotonic() - start
 
     def down(self, name: str) -> None:
@@ -94,6 +96,7 @@ class Bench:
     def run(self) -> dict:
         name = "bench"
         self.on_login(f"rm -rf ~/.slurm-persist/services/{name} ~/.slurm-persist/venvs/{name}")
+        self.results["paths"] = {}
         try:
             self.results["startup_cold_s"] = self.up(name)
             self.forwarder_cost(name)
@@ -113,7 +116,9 @@ class Bench:
 
     def throughput(self, name: str) -> None:
         args = (self.s.download_bytes, self.s.requests)
-        rows = {"slurm-persist": client.measure("127.0.0.1", self.port, *args)}
+        rows = self.results["paths"]
+        rows["slurm-persist"] = client.measure("127.0.0.1", self.port, *args)
+        rows["slurm-persist, reverse mode"] = self.reverse_path(args)
         node, port, job = self.plain_server(name)
         local = free_port()
         tunnel = subprocess.Popen([*ssh_base(self.options), "-N", "-o", "ExitOnForwardFailure=yes",
@@ -128,7 +133,14 @@ class Bench:
         finally:
             tunnel.terminate()
             self.on_login(f"scancel {job}")
-        self.results["paths"] = rows
+
+    def reverse_path(self, args: tuple[int, int]) -> dict:
+        name, port = "bench-reverse", free_port()
+        self.up(name, "--mode", "reverse", port=port)
+        try:
+            return client.measure("127.0.0.1", port, *args)
+        finally:
+            self.down(name)
 
     def plain_server(self, name: str) -> tuple[str, int, str]:
         """The same server, started by hand on a TCP port, as an expert would."""

@@ -153,7 +153,12 @@ class Site:
     def _gateway(self) -> Optional[Connection]:
         if not self.options.jumphost_url:
             return None
-        return self._make(self.options.jumphost_url, self.options.jumphost_username)
+        gateway = self._make(self.options.jumphost_url, self.options.jumphost_username)
+        gateway.open()
+        # The jumphost's connect to a login node that vanished waits for the
+        # kernel's TCP time-out (2 min here); paramiko's default is an hour.
+        gateway.transport.channel_timeout = CONNECT_TIMEOUT
+        return gateway
 
     def _make(self, host: str, user: Optional[str], gateway=None) -> Connection:
         config = Config(runtime_ssh_path=self.options.ssh_config) if self.options.ssh_config \

@@ -5,8 +5,8 @@ It needs a key and the login nodes' host keys, and both are made here:
 
 - the key is generated on the cluster, in ~/.slurm-persist/reverse (0700),
   so its private half never crosses the network, and authorized for
-  forwarding only (``restrict,port-forwarding`` and a command that does
-  nothing): a copy of it gives no shell;
+  forwarding only (``restrict,port-forwarding`` and a forced command that
+  reads its input away): a copy of it gives no shell;
 - the host keys are read from each login node's /etc/ssh over the
   connection the laptop has already verified against its known_hosts, and
   written to the known_hosts file the job checks strictly. The job never
@@ -28,7 +28,10 @@ from .remote import ClusterError, HostKeyRefused, Site, Unreachable
 
 log = logging.getLogger("slurm_persist.reverse")
 
-KEY_OPTIONS = 'restrict,port-forwarding,command="/bin/false"'
+# The forced command waits for the job's ssh to close its stdin: a session
+# makes sshd set TCP_NODELAY (see remote_agent.reverse.ssh_argv), and unlike
+# sleep it cannot outlive the connection.
+KEY_OPTIONS = 'restrict,port-forwarding,command="cat >/dev/null"'
 HOST_KEYS = ["find", "/etc/ssh", "-maxdepth", "1", "-name", "ssh_host_*_key.pub",
              "-exec", "cat", "{}", "+"]
 
@@ -61,8 +64,12 @@ def authorize(site: Site, path: str, public: str) -> None:
     current = site.run(["cat", path])
     text = current.stdout if current.returncode == 0 else ""
     body = public.split()[1]
-    if any(body in line.split() for line in text.splitlines()):
+    ours = [line for line in text.splitlines() if body in line.split()]
+    if ours and all(line.startswith(KEY_OPTIONS + " ") for line in ours):
         return
+    if ours:
+        raise ClusterError(f"{path} lists the reverse-mode key with other options than "
+                           f"{KEY_OPTIONS}: remove that line and deploy again")
     line = f"{KEY_OPTIONS} {public}\n"
     if text and not text.endswith("\n"):
         line = "\n" + line  # or it would run on from the file's last key

@@ -1,7 +1,7 @@
 """Reverse mode: the job reaches out to a login node, not the other way.
 
 For sites where login nodes cannot open connections to compute nodes, the
-agent keeps ``ssh -N -R <socket>:<gate socket> <login node>`` running. The
+agent keeps ``ssh -T -R <socket>:<gate socket> <login node>`` running. The
 socket is ``<service dir>/sockets/<job>-<n>.sock``: in the user's 0700
 service directory, so no other user can connect to it, and in the shared
 home, so the agent can clear a stale one (a login node's sshd does not
@@ -48,8 +48,12 @@ class Hop:
 
 
 def ssh_argv(spec: Spec, host: str, remote: Path, local: Path) -> List[str]:
+    """No -N: a session (the key's forced command, which only waits for
+    stdin to close) makes both ends set TCP_NODELAY. Without one, Nagle's
+    algorithm held each new connection's channel-open behind the delayed
+    ACK of the last one's close: 44 ms p50 per new connection, 0.9 with."""
     return [
-        "ssh", "-N", "-T", "-F", "/dev/null",
+        "ssh", "-T", "-F", "/dev/null",
         "-i", spec.reverse_key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={spec.known_hosts}",
         "-o", "ExitOnForwardFailure=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
@@ -110,9 +114,11 @@ class Reverse:
     async def _hold(self, host: str, hop: Hop, changed: Callable[[], None]) -> bool:
         """Run one ssh -R to host until it ends; True if the socket was up."""
         _unlink(hop.socket)
+        # stdin stays open and silent: the forced command on the login node
+        # ends when it closes, with this ssh or with the whole job.
         self._proc = proc = await asyncio.create_subprocess_exec(
             *ssh_argv(self.spec, host, hop.socket, self.gate_socket),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         errors = asyncio.ensure_future(proc.stderr.read())
         try:

@@ -193,7 +193,7 @@ def test_reverse_tunnel_killed_in_the_job(serve, cluster, alice, report):
     with Load(up.port) as load:
         current_job(load)
         t0 = time.time()
-        cluster.exec(node, "pkill", "-KILL", "-f", "ssh -N -T -F /dev/null")
+        cluster.exec(node, "pkill", "-KILL", "-f", "ssh -T -F /dev/null")
         wait_for("serving through login2", lambda: "login=login2 state=serving"
                  in up.log.read_text(), timeout=120)
         time.sleep(3)

@@ -103,16 +103,17 @@ def test_reverse_mode_socket_and_key_are_alices_alone(make_service, alice, mallo
     assert alice.out(f"stat -c %a {sockets}") == "700"
     assert "200 OK" in gate_get(alice, record)
 
-    # The job's key gets forwarding only: a command through it runs nothing
-    # (exit 1 is /bin/false; a refused host key or login would be 255).
+    # The job's key gets forwarding only: the command asked for never runs,
+    # the forced one reads stdin away (a refused host key or login is 255).
     reverse = chain.layout.reverse_dir
     tried = alice.run(f"ssh -F /dev/null -i {reverse}/id_ed25519 -o IdentitiesOnly=yes "
                       f"-o BatchMode=yes -o UserKnownHostsFile={reverse}/known_hosts "
-                      f"-o StrictHostKeyChecking=yes login1 id", host=record.node, check=False)
-    assert (tried.returncode, tried.stdout) == (1, ""), tried.stderr
+                      f"-o StrictHostKeyChecking=yes login1 id </dev/null", host=record.node,
+                      check=False)
+    assert (tried.returncode, tried.stdout) == (0, ""), tried.stderr
     assert alice.out(f"stat -c %a {reverse} {reverse}/id_ed25519").split() == ["700", "600"]
 
     make_service("hidden-again", mode="reverse")  # a second deploy adds no second line
     keys = [line for line in alice.out("cat ~/.ssh/authorized_keys").splitlines()
             if "slurm-persist reverse mode" in line]
-    assert len(keys) == 1 and keys[0].startswith('restrict,port-forwarding,command="/bin/false" ')
+    assert len(keys) == 1 and keys[0].startswith('restrict,port-forwarding,command="cat >/dev/null" ')

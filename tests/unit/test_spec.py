@@ -49,6 +49,7 @@ def test_direct_mode_ignores_the_reverse_fields():
 
 def test_ssh_checks_host_keys_strictly_with_deploys_files_only():
     argv = reverse.ssh_argv(spec(), "login1", spec().sockets_dir / "7-0.sock", "/tmp/x/gate.sock")
+    assert "-N" not in argv  # the session is what turns Nagle off at both ends
     options = {argv[i + 1] for i, a in enumerate(argv) if a == "-o"}
     assert {"StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes",
             f"UserKnownHostsFile={HOME}/reverse/known_hosts", "ExitOnForwardFailure=yes"} <= options
