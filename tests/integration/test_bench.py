@@ -13,7 +13,9 @@ pytestmark = pytest.mark.cluster
 
 def test_bench_short_mode_produces_every_figure(cluster, tmp_path):
     results = Bench(site_options(cluster), cluster, Settings.short()).run()
-    assert set(results["paths"]) == {"slurm-persist", "ssh -L (baseline)", "in-cluster (limit)"}
+    assert set(results["paths"]) == {
+        "slurm-persist", "slurm-persist, reverse mode", "ssh -L (baseline)", "in-cluster (limit)",
+    }
     for row in results["paths"].values():
         assert row["mb_per_s"] > 0 and row["p50_new_ms"] > 0 and row["p99_keepalive_ms"] > 0
     assert results["startup_cold_s"] > 0 and results["startup_warm_s"] > 0
