@@ -28,7 +28,11 @@ install_packages() {
 start_dockerd() {
     docker info >/dev/null 2>&1 && return
     log "no Docker engine answers; starting dockerd (log: /var/log/slurm-persist-dockerd.log)"
-    as_root sh -c 'nohup dockerd >/var/log/slurm-persist-dockerd.log 2>&1 &'
+    # A clean environment in its own session: dockerd outlives whoever
+    # started it, and runc keeps files under XDG_RUNTIME_DIR, so a caller's
+    # temporary one (a test run's) would break every later `docker exec`.
+    as_root env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        setsid sh -c 'nohup dockerd >/var/log/slurm-persist-dockerd.log 2>&1 &' </dev/null
     for _ in $(seq 60); do
         docker info >/dev/null 2>&1 && return
         sleep 1
