@@ -47,7 +47,7 @@ OPTION_HELP = {
                             "(default ~/.slurm-persist/services/NAME)",
     "copy": "copy local-hpc-script-dir to the cluster (on by default; --no-copy to skip)",
     "debug": "log debug detail, SSH included",
-    "retries": "SSH attempts per login node before trying the next (default 3)",
+    "retries": "more rounds over all login nodes, with backoff, when none answers (default 3)",
     "local_port": "port on 127.0.0.1 where the service appears (default 8642)",
     "heartbeat_time": "seconds between health probes of the service (default 10)",
     "hpc_job_name": "SLURM job name shared by the chain's jobs (default sp-NAME)",

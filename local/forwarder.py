@@ -246,6 +246,8 @@ class Forwarder:
                               f"see: slurm-persist logs --name {self.options.name}")
 
     async def _recover_once(self, session: aiohttp.ClientSession) -> None:
+        if self.route and self.route.tunnel.lost:
+            self.chain.site.failed(self.route.tunnel.login)
         jobs, snap = await asyncio.to_thread(self._read_cluster)
         if snap.chain.stopped:
             self._set_status("stopped", snap.chain.reason)
@@ -273,6 +275,7 @@ class Forwarder:
                 route = Route(target, tunnel, await tunnel.forward(_remote(target)))
             except TunnelError as exc:
                 log.warning("login=%s state=tunnel-failed error=%r", login, str(exc))
+                self.chain.site.failed(login)
                 continue
             await route.start()
             if not await route.probe(session, self.options.health_path):
@@ -304,7 +307,8 @@ class Forwarder:
                       f"service's login nodes ({', '.join(nodes)}): deploy again")
             return []
         current = self.route.tunnel.login if self.route and self.route.tunnel.alive else None
-        return [current] + [n for n in nodes if n != current] if current else nodes
+        order = self.chain.site.order()
+        return [current] + [n for n in order if n != current] if current else order
 
     async def _tunnel(self, login: str) -> Tunnel:
         tunnel = self._tunnels.get(login)

@@ -1,9 +1,11 @@
 """The control plane: Fabric connections to the site's login nodes.
 
 One connection per login node, through the jumphost, reused for every
-command. The login nodes are tried in order (primary, then fallbacks), each
-up to ``retries`` times with backoff; the first that answers is used until
-it fails. Host keys are checked against the user's known_hosts (or the one
+command. The login nodes are tried in order (primary, then fallbacks), the
+whole list up to ``retries`` more times with backoff; the first that answers
+is used until it fails. A node that failed goes to the back of the list for
+a while: connecting to a node that just went down costs CONNECT_TIMEOUT,
+and that should be paid once, not on every command. Host keys are checked against the user's known_hosts (or the one
 the ssh_config names); an unknown host is refused, never silently added.
 """
 
@@ -27,6 +29,8 @@ from .config import Options
 log = logging.getLogger("slurm_persist.remote")
 
 CONNECT_TIMEOUT = 15
+# How long a login node that failed is tried only after the others.
+SUSPECT_SECONDS = 300.0
 COMMAND_TIMEOUT = 30
 T = TypeVar("T")
 
@@ -57,6 +61,7 @@ class Site:
     def __init__(self, options: Options):
         self.options = options
         self._connections: dict[str, Connection] = {}
+        self._failed: dict[str, float] = {}
         self.current: Optional[str] = None
 
     def run(self, argv: Sequence[str], stdin: Optional[str] = None,
@@ -95,39 +100,69 @@ class Site:
             handle.flush()
             self.put(Path(handle.name), remote, mode)
 
+    def order(self) -> list[str]:
+        """Login nodes, best first: the one in use, then the configured
+        order, then those that failed lately (longest ago first)."""
+        self._notice_broken()
+        now = time.monotonic()
+        suspect = {h: t for h, t in self._failed.items() if now - t < SUSPECT_SECONDS}
+        fresh = [n for n in self.options.login_nodes if n not in suspect]
+        if self.current in fresh:
+            fresh.remove(self.current)
+            fresh.insert(0, self.current)
+        return fresh + sorted((n for n in self.options.login_nodes if n in suspect),
+                              key=suspect.__getitem__)
+
+    def failed(self, host: str) -> None:
+        """host failed (here or, say the forwarder, for its tunnel)."""
+        self._failed[host] = time.monotonic()
+        if self.current == host:
+            self.current = None
+
+    def _notice_broken(self) -> None:
+        """A connection that died while idle is a node that failed."""
+        for host, conn in list(self._connections.items()):
+            if not conn.is_connected:
+                log.warning("login=%s state=connection-lost", host)
+                self._drop(host)
+                self.failed(host)
+
     def _on_any(self, action: Callable[[str], T]) -> T:
-        """The first login node (current one first) where action succeeds."""
-        return self._on_hosts(self._order(), action)
+        """The first login node (best first) where action succeeds."""
+        return self._on_hosts(self.order(), action)
 
     def _on_hosts(self, hosts: Sequence[str], action: Callable[[str], T]) -> T:
-        errors = []
-        for host in hosts:
-            for attempt in range(self.options.retries + 1):
+        """Each host in turn, the whole round again after a backoff: a dead
+        first node must not hold up a live second one for every retry."""
+        errors: dict[str, str] = {}
+        hosts = list(hosts)
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                time.sleep(min(2 ** (attempt - 1), 10))
+            for host in list(hosts):
                 try:
-                    return action(host)
+                    result = action(host)
                 except (OSError, EOFError, paramiko.SSHException) as exc:
                     self._drop(host)
-                    errors.append(f"{host}: {_describe(exc)}")
+                    self.failed(host)
+                    errors[host] = _describe(exc)
                     log.warning("login=%s state=unreachable attempt=%d error=%s", host,
                                 attempt + 1, _describe(exc))
                     if isinstance(exc, (paramiko.BadHostKeyException, HostKeyUnknown)):
                         # Possibly someone in the middle: stop, do not route around it.
                         raise HostKeyRefused(f"{host}: {_describe(exc)}") from None
                     if isinstance(exc, paramiko.AuthenticationException):
-                        break  # retrying cannot fix a key
-                    if attempt < self.options.retries:
-                        time.sleep(min(2 ** attempt, 10))
-        raise Unreachable("; ".join(errors))
+                        hosts.remove(host)  # retrying cannot fix a key
+                    continue
+                self._failed.pop(host, None)
+                return result
+            if not hosts:
+                break
+        raise Unreachable("; ".join(f"{host}: {why}" for host, why in errors.items()))
 
     def close(self) -> None:
         for host in list(self._connections):
             self._drop(host)
-
-    def _order(self) -> list[str]:
-        nodes = self.options.login_nodes
-        if self.current in nodes:
-            return [self.current] + [n for n in nodes if n != self.current]
-        return nodes
 
     def _run_on(self, host: str, command: str, stdin: Optional[str], timeout: float) -> Result:
         conn = self._connection(host)

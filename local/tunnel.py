@@ -65,6 +65,11 @@ class Tunnel:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    @property
+    def lost(self) -> bool:
+        """ssh ended on a connection error (its 255), not by a signal here."""
+        return self._proc is not None and self._proc.returncode == 255
+
     async def start(self) -> None:
         if self.control.exists():
             self.control.unlink()

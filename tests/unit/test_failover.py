@@ -1,0 +1,76 @@
+"""The control plane's choice of login node: round-robin retries, and a
+node that failed tried last for a while. Actions here stand in for what
+runs on a node; the SSH side is tested on the docker cluster."""
+
+import pytest
+
+from local import remote
+from local.config import Options
+
+
+@pytest.fixture
+def site(monkeypatch):
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    return remote.Site(Options(hpc_system_url="login1", fallback_system_url=["login2", "login3"],
+                               retries=2))
+
+
+def failing_on(*dead: str, tried: list):
+    def action(host: str) -> str:
+        tried.append(host)
+        if host in dead:
+            raise OSError("Timeout opening channel.")
+        return host
+    return action
+
+
+def test_a_dead_first_node_costs_one_attempt_not_all_retries(site):
+    tried = []
+    assert site._on_any(failing_on("login1", tried=tried)) == "login2"
+    assert tried == ["login1", "login2"]
+
+
+def test_a_node_that_failed_is_tried_last_until_it_answers_again(site):
+    site._on_any(failing_on("login1", tried=[]))
+    assert site.order() == ["login2", "login3", "login1"]
+    tried = []
+    site._on_any(failing_on("login2", "login3", tried=tried))
+    assert tried == ["login2", "login3", "login1"]
+    assert site.order()[0] == "login1"
+
+
+def test_suspicion_fades(site, monkeypatch):
+    site.failed("login1")
+    later = remote.time.monotonic() + remote.SUSPECT_SECONDS + 1
+    monkeypatch.setattr(remote.time, "monotonic", lambda: later)
+    assert site.order() == ["login1", "login2", "login3"]
+
+
+def test_every_round_is_retried_then_each_node_named_once(site):
+    tried = []
+    with pytest.raises(remote.Unreachable) as err:
+        site._on_any(failing_on("login1", "login2", "login3", tried=tried))
+    assert len(tried) == 9 and tried[:3] == ["login1", "login2", "login3"]
+    assert str(err.value).count("login1:") == 1 and "Timeout opening channel." in str(err.value)
+
+
+def test_a_refused_key_is_not_retried(site):
+    tried = []
+
+    def action(host):
+        tried.append(host)
+        if host == "login1":
+            raise remote.paramiko.AuthenticationException("no")
+        return host
+    assert site._on_any(action) == "login2"
+    tried.clear()
+    with pytest.raises(remote.Unreachable):
+        site._on_hosts(["login1"], action)
+    assert tried == ["login1"]
+
+
+def test_a_changed_host_key_stops_everything(site):
+    def action(host):
+        raise remote.HostKeyUnknown(f"host key of {host} is not in known_hosts")
+    with pytest.raises(remote.HostKeyRefused, match="login1"):
+        site._on_any(action)
