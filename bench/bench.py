@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import socket
@@ -30,6 +31,8 @@ from local.tunnel import ssh_base
 
 from . import client
 from .client import Load
+
+log = logging.getLogger("slurm_persist.bench")
 
 BIN = str(Path(sys.executable).parent / "slurm-persist")
 HPC = Path(__file__).resolve().parent.parent / "hpc"
@@ -54,6 +57,11 @@ class Bench:
         self.options, self.box, self.s = options, box, settings
         self.results: dict = {"settings": dataclasses.asdict(settings)}
         self.port = free_port()
+        self.started = time.monotonic()
+
+    def step(self, what: str) -> None:
+        """A line per stage: a full run takes about ten minutes."""
+        log.info("bench=%s elapsed=%.0fs", what.replace(" ", "-"), time.monotonic() - self.started)
 
     # -- helpers ---------------------------------------------------------
 
@@ -98,20 +106,28 @@ class Bench:
         self.on_login(f"rm -rf ~/.slurm-persist/services/{name} ~/.slurm-persist/venvs/{name}")
         self.results["paths"] = {}
         try:
+            self.step("startup cold")
             self.results["startup_cold_s"] = self.up(name)
+            self.step("forwarder cost")
             self.forwarder_cost(name)
+            self.step("throughput and latency")
             self.throughput(name)
+            self.step("slurm calls")
             self.slurm_calls()
+            self.step("recovery after scancel")
             self.results["recovery_scancel"] = self.recovery(name)
             self.down(name)
+            self.step("startup warm")
             self.results["startup_warm_s"] = self.up(name)
             self.down(name)
             if self.s.overlap:
+                self.step("overlap rollover")
                 self.up(name, "--sbatch-option=--time=2", "--overlap-minutes", "1",
                         "--warn-seconds", "20")
                 self.results["rollover_overlap"] = self.rollover(name)
         finally:
             self.down(name)
+        self.step("done")
         return self.results
 
     def throughput(self, name: str) -> None:
