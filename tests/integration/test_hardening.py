@@ -56,3 +56,55 @@ def test_changed_host_key_is_refused(cluster, tmp_path):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("slurm-persist: error: login1:") and "host key" in last.lower(), last
+
+
+def shown_fingerprints(known_hosts_lines: list[str], tmp_path) -> dict[str, str]:
+    """Host -> 'type SHA256:...' as OpenSSH's ssh-keygen prints it."""
+    found = {}
+    for number, line in enumerate(known_hosts_lines):
+        host, keytype, blob = line.split()[:3]
+        pub = tmp_path / f"k{number}.pub"
+        pub.write_text(f"{keytype} {blob}\n")
+        shown = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                               check=True).stdout.split()[1]
+        found[host] = f"{keytype} {shown}"
+    return found
+
+
+def first_use_config(cluster, tmp_path, checking: str):
+    known = tmp_path / "known_hosts"
+    config = tmp_path / "ssh_config"
+    config.write_text(cluster.ssh_config.read_text()
+                      .replace(str(cluster.known_hosts), str(known))
+                      .replace("StrictHostKeyChecking yes", f"StrictHostKeyChecking {checking}"))
+    args = site_args(cluster, "first-use")
+    args[args.index("--ssh-config") + 1] = str(config)
+    return known, args
+
+
+def test_unknown_hosts_are_refused_with_the_fingerprint_to_check(cluster, tmp_path):
+    known, args = first_use_config(cluster, tmp_path, "yes")
+    result = cli("status", *args)
+    jump = cluster.known_hosts.read_text().splitlines()[0]
+    expected = shown_fingerprints([jump], tmp_path)[jump.split()[0]]
+    assert result.returncode != 0 and not known.exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("slurm-persist: error:") and expected in last, last
+
+
+def test_accept_new_records_first_keys_and_shows_their_fingerprints(cluster, tmp_path):
+    known, args = first_use_config(cluster, tmp_path, "accept-new")
+    result = cli("status", *args)
+    assert result.returncode == 0, result.stderr
+    truth = cluster.known_hosts.read_text().splitlines()
+    expected = shown_fingerprints(truth, tmp_path)
+    recorded = known.read_text().splitlines()
+    assert sorted(line.split()[0] for line in recorded) == sorted(
+        [truth[0].split()[0], "login1"])
+    assert set(recorded) <= {" ".join(line.split()[:3]) for line in truth}
+    for line in recorded:
+        host = line.split()[0]
+        assert f"host={host} key='{expected[host]}' state=accepted-new" in result.stderr
+    again = cli("status", *args)
+    assert again.returncode == 0 and "accepted-new" not in again.stderr
+    assert known.read_text().splitlines() == recorded
