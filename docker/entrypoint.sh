@@ -25,6 +25,15 @@ install_keys() {  # user, public key files...
     mv -f "$tmp" "$dir/authorized_keys"
 }
 
+make_homes() {
+    # The shared /home starts empty (see compose.yml); install -d is happy
+    # to find a directory another host has just made.
+    local user
+    for user in alice mallory; do
+        install -d -m 755 -o "$user" -g "$user" "/home/$user"
+    done
+}
+
 start_munge() {
     runuser -u munge -- munged --force
 }
@@ -37,17 +46,20 @@ jumphost)
     ;;
 login)
     echo "AllowUsers alice mallory" >>/etc/ssh/sshd_config.d/sandbox.conf
+    make_homes
     install_keys alice /sandbox-keys/alice.pub
     install_keys mallory /sandbox-keys/mallory.pub
     start_munge
     exec /usr/sbin/sshd -D -e
     ;;
 controller)
+    make_homes
     start_munge
     exec slurmctld -D -i
     ;;
 compute)
     echo "AllowUsers alice mallory" >>/etc/ssh/sshd_config.d/sandbox.conf
+    make_homes
     start_munge
     /usr/sbin/sshd
     exec slurmd -D -N "$(hostname)"

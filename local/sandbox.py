@@ -112,16 +112,11 @@ class Sandbox:
         """Build the site image unless one from the same docker/ files exists."""
         tag = self.image_tag()
         if _run(["docker", "image", "inspect", tag], check=False, quiet=True) is not None:
-            self._tag_latest(tag)
             return
         base = _run(["bash", str(DOCKER_DIR / "ensure-docker.sh")]).strip().splitlines()[-1]
         log.info("sandbox=%s state=building image=%s base=%s", self.project, tag, base)
         _run(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", tag,
               str(DOCKER_DIR)])
-        self._tag_latest(tag)
-
-    def _tag_latest(self, tag: str) -> None:
-        _run(["docker", "tag", tag, f"{IMAGE}:latest"])
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until sinfo on a login node shows both compute nodes idle."""
@@ -166,7 +161,7 @@ class Sandbox:
     # -- docker plumbing -------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SANDBOX_KEYS": str(self.keys_dir), "SANDBOX_IMAGE": f"{IMAGE}:latest"}
+        return {**os.environ, "SANDBOX_KEYS": str(self.keys_dir), "SANDBOX_IMAGE": self.image_tag()}
 
     def compose(self, *args: str, check: bool = True) -> str:
         cmd = ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), *args]
