@@ -38,6 +38,19 @@ def test_local_port_listens_on_loopback_only(cluster, tmp_path):
         up.stop()
 
 
+def own_known_hosts(cluster, tmp_path, name: str, checking: str = "yes"):
+    """Site args whose ssh_config reads a known_hosts of the test's own (not
+    yet written) and checks host keys as `checking` says."""
+    known = tmp_path / "known_hosts"
+    config = tmp_path / "ssh_config"
+    config.write_text(cluster.ssh_config.read_text()
+                      .replace(str(cluster.known_hosts), str(known))
+                      .replace("StrictHostKeyChecking yes", f"StrictHostKeyChecking {checking}"))
+    args = site_args(cluster, name)
+    args[args.index("--ssh-config") + 1] = str(config)
+    return known, args
+
+
 def test_changed_host_key_is_refused(cluster, tmp_path):
     """login1 presenting another key is an error, not a reason to use login2."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "fake")],
@@ -46,12 +59,8 @@ def test_changed_host_key_is_refused(cluster, tmp_path):
     lines = cluster.known_hosts.read_text().splitlines()
     assert len({line.split(None, 1)[1] for line in lines}) == len(lines)  # keys differ per host
     forged = [f"login1 {fake}" if line.startswith("login1 ") else line for line in lines]
-    known = tmp_path / "known_hosts"
+    known, args = own_known_hosts(cluster, tmp_path, "mitm")
     known.write_text("\n".join(forged) + "\n")
-    config = tmp_path / "ssh_config"
-    config.write_text(cluster.ssh_config.read_text().replace(str(cluster.known_hosts), str(known)))
-    args = site_args(cluster, "mitm")
-    args[args.index("--ssh-config") + 1] = str(config)
     result = cli("status", *args)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
@@ -71,19 +80,8 @@ def shown_fingerprints(known_hosts_lines: list[str], tmp_path) -> dict[str, str]
     return found
 
 
-def first_use_config(cluster, tmp_path, checking: str):
-    known = tmp_path / "known_hosts"
-    config = tmp_path / "ssh_config"
-    config.write_text(cluster.ssh_config.read_text()
-                      .replace(str(cluster.known_hosts), str(known))
-                      .replace("StrictHostKeyChecking yes", f"StrictHostKeyChecking {checking}"))
-    args = site_args(cluster, "first-use")
-    args[args.index("--ssh-config") + 1] = str(config)
-    return known, args
-
-
 def test_unknown_hosts_are_refused_with_the_fingerprint_to_check(cluster, tmp_path):
-    known, args = first_use_config(cluster, tmp_path, "yes")
+    known, args = own_known_hosts(cluster, tmp_path, "first-use")
     result = cli("status", *args)
     jump = cluster.known_hosts.read_text().splitlines()[0]
     expected = shown_fingerprints([jump], tmp_path)[jump.split()[0]]
@@ -93,7 +91,7 @@ def test_unknown_hosts_are_refused_with_the_fingerprint_to_check(cluster, tmp_pa
 
 
 def test_accept_new_records_first_keys_and_shows_their_fingerprints(cluster, tmp_path):
-    known, args = first_use_config(cluster, tmp_path, "accept-new")
+    known, args = own_known_hosts(cluster, tmp_path, "first-use", "accept-new")
     result = cli("status", *args)
     assert result.returncode == 0, result.stderr
     truth = cluster.known_hosts.read_text().splitlines()
