@@ -15,7 +15,7 @@ from typing import Optional
 from remote_agent import endpoint, slurm
 from remote_agent.chain import ChainState
 from remote_agent.endpoint import Endpoint
-from remote_agent.spec import Spec
+from remote_agent.spec import Spec, check_cluster_path
 
 from .config import Options
 from .remote import ClusterError, Site
@@ -40,9 +40,8 @@ class Layout:
         service_dir = expand(options.server_and_port_file
                              or f"~/.slurm-persist/services/{options.name}")
         app_dir = expand(options.hpc_script_dir or f"{service_dir}/app")
-        for path in (service_dir, app_dir):
-            if not path.startswith("/") or "," in path or "\n" in path:
-                raise ValueError(f"cluster path {path!r}: use an absolute path without commas")
+        check_cluster_path("server-and-port-file", service_dir)
+        check_cluster_path("hpc-script-dir", app_dir)
         base = f"{home}/.slurm-persist"
         return cls(home, f"{base}/agent", service_dir, app_dir, f"{base}/reverse")
 

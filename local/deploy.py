@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import remote_agent
+from remote_agent.spec import Spec
 
 from . import reverse
 from .cluster import Chain
@@ -47,6 +48,7 @@ def sha256(path: Path) -> str:
 
 
 def deploy(chain: Chain, script_dir: Path) -> Report:
+    spec = chain.spec()  # a spec the agent would refuse stops here, before any upload
     lay = chain.layout
     agent_root = Path(remote_agent.__file__).parent
     trees = [(agent_root, f"{lay.agent_dir}/remote_agent")]
@@ -72,7 +74,7 @@ def deploy(chain: Chain, script_dir: Path) -> Report:
             log.info("deploy=sent file=%s/%s", remote_root, rel)
             sent += 1
     hops = reverse.prepare(chain) if chain.options.mode == "reverse" else []
-    write_spec(chain, hops)
+    write_spec(chain, dataclasses.replace(spec, login_nodes=hops))
     return Report(sent, unchanged)
 
 
@@ -91,6 +93,5 @@ def remote_hashes(chain: Chain, root: str) -> dict[str, str]:
     return hashes
 
 
-def write_spec(chain: Chain, login_nodes: list[list[str]]) -> None:
-    spec = dataclasses.replace(chain.spec(), login_nodes=login_nodes)
+def write_spec(chain: Chain, spec: Spec) -> None:
     chain.site.put_text(spec.dumps(), f"{spec.service_dir}/spec.json", 0o600)

@@ -88,17 +88,21 @@ def interpret_squeue(returncode: int, stdout: str, stderr: str) -> List[Job]:
 
 
 def sbatch_argv(spec: Spec, dependency: Optional[str] = None) -> List[str]:
+    """The job's paths go in sbatch's own environment, which --export=ALL
+    copies as it is. Written into --export's list instead, a quote or a
+    comma in a path makes sbatch drop the variables, and the job fails."""
     argv = [
-        "sbatch", "--parsable",
+        "env", f"SLURM_PERSIST_SERVICE_DIR={spec.service_dir}",
+        f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
+        "sbatch", "--parsable", "--export=ALL",
         f"--job-name={spec.job_name}",
-        f"--output={spec.service_dir}/logs/%j.out",
+        # A file name pattern: a '%' of the path itself must be '%%'.
+        f"--output={spec.service_dir.replace('%', '%%')}/logs/%j.out",
         f"--chdir={spec.app_dir}",
         f"--signal=B:USR1@{spec.warn_seconds}",
         # A job lost with its node must end, not be requeued under the same id
         # behind a begin-time delay: its successor is what carries the service on.
         "--no-requeue",
-        f"--export=ALL,SLURM_PERSIST_SERVICE_DIR={spec.service_dir},"
-        f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
         *spec.sbatch_options,
     ]
     if dependency:

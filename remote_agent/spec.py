@@ -45,6 +45,15 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def check_cluster_path(kind: str, path: str) -> str:
+    """Any character goes but two: in sbatch's --output pattern a backslash
+    turns every %j off (all jobs would share one log), and a newline has no
+    place in a path. Spaces, quotes and the like travel as they are."""
+    if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in "\\\n"):
+        raise SpecError(f"{kind} {path!r}: use an absolute path without backslashes or newlines")
+    return path
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -75,6 +84,8 @@ class Spec:
     def __post_init__(self) -> None:
         check_name("service name", self.name)
         check_name("job name", self.job_name)
+        for kind in ("service_dir", "app_dir", "agent_dir"):
+            check_cluster_path(kind, getattr(self, kind))
         if self.mode not in MODES:
             raise SpecError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if self.listen not in LISTEN:
@@ -100,6 +111,10 @@ class Spec:
         for name in ("reverse_key", "known_hosts"):
             if not getattr(self, name).startswith("/"):
                 raise SpecError(f"{name} must be an absolute path in reverse mode")
+        if ":" in self.service_dir:
+            # ssh -R and -L split socket paths at colons, with no escape.
+            raise SpecError(f"{self.service_dir}: a colon cannot be in a reverse-mode "
+                            "service dir (server-and-port-file)")
         if len(str(self.sockets_dir)) > SOCKET_PATH_MAX:
             raise SpecError(f"{self.sockets_dir} is too long for a Unix socket path "
                             f"({SOCKET_PATH_MAX} characters at most): choose a shorter "

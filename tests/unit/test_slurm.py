@@ -73,7 +73,9 @@ def test_sbatch_parsing():
 
 def test_sbatch_argv_carries_name_output_signal_dependency():
     argv = slurm.sbatch_argv(spec(sbatch_options=["--time=00:02:00"]), slurm.after_any("12"))
-    assert argv[:2] == ["sbatch", "--parsable"]
+    assert argv[:6] == ["env", "SLURM_PERSIST_SERVICE_DIR=/home/a/.slurm-persist/services/hpc",
+                        "SLURM_PERSIST_AGENT_DIR=/home/a/.slurm-persist/agent",
+                        "sbatch", "--parsable", "--export=ALL"]
     assert "--job-name=sp-hpc" in argv
     assert "--output=/home/a/.slurm-persist/services/hpc/logs/%j.out" in argv
     assert "--signal=B:USR1@90" in argv
@@ -94,6 +96,11 @@ def test_overlap_dependency():
 ])
 def test_durations(text, minutes):
     assert slurm.parse_duration_minutes(text) == minutes
+
+
+def test_a_percent_in_the_service_dir_stays_literal_in_the_output_pattern():
+    argv = slurm.sbatch_argv(spec(service_dir="/home/a/100% sure", app_dir="/home/a/app"))
+    assert "--output=/home/a/100%% sure/logs/%j.out" in argv
 
 
 def test_scancel_refuses_non_ids():

@@ -1,4 +1,4 @@
-"""The spec's checks for reverse mode, and that it survives the trip to JSON."""
+"""The spec's checks (cluster paths, reverse mode), and that it survives the trip to JSON."""
 
 import pytest
 
@@ -55,3 +55,19 @@ def test_ssh_checks_host_keys_strictly_with_deploys_files_only():
             f"UserKnownHostsFile={HOME}/reverse/known_hosts", "ExitOnForwardFailure=yes"} <= options
     assert argv[argv.index("-F") + 1] == "/dev/null"  # no user ssh_config can loosen it
     assert argv[-3:] == ["-R", f"{HOME}/services/hpc/sockets/7-0.sock:/tmp/x/gate.sock", "login1"]
+
+
+@pytest.mark.parametrize("bad", ["relative/dir", f"{HOME}/a\\b", f"{HOME}/a\nb"])
+def test_cluster_paths_that_sbatch_would_misread_are_refused(bad):
+    with pytest.raises(SpecError, match="absolute path without backslashes or newlines"):
+        spec(mode="direct", service_dir=bad)
+
+
+def test_cluster_paths_may_hold_spaces_quotes_commas_and_shell_syntax():
+    odd = f"{HOME}/it's \"$(x)\"; 100%, a:b"
+    assert spec(mode="direct", service_dir=odd, app_dir=f"{odd}/app").service_dir == odd
+
+
+def test_a_colon_in_a_reverse_mode_service_dir_is_refused():
+    with pytest.raises(SpecError, match="colon"):
+        spec(service_dir=f"{HOME}/a:b", app_dir=f"{HOME}/app")
