@@ -51,11 +51,13 @@ REPLAY_LIMIT = 1 << 20
 SETUP_CONCURRENCY = 32
 
 
+# Start reading records this long before a job's end, to catch the overlap successor.
+HANDOVER_WINDOW = 180.0
+
+
 class NotAcknowledged(ConnectionError):
     """The route failed before the gate confirmed the server: nothing sent
     so far reached the server, so the connection may be tried elsewhere."""
-# Start reading records this long before a job's end, to catch the overlap successor.
-HANDOVER_WINDOW = 180.0
 
 
 class NeverServed(Exception):
@@ -172,6 +174,10 @@ class Forwarder:
         self._retiring: set[asyncio.Future] = set()
         self.attempts = 0
         self.ever_served = False
+        # Chains that ended without serving, in a row, and the last one started here.
+        self.unserved_chains = 0
+        self._served_since_start = False
+        self._started_job: Optional[str] = None
         self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
         self._status_path = state_dir(options.name) / "status.json"
 
@@ -257,7 +263,7 @@ class Forwarder:
         if target and await self._switch(target, session):
             return
         if not jobs:
-            await asyncio.to_thread(self.chain.ensure)
+            await self._start_chain()
             return
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
                            for j in jobs)
@@ -266,6 +272,33 @@ class Forwarder:
 
     def _read_cluster(self):
         return self.chain.jobs(), self.chain.snapshot()
+
+    async def _start_chain(self) -> None:
+        """SLURM says for certain that no job is left: start a chain, unless
+        the last ones ended without serving. Jobs that die before their
+        agent runs (a broken sbatch script, an option SLURM refuses at run
+        time) escape the agent's crash-loop guard and would otherwise be
+        replaced every few seconds, for ever."""
+        if not self._served_since_start:
+            self.unserved_chains += 1
+        if self.unserved_chains >= self.options.crash_loop_jobs:
+            reason = await asyncio.to_thread(self._unserved_reason)
+            self._set_status("stopped", reason)
+            log.error("service=%s state=chain-not-restarted reason=%r", self.options.name, reason)
+            raise ChainStopped(reason)
+        self._started_job, _ = await asyncio.to_thread(self.chain.ensure)
+        self._served_since_start = False
+
+    def _unserved_reason(self) -> str:
+        reason = (f"{self.unserved_chains} chains in a row ended without serving; "
+                  "not starting another")
+        job = self._started_job
+        if job is None:
+            return reason
+        tail = self.chain.site.run(["tail", "-n", "3", self.chain.log_path(job)])
+        said = (" | ".join(tail.stdout.split("\n")).strip(" |") if tail.returncode == 0
+                else "no output file: SLURM could not start it")
+        return f"{reason}. The last, job {job}: {said}"
 
     async def _switch(self, target: Endpoint, session: aiohttp.ClientSession) -> bool:
         """Build a route to target and take it once it answers the probe."""
@@ -289,7 +322,8 @@ class Forwarder:
                 retiring.add_done_callback(self._retiring.discard)
                 self.status.switches += 1
             self.healthy.set()
-            self.ever_served = True
+            self.ever_served = self._served_since_start = True
+            self.unserved_chains = 0
             self._set_status("serving")
             log.info("%s state=serving local=127.0.0.1:%d", route.describe(), self.options.local_port)
             return True

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import answers, cli, free_port, get, site_args, up_args, wait_for
+from helpers import HPC, answers, cli, free_port, get, site_args, up_args, wait_for
 
 from local.sandbox import JUMP_ALIAS, JUMP_USER
 
 pytestmark = pytest.mark.cluster
+
 
 def chain_jobs(alice, name: str) -> list[str]:
     return alice.out(f"squeue -h -n sp-{name} -o '%i:%T'").split()
@@ -153,3 +155,24 @@ def test_busy_port(cluster):
 def test_malformed_toml(tmp_path):
     (tmp_path / "slurm-persist.toml").write_text("[services.hpc\nlocal_port = 1\n")
     one_line_error(cli("status", cwd=tmp_path), "not valid TOML")
+
+
+# Dies before the agent runs, as a job script with a wrong module name would:
+# no agent, so no crash-loop guard of the agent's counts it.
+DIES_EARLY = """#!/bin/bash
+echo "module load python/9.9: no such module" >&2
+exit 1
+"""
+
+
+def test_jobs_that_die_before_the_agent_are_not_replaced_for_ever(cluster, alice, tmp_path):
+    app = tmp_path / "app"
+    shutil.copytree(HPC, app)
+    (app / "slurm.sbatch").write_text(DIES_EARLY)
+    args = up_args(cluster, "dies-early", free_port())
+    args[args.index("--local-hpc-script-dir") + 1] = str(app)
+    result = cli(*args)
+    one_line_error(result, "3 chains in a row ended without serving; not starting another")
+    assert "module load python/9.9: no such module" in result.stderr.splitlines()[-1]
+    assert result.stderr.count("state=chain-started") == 3
+    assert chain_jobs(alice, "dies-early") == []
