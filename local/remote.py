@@ -181,6 +181,13 @@ class Site:
         except CommandTimedOut:
             self._drop(host)  # the channel may still carry the hung command
             return Result(124, "", f"{argv0(command)} did not answer within {timeout:.0f} s", host)
+        if out.exited == -1:
+            # No exit status: the connection died mid-command. Not retried
+            # here: an sbatch cut off like this may still have gone through.
+            self._drop(host)
+            self.failed(host)
+            return Result(-1, out.stdout, f"the connection to {host} closed before "
+                          f"{argv0(command)} ended", host)
         return Result(out.exited, out.stdout, out.stderr, host)
 
     def _connection(self, host: str) -> Connection:
