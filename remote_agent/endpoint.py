@@ -25,8 +25,9 @@ Format 1, a JSON object:
 ``restarts``   how many times the agent restarted the server in this job
 =============  ==========================================================
 
-A reader trusts a record only for the job SLURM says is running; a record
-that does not parse is an error for that record, never for the chain.
+A reader trusts a record only for the job SLURM says is running, and only
+if no other user can write it; a record that does not parse or is not
+private is an error for that record, never for the chain.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
+
+from . import private
 
 FORMAT = 1
 STATES = ("starting", "serving", "draining", "stopped")
@@ -127,6 +130,11 @@ def write(service_dir: Path, endpoint: Endpoint) -> Path:
 
 
 def read(path: Path) -> Endpoint:
+    """A record that is not its user's alone is refused: whoever could
+    write it could send the forwarders to their own server."""
+    unsafe = private.problems([Path(path)])
+    if unsafe:
+        raise EndpointError(unsafe[0])
     try:
         text = Path(path).read_text()
     except OSError as exc:

@@ -81,6 +81,17 @@ def test_agent_refuses_a_service_dir_others_can_write(make_service, alice):
     alice.run(f"chmod 700 {chain.layout.service_dir}")  # so cleanup can stop the chain
 
 
+def test_a_record_others_can_write_is_not_trusted(make_service, alice):
+    chain = make_service("loose-record")
+    job_id, _ = chain.ensure()
+    wait_for("a serving record", lambda: serving(chain, job_id))
+    alice.run(f"chmod 666 {chain.layout.service_dir}/endpoints/{job_id}.json")
+    snap = chain.snapshot()
+    assert job_id not in snap.endpoints
+    assert "can be written by others (mode 666)" in snap.errors[job_id]
+    assert serving(chain) is None  # the laptop would not route to it
+
+
 UNIX_GET = """
 import socket, sys
 s = socket.socket(socket.AF_UNIX)

@@ -31,6 +31,22 @@ def test_write_is_private_and_atomic(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["42.json"]  # no temp files left
 
 
+@pytest.mark.parametrize("mode", [0o622, 0o666, 0o646])
+def test_a_record_others_can_write_is_refused(tmp_path, mode):
+    path = endpoint.write(tmp_path, record())
+    path.chmod(mode)
+    with pytest.raises(EndpointError, match=f"can be written by others \\(mode {mode:o}\\)"):
+        endpoint.read(path)
+
+
+def test_a_record_that_is_a_symlink_is_refused(tmp_path):
+    real = endpoint.write(tmp_path, record())
+    link = real.with_name("43.json")
+    link.symlink_to(real)
+    with pytest.raises(EndpointError, match="is a symbolic link"):
+        endpoint.read(link)
+
+
 def test_every_truncation_is_a_clean_error():
     text = record().dumps()
     for cut in range(len(text)):
