@@ -23,6 +23,7 @@ COMPOSE_FILE = DOCKER_DIR / "compose.yml"
 IMAGE = "slurm-persist/sandbox"
 LOGIN_NODES = ("login1", "login2")
 COMPUTE_NODES = ("node1", "node2")
+SSH_HOSTS = ("jumphost", *LOGIN_NODES, *COMPUTE_NODES)
 USERS = ("alice", "mallory")
 JUMP_ALIAS = "sandbox-jump"
 JUMP_USER = "service"
@@ -119,16 +120,28 @@ class Sandbox:
               str(DOCKER_DIR)])
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait until sinfo on a login node shows both compute nodes idle."""
+        """Wait until every sshd listens and both compute nodes are idle."""
         deadline = time.monotonic() + timeout
-        last = ""
+        waiting = "the site to start"
         while time.monotonic() < deadline:
-            last = self.exec("login1", "sinfo", "-h", "-N", "-o", "%N %t", check=False) or ""
-            states = dict(line.split() for line in last.splitlines() if len(line.split()) == 2)
-            if all(states.get(node) in ("idle", "mix", "alloc") for node in COMPUTE_NODES):
+            waiting = self._starting()
+            if not waiting:
                 return
             time.sleep(1)
-        raise SandboxError(f"compute nodes not idle after {timeout:.0f} s; sinfo said: {last!r}")
+        raise SandboxError(f"sandbox not ready after {timeout:.0f} s: {waiting}")
+
+    def _starting(self) -> str:
+        """What is still starting, or "" once nothing is. Each host makes
+        its host keys before sshd starts (RSA takes seconds on a busy
+        machine), so a listening sshd also means keys to read."""
+        for host in SSH_HOSTS:
+            if not self.exec(host, "ss", "-Hltn", "sport = :22", check=False):
+                return f"sshd on {host} is not listening"
+        sinfo = self.exec("login1", "sinfo", "-h", "-N", "-o", "%N %t", check=False) or ""
+        states = dict(line.split() for line in sinfo.splitlines() if len(line.split()) == 2)
+        if not all(states.get(node) in ("idle", "mix", "alloc") for node in COMPUTE_NODES):
+            return f"compute nodes not idle; sinfo said {sinfo.strip()!r}"
+        return ""
 
     def jump_port(self) -> int:
         out = self.compose("port", "jumphost", "22").strip()
