@@ -73,7 +73,7 @@ def deploy(chain: Chain, script_dir: Path) -> Report:
             site.put(path, f"{remote_root}/{rel}", mode)
             log.info("deploy=sent file=%s/%s", remote_root, rel)
             sent += 1
-    hops = reverse.prepare(chain) if chain.options.mode == "reverse" else []
+    hops = reverse.prepare(chain, spec) if spec.mode == "reverse" else []
     write_spec(chain, dataclasses.replace(spec, login_nodes=hops))
     return Report(sent, unchanged)
 

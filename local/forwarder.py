@@ -296,7 +296,7 @@ class Forwarder:
         if job is None:
             return reason
         tail = self.chain.site.run(["tail", "-n", "3", self.chain.log_path(job)])
-        said = (" | ".join(tail.stdout.split("\n")).strip(" |") if tail.returncode == 0
+        said = (" | ".join(tail.stdout.strip().splitlines()) if tail.returncode == 0
                 else "no output file: SLURM could not start it")
         return f"{reason}. The last, job {job}: {said}"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 
-from remote_agent.spec import HOST_RE
+from remote_agent.spec import HOST_RE, Spec
 
 from .cluster import Chain
 from .remote import ClusterError, HostKeyRefused, Site, Unreachable
@@ -36,8 +36,8 @@ HOST_KEYS = ["find", "/etc/ssh", "-maxdepth", "1", "-name", "ssh_host_*_key.pub"
              "-exec", "cat", "{}", "+"]
 
 
-def prepare(chain: Chain) -> list[list[str]]:
-    site, lay, spec = chain.site, chain.layout, chain.spec()
+def prepare(chain: Chain, spec: Spec) -> list[list[str]]:
+    site, lay = chain.site, chain.layout
     site.run(["mkdir", "-p", "-m", "700", lay.reverse_dir, f"{lay.home}/.ssh"])
     if site.run(["test", "-f", spec.reverse_key]).returncode != 0:
         _check(site.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",

@@ -30,6 +30,12 @@ def services(alice) -> set[str]:
     return set(alice.out("ls -A ~/.slurm-persist/services 2>/dev/null || true").split())
 
 
+def chain_jobs(cluster, name: str) -> list[tuple[str, str]]:
+    """(job id, state) of the chain, asked of the controller, not over ssh."""
+    out = cluster.exec("slurmctld", "squeue", "-h", "-n", f"sp-{name}", "-o", "%i %T")
+    return [tuple(line.split()) for line in out.splitlines()]
+
+
 @pytest.mark.parametrize("flag, value, complaint", [
     ("--name", f"$(touch {PWNED})", "service name"),
     ("--name", f"a;touch {PWNED}", "service name"),
@@ -63,11 +69,10 @@ def test_odd_paths_and_option_values_arrive_verbatim(cluster, alice, tmp_path):
     up = Up(cluster, "oddity", tmp_path, *odd, "--sbatch-option", f"--comment={COMMENT}")
     try:
         up.wait_serving()
-        jobs = cluster.exec("slurmctld", "squeue", "-h", "-n", "sp-oddity", "-o", "%i").split()
+        jobs = chain_jobs(cluster, "oddity")
         comments = cluster.exec("slurmctld", "squeue", "-h", "-n", "sp-oddity", "-o", "%k")
         assert comments.splitlines() == [COMMENT] * len(jobs) and len(jobs) == 2
-        running = cluster.exec("slurmctld", "squeue", "-h", "-n", "sp-oddity", "-t", "R",
-                               "-o", "%i").strip()
+        running = next(job for job, state in jobs if state == "RUNNING")
         service_dir = alice.out("printenv HOME") + ODD_DIR[1:]
         # The record and the job's log are at the literal path ('%' is no pattern).
         for path in (f"endpoints/{running}.json", f"logs/{running}.out"):
@@ -110,12 +115,6 @@ def cut_squeue(alice):
     switch(False)
     alice.run(f"grep -vxF {shlex.quote(BASHRC_LINE)} ~/.bashrc > ~/.bashrc.new; "
               "mv ~/.bashrc.new ~/.bashrc; rm -rf ~/.sp-shim")
-
-
-def chain_jobs(cluster, name: str) -> list[tuple[str, str]]:
-    """(job id, state) of the chain, asked of the controller, not over ssh."""
-    out = cluster.exec("slurmctld", "squeue", "-h", "-n", f"sp-{name}", "-o", "%i %T")
-    return [tuple(line.split()) for line in out.splitlines()]
 
 
 def test_sshd_dying_mid_command_never_makes_a_second_chain(cluster, alice, tmp_path, cut_squeue):
