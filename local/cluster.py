@@ -17,6 +17,7 @@ from remote_agent.chain import ChainState
 from remote_agent.endpoint import Endpoint
 from remote_agent.spec import Spec, check_cluster_path
 
+from .conditions import Home
 from .config import Options
 from .remote import ClusterError, Site
 
@@ -98,6 +99,20 @@ class Chain:
         result = self.site.run(slurm.squeue_argv(self._user, job_name=self.options.job_name))
         jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
         return sorted(jobs, key=lambda j: int(j.job_id))
+
+    def ended(self, job_id: str) -> Optional[slurm.Job]:
+        """SLURM's last record of a job that may have ended; None once forgotten."""
+        result = self.site.run(slurm.squeue_argv(self._user or self.site.run(["id", "-un"]).stdout.strip(),
+                                                 job_id=job_id, ended=True))
+        return slurm.interpret_ended(result.returncode, result.stdout, result.stderr)
+
+    def home(self) -> Optional[Home]:
+        """Can jobs write in the service dir? None when the check could not run."""
+        result = self.agent("check")
+        try:
+            return Home.parse(json.loads(result.stdout)) if result.returncode == 0 else None
+        except (ValueError, AttributeError):
+            return None
 
     def snapshot(self) -> Snapshot:
         result = self.agent("show")

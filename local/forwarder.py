@@ -30,9 +30,13 @@ import aiohttp
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK, BACKLOG, CHUNK, COALESCE, preamble, relay
+from remote_agent.gate import ACK, CHUNK, COALESCE, preamble, relay
+from remote_agent.joblog import Summariser, flush_every
+from remote_agent.limits import Budget, raise_nofile
+from remote_agent.listener import Listener, tcp_socket
 
 from .cluster import Chain
+from .conditions import Backoff, Verdict, judge
 from .config import Options, state_dir
 from .remote import Unreachable
 from .tunnel import Tunnel, TunnelError, runtime_dir
@@ -50,6 +54,9 @@ REPLAY_LIMIT = 1 << 20
 # backlogs along the way and fail each other.
 SETUP_CONCURRENCY = 32
 
+
+# While a full home keeps jobs from serving, look at it again this often.
+HOME_RECHECK = 15.0
 
 # Start reading records this long before a job's end, to catch the overlap successor.
 HANDOVER_WINDOW = 180.0
@@ -170,7 +177,9 @@ class Forwarder:
         self._kick = asyncio.Event()
         self._tunnels: dict[str, Tunnel] = {}
         self._runtime = runtime_dir(options.name)
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[Listener] = []
+        self.events = Summariser(log.warning)
+        self._clients = 0
         self._retiring: set[asyncio.Future] = set()
         self.attempts = 0
         self.ever_served = False
@@ -178,6 +187,7 @@ class Forwarder:
         self.unserved_chains = 0
         self._served_since_start = False
         self._started_job: Optional[str] = None
+        self.cluster_backoff = Backoff()
         self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
         self._status_path = state_dir(options.name) / "status.json"
 
@@ -185,20 +195,29 @@ class Forwarder:
 
     async def listen(self) -> None:
         """Bind the local port on loopback only; fails if it is taken."""
+        before, soft, hard = raise_nofile()
+        budget = Budget.of_this_process()
+        log.info("nofile_soft=%d->%d nofile_hard=%d connections_max=%d", before, soft, hard,
+                 budget.connections)
         port = self.options.local_port
-        self._listeners.append(await asyncio.start_server(self._client, "127.0.0.1", port,
-                                                          backlog=BACKLOG))
+        sockets = [tcp_socket("127.0.0.1", port)]
         try:
-            self._listeners.append(await asyncio.start_server(self._client, "::1", port,
-                                                              backlog=BACKLOG))
+            sockets.append(tcp_socket("::1", port))
         except OSError as exc:
             log.info("listen=::1 port=%d state=skipped reason=%r", port, exc.strerror)
+        # A client costs two descriptors here (its socket, the ssh forward's).
+        room = lambda: budget.room(2 * self._clients)  # noqa: E731
+        for sock in sockets:
+            listener = Listener(sock, self._client, self.events, room)
+            listener.start()
+            self._listeners.append(listener)
         log.info("listen=127.0.0.1 port=%d state=open", port)
 
     async def run(self) -> None:
         """Serve until cancelled; the local port never closes in between."""
         if not self._listeners:
             await self.listen()
+        flushing = asyncio.ensure_future(flush_every(self.events))
         try:
             # New connection per probe: a kept-alive one would hold a draining job open.
             connector = aiohttp.TCPConnector(force_close=True)
@@ -206,11 +225,12 @@ class Forwarder:
                 while True:
                     await self._heartbeat(session)
         finally:
+            flushing.cancel()
             await self.close()
 
     async def close(self) -> None:
-        for server in self._listeners:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
         if self.route:
             self.route.close()
         for retiring in self._retiring:
@@ -267,6 +287,12 @@ class Forwarder:
             return
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
                            for j in jobs)
+        silent = [j for j in jobs if j.running and j.job_id not in snap.endpoints
+                  and j.job_id not in snap.errors]
+        if silent:  # a running job with no record: can it write one?
+            home = await asyncio.to_thread(self.chain.home)
+            if home is not None and not home.writable:
+                waiting = f"{home.describe()}; {waiting}"
         self._set_status("waiting", waiting)
         log.info("service=%s state=waiting %s", self.options.name, waiting)
 
@@ -278,27 +304,52 @@ class Forwarder:
         the last ones ended without serving. Jobs that die before their
         agent runs (a broken sbatch script, an option SLURM refuses at run
         time) escape the agent's crash-loop guard and would otherwise be
-        replaced every few seconds, for ever."""
+        replaced every few seconds, for ever. A chain the cluster ended (a
+        full home, a failed node) is no fault of the service: waited out."""
         if not self._served_since_start:
-            self.unserved_chains += 1
-        if self.unserved_chains >= self.options.crash_loop_jobs:
-            reason = await asyncio.to_thread(self._unserved_reason)
-            self._set_status("stopped", reason)
-            log.error("service=%s state=chain-not-restarted reason=%r", self.options.name, reason)
-            raise ChainStopped(reason)
+            verdict = await asyncio.to_thread(self._why_unserved)
+            if verdict.cluster:
+                await self._wait_out(verdict)
+            else:
+                self.unserved_chains += 1
+            if self.unserved_chains >= self.options.crash_loop_jobs:
+                reason = (f"{self.unserved_chains} chains in a row ended without serving; "
+                          f"not starting another. The last, job {self._started_job}: "
+                          f"{verdict.reason}")
+                self._set_status("stopped", reason)
+                log.error("service=%s state=chain-not-restarted reason=%r", self.options.name,
+                          reason)
+                raise ChainStopped(reason)
         self._started_job, _ = await asyncio.to_thread(self.chain.ensure)
         self._served_since_start = False
 
-    def _unserved_reason(self) -> str:
-        reason = (f"{self.unserved_chains} chains in a row ended without serving; "
-                  "not starting another")
+    def _why_unserved(self) -> Verdict:
         job = self._started_job
         if job is None:
-            return reason
+            return Verdict(False, "")
+        return judge(self.chain.home(), self.chain.ended(job), self._log_tail(job))
+
+    def _log_tail(self, job: str) -> str:
         tail = self.chain.site.run(["tail", "-n", "3", self.chain.log_path(job)])
-        said = (" | ".join(tail.stdout.strip().splitlines()) if tail.returncode == 0
-                else "no output file: SLURM could not start it")
-        return f"{reason}. The last, job {job}: {said}"
+        if tail.returncode != 0:
+            return "no output file: SLURM could not start it"
+        return (" | ".join(tail.stdout.strip().splitlines())
+                or "its output file is empty: it ended before printing anything")
+
+    async def _wait_out(self, verdict: Verdict) -> None:
+        """Backoff before the next chain; a full home is looked at again
+        every HOME_RECHECK seconds, and ends the wait once it is writable."""
+        delay = self.cluster_backoff.next()
+        self._set_status("waiting", f"cluster condition: {verdict.reason}; "
+                                    f"next chain in {delay:.0f} s")
+        log.warning("service=%s state=cluster-condition retry_in=%.0fs reason=%r",
+                    self.options.name, delay, verdict.reason)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(HOME_RECHECK, deadline - time.monotonic()))
+            home = await asyncio.to_thread(self.chain.home)
+            if home is not None and home.writable:
+                return
 
     async def _switch(self, target: Endpoint, session: aiohttp.ClientSession) -> bool:
         """Build a route to target and take it once it answers the probe."""
@@ -324,6 +375,7 @@ class Forwarder:
             self.healthy.set()
             self.ever_served = self._served_since_start = True
             self.unserved_chains = 0
+            self.cluster_backoff.reset()
             self._set_status("serving")
             log.info("%s state=serving local=127.0.0.1:%d", route.describe(), self.options.local_port)
             return True
@@ -385,6 +437,15 @@ class Forwarder:
     # -- clients ---------------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients += 1
+        try:
+            await self._carry(reader, writer)
+        finally:
+            self._clients -= 1
+            for listener in self._listeners:
+                listener.wake()
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Carry one client connection to the current route. Until the gate
         acknowledges, the client's bytes are kept: if the route fails first,
         they cannot have reached the server, and go to the next route."""

@@ -4,6 +4,7 @@
     python3 -m remote_agent show SERVICE_DIR   print the chain state and endpoint records as JSON
     python3 -m remote_agent stop SERVICE_DIR   mark the chain stopped (before `down` cancels it)
     python3 -m remote_agent reset SERVICE_DIR  clear the stop mark and the crash count (`up`)
+    python3 -m remote_agent check SERVICE_DIR  can jobs write there? (JSON)
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ import socket
 import sys
 from pathlib import Path
 
-from . import chain, endpoint, private, spec
+from . import chain, endpoint, home, joblog, limits, private, spec
 from .agent import Agent
 
 
 def job(service_dir: Path) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s slurm-persist %(message)s")
+    # The job log is SLURM's output file, our fd 1, in the shared home: capped.
+    handler = joblog.CappedHandler(joblog.Capped(joblog.write_fd(1), joblog.AGENT_CAP, "agent"))
+    handler.setFormatter(logging.Formatter("%(asctime)s slurm-persist %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         print("slurm-persist: 'job' runs inside a SLURM job (no SLURM_JOB_ID)", file=sys.stderr)
         return 2
+    before, soft, hard = limits.raise_nofile()
+    logging.info("job=%s nofile_soft=%d->%d nofile_hard=%d connections_max=%d", job_id,
+                 before, soft, hard, limits.Budget.of_this_process().connections)
     unsafe = private.problems(private.service_paths(service_dir))
     if unsafe:
         logging.error("job=%s state=refused reason=%r", job_id, "; ".join(unsafe))
@@ -60,6 +66,13 @@ def show(service_dir: Path) -> int:
     return 0
 
 
+def check(service_dir: Path) -> int:
+    """Can jobs write in the service dir? What SLURM's output file and the
+    records need: a real write, since a full disk still passes access()."""
+    print(json.dumps(home.check(service_dir)))
+    return 0
+
+
 def stop(service_dir: Path) -> int:
     state = chain.load(service_dir)
     chain.save(service_dir, chain.ChainState(state.failed_jobs, True, "stopped by down"))
@@ -71,7 +84,7 @@ def reset(service_dir: Path) -> int:
     return 0
 
 
-COMMANDS = {"job": job, "show": show, "stop": stop, "reset": reset}
+COMMANDS = {"job": job, "show": show, "stop": stop, "reset": reset, "check": check}
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 from . import chain, endpoint, slurm
 from .endpoint import Endpoint
 from .gate import Gate
+from .joblog import SERVER_CAP, Capped, Summariser, copy_output, flush_every, write_fd
+from .publisher import Publisher
 from .reverse import Reverse
 from .spec import Spec
 
@@ -44,7 +46,10 @@ class Agent:
         self.user = user
         self.service_dir = spec.service_path
         self.secret = secrets.token_hex(16)
-        self.gate = Gate(self.secret, self._open_server)
+        self.events = Summariser(lambda line: self.say("%s", line))
+        self.publisher = Publisher(self.service_dir, self.events)
+        self.server_output = Capped(write_fd(1), SERVER_CAP, "server")
+        self.gate = Gate(self.secret, self._open_server, self.events)
         self.server: Optional[asyncio.subprocess.Process] = None
         self.upstream: Optional[Upstream] = None
         self._private = Path(tempfile.mkdtemp(prefix=f"slurm-persist-{job_id}-"))
@@ -70,6 +75,14 @@ class Agent:
             self.say("state=chain-stopped reason=%r", state.reason)
             return 0
         self._install_signals()
+        flushing = asyncio.ensure_future(flush_every(self.events))
+        try:
+            return await self._live()
+        finally:
+            flushing.cancel()
+            self.events.flush()
+
+    async def _live(self) -> int:
         own = await self._own_job()
         self.ends_at = own.end_epoch() if own else None
         successor_task = asyncio.ensure_future(self._keep_successor(own))
@@ -82,7 +95,7 @@ class Agent:
             return 0
         if not healthy:
             return await self._failed_job(successor_task)
-        chain.save(self.service_dir, chain.ChainState())
+        self.publisher.save_chain(chain.ChainState())
         self._publish("serving")
         self.say("state=serving %s %s", self._where(), self.upstream)
         if self.spec.listen == "tcp":
@@ -98,20 +111,20 @@ class Agent:
         if failed >= self.spec.crash_loop_jobs and not state.stopped:
             reason = (f"crash loop: {failed} jobs in a row never served "
                       f"(last job {self.job_id}); fix the service and run up again")
-            chain.save(self.service_dir, chain.ChainState(failed, True, reason))
+            self.publisher.save_chain(chain.ChainState(failed, True, reason))
             self.say("state=chain-stopped reason=%r", reason)
             successor = await _wait_quietly(successor_task, 30)
             if successor:
                 await self._slurm(slurm.scancel_argv([successor]))
         else:
-            chain.save(self.service_dir, chain.ChainState(failed, state.stopped, state.reason))
+            self.publisher.save_chain(chain.ChainState(failed, state.stopped, state.reason))
             successor_task.cancel()
         self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
         if self.record is not None:
             self._publish("stopped")
         await self._stop_server()
         await self._close_reverse()
-        endpoint.remove(self.service_dir, self.job_id)
+        self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
         return 1
 
@@ -137,15 +150,19 @@ class Agent:
     async def _shutdown(self, successor_task: asyncio.Future) -> None:
         self.say("state=draining reason=%r active=%d", self.stop_reason, self.gate.active)
         self._publish("draining")
-        if self.stop_reason == SIGNALLED[0]:
+        if self.stop_reason in SIGNALLED:
+            # Cancelled, or the time limit near without overlap: the successor
+            # starts now, beside this job's drain, not after it (a long-lived
+            # WebSocket held a rollover for the whole drain otherwise).
             await self._release_successor(successor_task)
         left = await self.gate.drain(self.spec.drain_seconds)
         await self._stop_server()
         await self._close_reverse()
-        endpoint.remove(self.service_dir, self.job_id)
+        self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
         successor_task.cancel()
-        self.say("state=ended reason=%r unfinished_connections=%d", self.stop_reason, left)
+        self.say("state=ended reason=%r unfinished_connections=%d server_output_dropped=%d",
+                 self.stop_reason, left, self.server_output.dropped)
 
     # -- the way in ------------------------------------------------------
 
@@ -217,12 +234,16 @@ class Agent:
             env["SLURM_PERSIST_JOB_END"] = str(self.ends_at)
         self.say("state=starting command=%r %s", self.spec.command, self.upstream)
         try:
+            # Its output comes through us, so that a server printing in a
+            # loop cannot fill the shared home (SERVER_CAP).
             self.server = await asyncio.create_subprocess_exec(
-                *self.spec.command, cwd=self.spec.app_dir, env=env, start_new_session=True)
+                *self.spec.command, cwd=self.spec.app_dir, env=env, start_new_session=True,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         except OSError as exc:
             self.stop_reason = f"cannot start {self.spec.command[0]}: {exc.strerror}"
             self.say("state=start-failed reason=%r", self.stop_reason)
             return False
+        asyncio.ensure_future(copy_output(self.server.stdout, self.server_output))
         deadline = time.monotonic() + self.spec.health_timeout
         while time.monotonic() < deadline and not self.stop_reason:
             if self.server.returncode is not None:
@@ -402,7 +423,7 @@ class Agent:
                 state=state, started=time.time(), ends_at=self.ends_at, secret=self.secret,
                 **self._route())
         self.record = self.record.with_state(state, restarts=self.restarts, **self._route())
-        endpoint.write(self.service_dir, self.record)
+        self.publisher.publish(self.record)
 
 
 class Upstream:

@@ -43,6 +43,10 @@ def load(service_dir: Path) -> ChainState:
 def save(service_dir: Path, state: ChainState) -> None:
     path = Path(service_dir) / FILENAME
     fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".chain-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(state), handle)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(state), handle)
+        os.replace(tmp, path)
+    except BaseException:  # a full home: leave no half-written temp file behind
+        os.unlink(tmp)
+        raise

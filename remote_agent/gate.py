@@ -22,16 +22,22 @@ import asyncio
 import hmac
 import logging
 import socket
-from typing import Awaitable, Callable, Optional, Set, Tuple
+from typing import Awaitable, Callable, Dict, Optional, Tuple
+
+from .admission import Admission
+from .joblog import Summariser
+from .limits import Budget
+from .listener import Listener, tcp_socket, unix_socket
 
 log = logging.getLogger("slurm_persist.gate")
 
 MAGIC = b"SLURM-PERSIST/1 "
 ACK = MAGIC + b"OK\n"
-HANDSHAKE_TIMEOUT = 10.0
+# The owner's forwarder sends the secret in its first write; only a slow
+# path needs more than a round trip. Short, because a pending connection
+# holds a descriptor for nothing.
+HANDSHAKE_TIMEOUT = 5.0
 CHUNK = 256 * 1024
-# A forwarder releases every held client at once after an outage.
-BACKLOG = 1024
 # How long a first write waits to go out together with the next bytes. Two
 # small writes in a row meet Nagle's algorithm somewhere along the SSH hops
 # and the second waits for a delayed ACK: 40 ms per new connection here.
@@ -103,63 +109,89 @@ Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class Gate:
-    """Accepts on (host, port), checks the secret, relays to the server
-    that open_upstream() connects to."""
+    """Accepts on a port or a Unix socket, checks the secret, relays to
+    the server that open_upstream() connects to. What it holds is bounded
+    by its Admission (pending connections capped, a descriptor reserve)."""
 
-    def __init__(self, secret: str, open_upstream: Callable[[], Awaitable[Streams]]):
+    def __init__(self, secret: str, open_upstream: Callable[[], Awaitable[Streams]],
+                 events: Optional[Summariser] = None, budget: Optional[Budget] = None):
         self._secret = preamble(secret)
         self._open_upstream = open_upstream
-        self._server: Optional[asyncio.AbstractServer] = None
-        self._active: Set[asyncio.Task] = set()
+        self._events = events or Summariser(log.warning)
+        self.admission = Admission(budget or Budget.of_this_process())
+        self._listener: Optional[Listener] = None
+        self._connections: Dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.rejected = 0
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        return len(self._connections)
 
     async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
         """Bind (port 0: the kernel picks, so no bind-then-close race)."""
-        self._server = await asyncio.start_server(self._accept, host, port, backlog=BACKLOG)
-        return self._server.sockets[0].getsockname()[1]
+        self._listen(tcp_socket(host, port))
+        return self._listener.port
 
     async def start_unix(self, path: str) -> None:
         """Listen on a Unix socket instead (reverse mode: ssh -R connects here)."""
-        self._server = await asyncio.start_unix_server(self._accept, path, backlog=BACKLOG)
+        self._listen(unix_socket(path))
+
+    def _listen(self, sock) -> None:
+        self._listener = Listener(sock, self._accept, self._events, self.admission.room)
+        self._listener.start()
 
     def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
 
     async def drain(self, timeout: float) -> int:
-        """Stop accepting; wait for open connections; return how many remain."""
+        """Stop accepting; wait for open connections; close the rest
+        cleanly (each side gets a FIN, not a reset); return how many
+        were still open."""
         self.stop_accepting()
-        if self._active:
-            await asyncio.wait(set(self._active), timeout=timeout)
-        return self.active
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=timeout)
+        left = list(self._connections)
+        for task in left:
+            task.cancel()  # relay() closes both of its sockets on the way out
+        await asyncio.gather(*left, return_exceptions=True)
+        return len(left)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        self._active.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._active.discard(task)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else "local"
+        self._connections[task] = writer
+        for old in self.admission.arrive(task, host):
+            self.rejected += 1
+            self._events.note("gate=reject reason=pending-cap", f"peer={host}")
+            self._connections[old].close()  # its readline sees EOF; its task ends
+        try:
+            await self._serve(task, reader, writer, host)
+        finally:
+            self._connections.pop(task, None)
+            self.admission.leave(task)
+            if self._listener is not None:
+                self._listener.wake()
+
+    async def _serve(self, task: asyncio.Task, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, host: str) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), HANDSHAKE_TIMEOUT)
         except (asyncio.TimeoutError, ValueError, ConnectionError):
             line = b""
         if not hmac.compare_digest(line, self._secret):
-            self.rejected += 1
-            log.warning("gate=reject peer=%s reason=bad-secret", peer)
+            if self.admission.is_pending(task):  # not already dropped for the cap
+                self.rejected += 1
+                reason = "bad-secret" if line else "no-secret"
+                self._events.note(f"gate=reject reason={reason}", f"peer={host}")
             writer.close()
             return
+        self.admission.authenticated(task)
         try:
             upstream = await self._open_upstream()
         except OSError as exc:
-            log.warning("gate=upstream-failed error=%s", exc)
+            self._events.note("gate=upstream-failed", f"error={exc}")
             writer.close()
             return
         await relay((reader, writer), upstream, greeting=ACK)

@@ -24,6 +24,9 @@ ACTIVE_STATES = frozenset({
     "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
     "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
 })
+# A job that ended in one of these was ended by the cluster (its node, the
+# boot of its node, a preemption), not by the service it ran.
+CLUSTER_END_STATES = frozenset({"NODE_FAIL", "BOOT_FAIL", "PREEMPTED"})
 _FIELDS = ("job_id", "name", "state", "node", "reason", "time_limit", "end_time", "start_time")
 SQUEUE_FORMAT = "|".join(("%i", "%j", "%T", "%N", "%r", "%l", "%e", "%S"))
 _JOB_ID = re.compile(r"^\d+$")
@@ -59,8 +62,13 @@ class Job:
         return parse_duration_minutes(self.time_limit)
 
 
-def squeue_argv(user: str, job_name: Optional[str] = None, job_id: Optional[str] = None) -> List[str]:
+def squeue_argv(user: str, job_name: Optional[str] = None, job_id: Optional[str] = None,
+                ended: bool = False) -> List[str]:
+    """ended: jobs that have finished too, for as long as the controller
+    keeps them (MinJobAge, 300 s by default)."""
     argv = ["squeue", "--noheader", f"--user={user}", f"--format={SQUEUE_FORMAT}"]
+    if ended:
+        argv.append("--states=all")
     if job_name is not None:
         argv.append(f"--name={job_name}")
     if job_id is not None:
@@ -85,6 +93,18 @@ def interpret_squeue(returncode: int, stdout: str, stderr: str) -> List[Job]:
     if returncode != 0:
         raise SlurmUnknown(f"squeue exited {returncode}: {stderr.strip()[:300]}")
     return [job for job in parse_squeue(stdout) if job.state in ACTIVE_STATES]
+
+
+def interpret_ended(returncode: int, stdout: str, stderr: str) -> Optional[Job]:
+    """The last record of one job asked for by id with ended=True; None
+    when SLURM has forgotten it (or cannot say): the caller learns nothing."""
+    if returncode != 0:
+        return None
+    try:
+        jobs = parse_squeue(stdout)
+    except SlurmUnknown:
+        return None
+    return jobs[0] if len(jobs) == 1 else None
 
 
 def sbatch_argv(spec: Spec, dependency: Optional[str] = None) -> List[str]:
