@@ -64,6 +64,16 @@ async def data(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """GET /ws echoes each message, prefixed with the job that answered."""
+    ws = web.WebSocketResponse(heartbeat=None)
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT:
+            await ws.send_str(f"{job_info()['job_id']}:{message.data}")
+    return ws
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, **job_info()})
 
@@ -72,7 +82,7 @@ def app() -> web.Application:
     application = web.Application(client_max_size=1024 ** 3)
     application.add_routes([web.get("/", index), web.post("/", echo),
                             web.post("/echo", echo), web.get("/health", health),
-                            web.get("/bytes", data)])
+                            web.get("/bytes", data), web.get("/ws", websocket)])
     return application
 
 

@@ -36,7 +36,7 @@ from remote_agent.limits import Budget, raise_nofile
 from remote_agent.listener import Listener, tcp_socket
 
 from .cluster import Chain
-from .conditions import Backoff, Verdict, judge
+from .conditions import Conditions, Verdict
 from .config import Options, state_dir
 from .remote import Unreachable
 from .tunnel import Tunnel, TunnelError, runtime_dir
@@ -54,9 +54,6 @@ REPLAY_LIMIT = 1 << 20
 # backlogs along the way and fail each other.
 SETUP_CONCURRENCY = 32
 
-
-# While a full home keeps jobs from serving, look at it again this often.
-HOME_RECHECK = 15.0
 
 # Start reading records this long before a job's end, to catch the overlap successor.
 HANDOVER_WINDOW = 180.0
@@ -187,7 +184,7 @@ class Forwarder:
         self.unserved_chains = 0
         self._served_since_start = False
         self._started_job: Optional[str] = None
-        self.cluster_backoff = Backoff()
+        self.conditions = Conditions(chain)
         self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
         self._status_path = state_dir(options.name) / "status.json"
 
@@ -290,9 +287,8 @@ class Forwarder:
         silent = [j for j in jobs if j.running and j.job_id not in snap.endpoints
                   and j.job_id not in snap.errors]
         if silent:  # a running job with no record: can it write one?
-            home = await asyncio.to_thread(self.chain.home)
-            if home is not None and not home.writable:
-                waiting = f"{home.describe()}; {waiting}"
+            problem = await asyncio.to_thread(self.conditions.home_problem)
+            waiting = f"{problem}; {waiting}" if problem else waiting
         self._set_status("waiting", waiting)
         log.info("service=%s state=waiting %s", self.options.name, waiting)
 
@@ -307,7 +303,7 @@ class Forwarder:
         replaced every few seconds, for ever. A chain the cluster ended (a
         full home, a failed node) is no fault of the service: waited out."""
         if not self._served_since_start:
-            verdict = await asyncio.to_thread(self._why_unserved)
+            verdict = await asyncio.to_thread(self.conditions.why_unserved, self._started_job)
             if verdict.cluster:
                 await self._wait_out(verdict)
             else:
@@ -323,33 +319,13 @@ class Forwarder:
         self._started_job, _ = await asyncio.to_thread(self.chain.ensure)
         self._served_since_start = False
 
-    def _why_unserved(self) -> Verdict:
-        job = self._started_job
-        if job is None:
-            return Verdict(False, "")
-        return judge(self.chain.home(), self.chain.ended(job), self._log_tail(job))
-
-    def _log_tail(self, job: str) -> str:
-        tail = self.chain.site.run(["tail", "-n", "3", self.chain.log_path(job)])
-        if tail.returncode != 0:
-            return "no output file: SLURM could not start it"
-        return (" | ".join(tail.stdout.strip().splitlines())
-                or "its output file is empty: it ended before printing anything")
-
     async def _wait_out(self, verdict: Verdict) -> None:
-        """Backoff before the next chain; a full home is looked at again
-        every HOME_RECHECK seconds, and ends the wait once it is writable."""
-        delay = self.cluster_backoff.next()
+        delay = self.conditions.backoff.next()
         self._set_status("waiting", f"cluster condition: {verdict.reason}; "
                                     f"next chain in {delay:.0f} s")
         log.warning("service=%s state=cluster-condition retry_in=%.0fs reason=%r",
                     self.options.name, delay, verdict.reason)
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            await asyncio.sleep(min(HOME_RECHECK, deadline - time.monotonic()))
-            home = await asyncio.to_thread(self.chain.home)
-            if home is not None and home.writable:
-                return
+        await self.conditions.wait_out(delay, verdict)
 
     async def _switch(self, target: Endpoint, session: aiohttp.ClientSession) -> bool:
         """Build a route to target and take it once it answers the probe."""
@@ -375,7 +351,7 @@ class Forwarder:
             self.healthy.set()
             self.ever_served = self._served_since_start = True
             self.unserved_chains = 0
-            self.cluster_backoff.reset()
+            self.conditions.backoff.reset()
             self._set_status("serving")
             log.info("%s state=serving local=127.0.0.1:%d", route.describe(), self.options.local_port)
             return True
@@ -516,8 +492,11 @@ class Forwarder:
             self.status.job_id, self.status.node, self.status.login = \
                 e.job_id, e.node, self.route.tunnel.login
         tmp = self._status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.status)))
-        os.replace(tmp, self._status_path)
+        try:
+            tmp.write_text(json.dumps(asdict(self.status)))
+            os.replace(tmp, self._status_path)
+        except OSError as exc:  # a full local disk: keep forwarding, say it once per window
+            self.events.note("status=unwritable", f"path={tmp} error={exc.strerror}")
 
 
 def _remote(target: Endpoint) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from . import chain, endpoint
 from .endpoint import Endpoint

@@ -212,13 +212,14 @@ def job(state: str) -> Job:
 def test_a_full_home_is_the_cluster_whatever_the_job_says():
     full = Home(False, "ENOSPC", "/home/alice/.slurm-persist/services/x/logs", 0)
     verdict = judge(full, job("FAILED"), "no output file: SLURM could not start it")
-    assert verdict.cluster and "ENOSPC" in verdict.reason and "0 bytes free" in verdict.reason
+    assert verdict.cluster and verdict.home
+    assert "ENOSPC" in verdict.reason and "0 bytes free" in verdict.reason
 
 
 def test_a_failed_node_is_the_cluster():
     for state in ("NODE_FAIL", "BOOT_FAIL", "PREEMPTED"):
         verdict = judge(Home(True), job(state), "")
-        assert verdict.cluster and state in verdict.reason
+        assert verdict.cluster and not verdict.home and state in verdict.reason
 
 
 def test_a_job_that_failed_on_its_own_is_the_service():
