@@ -352,8 +352,10 @@ class Agent:
     def _clean_stale_records(self, active: List[slurm.Job]) -> None:
         alive = {j.job_id for j in active} | {self.job_id}
         for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
-            if path.stem not in alive:
-                path.unlink()
+            # Only job records: a .tmp-*.json is another job's write in flight.
+            # Its own job may remove a record first (overlap): no error then.
+            if path.stem.isdigit() and path.stem not in alive:
+                path.unlink(missing_ok=True)
                 self.say("record=%s state=removed-stale", path.stem)
 
     async def _squeue(self, **query) -> List[slurm.Job]:

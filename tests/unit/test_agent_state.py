@@ -1,0 +1,45 @@
+"""The agent's bookkeeping on the shared service dir, without SLURM: which
+records it removes, and what it leaves of the chain's state."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from remote_agent import chain, endpoint, slurm
+from remote_agent.agent import Agent
+from remote_agent.spec import Spec
+
+
+@pytest.fixture
+def agent(tmp_path):
+    spec = Spec(name="hpc", job_name="sp-hpc", service_dir=str(tmp_path),
+                app_dir=str(tmp_path / "app"), agent_dir=str(tmp_path / "agent"))
+    made = Agent(spec, "20", "node1", "alice")
+    yield made
+    shutil.rmtree(made._private, ignore_errors=True)
+
+
+def job(job_id: str) -> slurm.Job:
+    return slurm.Job(job_id, "sp-hpc", "RUNNING", "node1", "None", "30:00", "N/A", "N/A")
+
+
+def records(agent: Agent) -> Path:
+    folder = agent.service_dir / endpoint.ENDPOINTS_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def test_stale_records_go_but_another_jobs_temp_file_stays(agent):
+    folder = records(agent)
+    for name in ("12.json", "20.json", "21.json", ".tmp-k3j9x.json"):
+        (folder / name).write_text("{}")
+    agent._clean_stale_records([job("20"), job("21")])
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-k3j9x.json", "20.json", "21.json"]
+
+
+def test_a_record_removed_meanwhile_by_its_own_job_is_no_error(agent, monkeypatch):
+    folder = records(agent)
+    # The other job's own endpoint.remove wins the race between glob and unlink.
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([folder / "12.json"]))
+    agent._clean_stale_records([job("20")])
