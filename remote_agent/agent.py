@@ -82,7 +82,10 @@ class Agent:
             return 0
         if not healthy:
             return await self._failed_job(successor_task)
-        chain.save(self.service_dir, chain.ChainState())
+        # Serving ends a crash loop, not a stop: `down` may have marked the
+        # chain stopped since run() began, so re-read it right before saving.
+        state = chain.load(self.service_dir)
+        chain.save(self.service_dir, chain.ChainState(0, state.stopped, state.reason))
         self._publish("serving")
         self.say("state=serving %s %s", self._where(), self.upstream)
         if self.spec.listen == "tcp":

@@ -1,6 +1,7 @@
 """The agent's bookkeeping on the shared service dir, without SLURM: which
 records it removes, and what it leaves of the chain's state."""
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -43,3 +44,27 @@ def test_a_record_removed_meanwhile_by_its_own_job_is_no_error(agent, monkeypatc
     # The other job's own endpoint.remove wins the race between glob and unlink.
     monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([folder / "12.json"]))
     agent._clean_stale_records([job("20")])
+
+
+def test_reaching_serving_keeps_a_stop_mark_down_set_meanwhile(agent, monkeypatch):
+    chain.save(agent.service_dir, chain.ChainState(failed_jobs=2))
+
+    async def healthy_while_down_runs():
+        chain.save(agent.service_dir, chain.ChainState(2, True, "stopped by down"))
+        return True
+
+    async def nothing(*args):
+        return None
+
+    async def yes():
+        return True
+
+    # Everything around the moment of serving is SLURM's or the server's: left out.
+    for name, fake in (("_own_job", nothing), ("_keep_successor", nothing), ("_open_gate", yes),
+                       ("_start_healthy", healthy_while_down_runs), ("_supervise", nothing),
+                       ("_shutdown", nothing)):
+        monkeypatch.setattr(agent, name, fake)
+    monkeypatch.setattr(agent, "_install_signals", lambda: None)
+    monkeypatch.setattr(agent, "_publish", lambda state: None)
+    assert asyncio.run(agent.run()) == 0
+    assert chain.load(agent.service_dir) == chain.ChainState(0, True, "stopped by down")
