@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_agent import chain, endpoint, slurm
+from remote_agent import __main__ as agent_main, chain, endpoint, slurm
 from remote_agent.agent import Agent
 from remote_agent.spec import Spec
 
@@ -68,3 +68,25 @@ def test_reaching_serving_keeps_a_stop_mark_down_set_meanwhile(agent, monkeypatc
     monkeypatch.setattr(agent, "_publish", lambda state: None)
     assert asyncio.run(agent.run()) == 0
     assert chain.load(agent.service_dir) == chain.ChainState(0, True, "stopped by down")
+
+
+def test_the_agent_is_built_and_run_inside_one_running_loop(tmp_path, monkeypatch):
+    """On 3.8/3.9 an asyncio.Event binds the loop current when it is built;
+    get_event_loop() outside a loop is deprecated (3.12) and gone (3.14)."""
+    spec = Spec(name="hpc", job_name="sp-hpc", service_dir=str(tmp_path),
+                app_dir=str(tmp_path / "app"), agent_dir=str(tmp_path / "agent"))
+    (tmp_path / "spec.json").write_text(spec.dumps())
+    loops = []
+
+    class Recorder:
+        def __init__(self, *args):
+            loops.append(asyncio.get_running_loop())
+
+        async def run(self):
+            loops.append(asyncio.get_running_loop())
+            return 0
+
+    monkeypatch.setattr(agent_main, "Agent", Recorder)
+    monkeypatch.setenv("SLURM_JOB_ID", "20")
+    assert agent_main.job(tmp_path) == 0
+    assert len(loops) == 2 and loops[0] is loops[1] and loops[0].is_closed()
