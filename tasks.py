@@ -91,9 +91,10 @@ def service_task(*names: str, help: dict | None = None):
         def run(c, **kwargs):
             cli = {FIELD_OF.get(n, n): kwargs.pop(n) for n in names}
             cli = {k: v for k, v in cli.items() if v is not None and FLAGS.get(k) != v}
-            _logging(cli.get("debug", False))
             try:
-                options = service.resolve(config.load(cli))
+                options = config.load(cli)
+                _logging(options.debug)  # the flag or the toml; before resolve logs
+                options = service.resolve(options)
                 return body(c, options, **kwargs)
             except USER_ERRORS as exc:
                 raise Exit(f"slurm-persist: error: {exc}", code=2) from None

@@ -56,6 +56,30 @@ class Snapshot:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+_CHAIN_TYPES = {"failed_jobs": int, "stopped": bool, "reason": str}
+
+
+def _parse_show(data: dict) -> Snapshot:
+    """The JSON of `python3 -m remote_agent show`, every type checked: a
+    stopped mark of "false" must not read as true. A bad record is an error
+    for that record only."""
+    chain, raws, errors = data["chain"], data["endpoints"], data["errors"]
+    for key, kind in _CHAIN_TYPES.items():
+        if not isinstance(chain[key], kind):
+            raise TypeError(f"chain {key} is a {type(chain[key]).__name__}")
+    if not isinstance(raws, list) or not isinstance(errors, dict):
+        raise TypeError("endpoints is not a list or errors not an object")
+    state = ChainState(**{key: chain[key] for key in _CHAIN_TYPES})
+    records, errors = {}, {str(k): str(v) for k, v in errors.items()}
+    for raw in raws:
+        try:
+            record = endpoint.loads(json.dumps(raw))
+            records[record.job_id] = record
+        except endpoint.EndpointError as exc:
+            errors[str(raw.get("job_id") if isinstance(raw, dict) else raw)[:40]] = str(exc)
+    return Snapshot(state, records, errors)
+
+
 class Chain:
     def __init__(self, site: Site, options: Options):
         self.site = site
@@ -116,22 +140,18 @@ class Chain:
 
     def snapshot(self) -> Snapshot:
         result = self.agent("show")
-        if result.returncode == 3:
-            raise ClusterError("refusing the service dir: "
-                               + "; ".join(json.loads(result.stdout)["unsafe"]))
-        if result.returncode != 0:
+        if result.returncode not in (0, 3):
             raise ClusterError(f"reading the service dir failed: {result.stderr.strip()[:300]}")
-        data = json.loads(result.stdout)
-        state = ChainState(**{k: v for k, v in data["chain"].items() if k != "format"})
-        records = {}
-        errors = dict(data["errors"])
-        for raw in data["endpoints"]:
-            try:
-                record = endpoint.loads(json.dumps(raw))
-                records[record.job_id] = record
-            except endpoint.EndpointError as exc:
-                errors[str(raw.get("job_id"))] = str(exc)
-        return Snapshot(state, records, errors)
+        try:
+            data = json.loads(result.stdout)
+            if result.returncode == 3:
+                raise ClusterError("refusing the service dir: " + "; ".join(data["unsafe"]))
+            return _parse_show(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # An older agent or a broken file: a ClusterError is waited out
+            # by the forwarder, anything else would end it.
+            raise ClusterError(f"unexpected output of the agent's show on {result.host} "
+                               f"({type(exc).__name__}: {exc}); deploy again") from None
 
     def serving(self, jobs: list[slurm.Job], snap: Snapshot) -> Optional[Endpoint]:
         """The newest record that is serving *and* whose job SLURM runs."""

@@ -340,7 +340,7 @@ class Forwarder:
             await route.start()
             if not await route.probe(session, self.options.health_path):
                 log.warning("%s state=not-answering", route.describe())
-                route.close()
+                await route.retire()  # else its -L forward stays in the ssh master
                 continue
             old, self.route = self.route, route
             if old:
@@ -469,6 +469,9 @@ class Forwarder:
                     sent += data
                     up_writer.write(data)
             ack.result()
+        except BaseException:
+            up_writer.close()  # no ack yet: nobody else will close this connection
+            raise
         finally:
             ack.cancel()
             if more is not None:

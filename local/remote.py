@@ -193,7 +193,11 @@ class Site:
     def _connection(self, host: str) -> Connection:
         if host not in self._connections:
             conn = self._make(host, self.options.username, gateway=self._gateway())
-            conn.open()
+            try:
+                conn.open()
+            except BaseException:
+                _close(conn.gateway)  # else one jumphost connection leaks per dead node
+                raise
             self._connections[host] = conn
             log.debug("login=%s state=connected", host)
         self.current = host
@@ -229,10 +233,8 @@ class Site:
     def _drop(self, host: str) -> None:
         conn = self._connections.pop(host, None)
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # closing a broken transport may raise anything
-                pass
+            _close(conn)
+            _close(conn.gateway)  # Fabric's close leaves the jumphost connection open
         if self.current == host:
             self.current = None
 
@@ -292,6 +294,15 @@ def _load_known_hosts(keys: paramiko.HostKeys, path: Path) -> None:
             continue
         for name in entry.hostnames:
             keys.add(name, entry.key.get_name(), entry.key)
+
+
+def _close(conn) -> None:
+    """A Connection, or a gateway that may be None or a ProxyCommand string."""
+    if isinstance(conn, Connection):
+        try:
+            conn.close()
+        except Exception:  # closing a broken transport may raise anything
+            pass
 
 
 def _paths(value, default: str) -> list[Path]:

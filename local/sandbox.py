@@ -18,8 +18,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
-COMPOSE_FILE = DOCKER_DIR / "compose.yml"
+# Names a checkout when the package was installed without one (a wheel).
+CHECKOUT_ENV = "SLURM_PERSIST_CHECKOUT"
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 IMAGE = "slurm-persist/sandbox"
 LOGIN_NODES = ("login1", "login2")
 COMPUTE_NODES = ("node1", "node2")
@@ -31,6 +32,25 @@ JUMP_USER = "service"
 
 class SandboxError(RuntimeError):
     """The sandbox could not be built or started; the message says why."""
+
+
+def docker_dir() -> Path:
+    """docker/ of a slurm-persist checkout: the one $SLURM_PERSIST_CHECKOUT
+    names, else beside this package (a checkout, an editable install), else
+    the current directory's. A wheel leaves none in site-packages, where a
+    docker/ is the Docker SDK's: only a folder with our files counts."""
+    named = os.environ.get(CHECKOUT_ENV)
+    roots = [Path(named).expanduser()] if named else [_PACKAGE_PARENT, Path.cwd()]
+    for root in roots:
+        if all((root / "docker" / name).is_file() for name in ("compose.yml", "ensure-docker.sh")):
+            return (root / "docker").resolve()
+    raise SandboxError(f"the sandbox needs a checkout of slurm-persist: no docker/compose.yml "
+                       f"in {' or '.join(map(str, roots))}; run from a clone, or set "
+                       f"{CHECKOUT_ENV} to one")
+
+
+def compose_file() -> Path:
+    return docker_dir() / "compose.yml"
 
 
 def default_state_dir() -> Path:
@@ -95,7 +115,7 @@ class Sandbox:
         return bool(want) and want == have
 
     def image_tag(self) -> str:
-        return f"{IMAGE}:{_tree_hash(DOCKER_DIR)}"
+        return f"{IMAGE}:{_tree_hash(docker_dir())}"
 
     # -- pieces ----------------------------------------------------------
 
@@ -114,10 +134,10 @@ class Sandbox:
         tag = self.image_tag()
         if _run(["docker", "image", "inspect", tag], check=False, quiet=True) is not None:
             return
-        base = _run(["bash", str(DOCKER_DIR / "ensure-docker.sh")]).strip().splitlines()[-1]
+        base = _run(["bash", str(docker_dir() / "ensure-docker.sh")]).strip().splitlines()[-1]
         log.info("sandbox=%s state=building image=%s base=%s", self.project, tag, base)
         _run(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", tag,
-              str(DOCKER_DIR)])
+              str(docker_dir())])
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until every sshd listens and both compute nodes are idle."""
@@ -177,7 +197,7 @@ class Sandbox:
         return {**os.environ, "SANDBOX_KEYS": str(self.keys_dir), "SANDBOX_IMAGE": self.image_tag()}
 
     def compose(self, *args: str, check: bool = True) -> str:
-        cmd = ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        cmd = ["docker-compose", "-p", self.project, "-f", str(compose_file()), *args]
         return _run(cmd, env=self.env(), check=check) or ""
 
     def container(self, service: str) -> str:

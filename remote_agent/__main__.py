@@ -45,8 +45,13 @@ def job(service_dir: Path) -> int:
         return 2
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     user = os.environ.get("SLURM_JOB_USER") or os.environ.get("USER", "")
-    agent = Agent(service, job_id, node, user)
-    return asyncio.get_event_loop().run_until_complete(agent.run())
+    return asyncio.run(_run_agent(service, job_id, node, user))
+
+
+async def _run_agent(service: spec.Spec, job_id: str, node: str, user: str) -> int:
+    # Built here, in the running loop: on 3.8/3.9 its asyncio.Event binds
+    # the loop current at construction.
+    return await Agent(service, job_id, node, user).run()
 
 
 def show(service_dir: Path) -> int:

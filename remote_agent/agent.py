@@ -95,7 +95,10 @@ class Agent:
             return 0
         if not healthy:
             return await self._failed_job(successor_task)
-        self.publisher.save_chain(chain.ChainState())
+        # Serving ends a crash loop, not a stop: `down` may have marked the
+        # chain stopped since run() began, so re-read it right before saving.
+        state = chain.load(self.service_dir)
+        self.publisher.save_chain(chain.ChainState(0, state.stopped, state.reason))
         self._publish("serving")
         self.say("state=serving %s %s", self._where(), self.upstream)
         if self.spec.listen == "tcp":
@@ -373,8 +376,10 @@ class Agent:
     def _clean_stale_records(self, active: List[slurm.Job]) -> None:
         alive = {j.job_id for j in active} | {self.job_id}
         for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
-            if path.stem not in alive:
-                path.unlink()
+            # Only job records: a .tmp-*.json is another job's write in flight.
+            # Its own job may remove a record first (overlap): no error then.
+            if path.stem.isdigit() and path.stem not in alive:
+                path.unlink(missing_ok=True)
                 self.say("record=%s state=removed-stale", path.stem)
 
     async def _squeue(self, **query) -> List[slurm.Job]:

@@ -17,7 +17,7 @@ from local.deploy import deploy
 from local.remote import Site
 from helpers import Up, site_options
 
-from local.sandbox import COMPOSE_FILE, Sandbox
+from local.sandbox import Sandbox, compose_file
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def docker_compose_command() -> str:
 
 @pytest.fixture(scope="session")
 def docker_compose_file() -> str:
-    return str(COMPOSE_FILE)
+    return str(compose_file())
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,10 @@
+import logging
 import socket
 
 import pytest
+from invoke import Context
 
+import tasks
 from local import config
 from local.config import ConfigError
 
@@ -75,3 +78,30 @@ def test_busy_port_is_named():
 def test_script_dir_without_sbatch_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="no slurm.sbatch there"):
         config.check_script_dir(tmp_path)
+
+
+@pytest.fixture
+def root_logging():
+    """The tasks set up logging with force=True: put the test run's back."""
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+
+
+@pytest.mark.parametrize("text, flag, level", [
+    ("debug = true", False, logging.DEBUG),
+    ("debug = false", False, logging.INFO),
+    ("debug = false", True, logging.DEBUG),
+])
+def test_debug_from_the_file_or_the_flag(tmp_path, monkeypatch, root_logging, text, flag, level):
+    write(tmp_path, f'[defaults]\nhpc_system_url = "login1"\n{text}\n')
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    @tasks.service_task("name", "debug")
+    def probe(c, options):
+        seen.append((options.debug, logging.getLogger().level))
+    probe(Context(), name=None, debug=flag)
+    assert seen == [(level == logging.DEBUG, level)]

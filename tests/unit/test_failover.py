@@ -74,3 +74,41 @@ def test_a_changed_host_key_stops_everything(site):
         raise remote.HostKeyUnknown(f"host key of {host} is not in known_hosts")
     with pytest.raises(remote.HostKeyRefused, match="login1"):
         site._on_any(action)
+
+
+class FakeConnection:
+    """What Site asks of a Fabric Connection, minus the network."""
+
+    def __init__(self, host: str, opened: list, gateway=None, refuse: bool = False):
+        self.host, self.gateway, self.refuse = host, gateway, refuse
+        self.transport = type("Transport", (), {})()
+        self.is_connected = False
+        opened.append(self)
+
+    def open(self):
+        if self.refuse:
+            raise OSError(f"{self.host}: Connection refused")
+        self.is_connected = True
+
+    def close(self):  # as Fabric's: the gateway is left as it is
+        self.is_connected = False
+
+
+@pytest.fixture
+def jumped(monkeypatch):
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    site = remote.Site(Options(hpc_system_url="login1", fallback_system_url=["login2"],
+                               jumphost_url="jump", retries=0))
+    opened = []
+    monkeypatch.setattr(site, "_make", lambda host, user, gateway=None: FakeConnection(
+        host, opened, gateway, refuse=host == "login1"))
+    monkeypatch.setattr(remote, "Connection", FakeConnection)
+    return site, opened
+
+
+def test_a_failover_leaves_no_jumphost_connection_open(jumped):
+    site, opened = jumped
+    site._on_any(lambda host: site._connection(host).host)  # login1 refuses, login2 answers
+    site.close()
+    assert [c.host for c in opened if c.is_connected] == []
+    assert [c.host for c in opened if c.host == "jump"] == ["jump", "jump"]

@@ -1,0 +1,92 @@
+"""The agent's bookkeeping on the shared service dir, without SLURM: which
+records it removes, and what it leaves of the chain's state."""
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from remote_agent import __main__ as agent_main, chain, endpoint, slurm
+from remote_agent.agent import Agent
+from remote_agent.spec import Spec
+
+
+@pytest.fixture
+def agent(tmp_path):
+    spec = Spec(name="hpc", job_name="sp-hpc", service_dir=str(tmp_path),
+                app_dir=str(tmp_path / "app"), agent_dir=str(tmp_path / "agent"))
+    made = Agent(spec, "20", "node1", "alice")
+    yield made
+    shutil.rmtree(made._private, ignore_errors=True)
+
+
+def job(job_id: str) -> slurm.Job:
+    return slurm.Job(job_id, "sp-hpc", "RUNNING", "node1", "None", "30:00", "N/A", "N/A")
+
+
+def records(agent: Agent) -> Path:
+    folder = agent.service_dir / endpoint.ENDPOINTS_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def test_stale_records_go_but_another_jobs_temp_file_stays(agent):
+    folder = records(agent)
+    for name in ("12.json", "20.json", "21.json", ".tmp-k3j9x.json"):
+        (folder / name).write_text("{}")
+    agent._clean_stale_records([job("20"), job("21")])
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-k3j9x.json", "20.json", "21.json"]
+
+
+def test_a_record_removed_meanwhile_by_its_own_job_is_no_error(agent, monkeypatch):
+    folder = records(agent)
+    # The other job's own endpoint.remove wins the race between glob and unlink.
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([folder / "12.json"]))
+    agent._clean_stale_records([job("20")])
+
+
+def test_reaching_serving_keeps_a_stop_mark_down_set_meanwhile(agent, monkeypatch):
+    chain.save(agent.service_dir, chain.ChainState(failed_jobs=2))
+
+    async def healthy_while_down_runs():
+        chain.save(agent.service_dir, chain.ChainState(2, True, "stopped by down"))
+        return True
+
+    async def nothing(*args):
+        return None
+
+    async def yes():
+        return True
+
+    # Everything around the moment of serving is SLURM's or the server's: left out.
+    for name, fake in (("_own_job", nothing), ("_keep_successor", nothing), ("_open_gate", yes),
+                       ("_start_healthy", healthy_while_down_runs), ("_supervise", nothing),
+                       ("_shutdown", nothing)):
+        monkeypatch.setattr(agent, name, fake)
+    monkeypatch.setattr(agent, "_install_signals", lambda: None)
+    monkeypatch.setattr(agent, "_publish", lambda state: None)
+    assert asyncio.run(agent.run()) == 0
+    assert chain.load(agent.service_dir) == chain.ChainState(0, True, "stopped by down")
+
+
+def test_the_agent_is_built_and_run_inside_one_running_loop(tmp_path, monkeypatch):
+    """On 3.8/3.9 an asyncio.Event binds the loop current when it is built;
+    get_event_loop() outside a loop is deprecated (3.12) and gone (3.14)."""
+    spec = Spec(name="hpc", job_name="sp-hpc", service_dir=str(tmp_path),
+                app_dir=str(tmp_path / "app"), agent_dir=str(tmp_path / "agent"))
+    (tmp_path / "spec.json").write_text(spec.dumps())
+    loops = []
+
+    class Recorder:
+        def __init__(self, *args):
+            loops.append(asyncio.get_running_loop())
+
+        async def run(self):
+            loops.append(asyncio.get_running_loop())
+            return 0
+
+    monkeypatch.setattr(agent_main, "Agent", Recorder)
+    monkeypatch.setenv("SLURM_JOB_ID", "20")
+    assert agent_main.job(tmp_path) == 0
+    assert len(loops) == 2 and loops[0] is loops[1] and loops[0].is_closed()
