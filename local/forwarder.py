@@ -23,14 +23,13 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional
 
 import aiohttp
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK, CHUNK, COALESCE, preamble, relay
+from remote_agent.gate import CHUNK, COALESCE
 from remote_agent.joblog import Summariser, flush_every
 from remote_agent.limits import Budget, raise_nofile
 from remote_agent.listener import Listener, tcp_socket
@@ -39,29 +38,13 @@ from .cluster import Chain
 from .conditions import Conditions, Verdict
 from .config import Options, state_dir
 from .remote import Unreachable
+from .route import Route, remote_of
 from .tunnel import Tunnel, TunnelError, runtime_dir
 
 log = logging.getLogger("slurm_persist.forwarder")
 
-PROBE_TIMEOUT = 10.0
-# How long a new connection waits for the gate's acknowledgement.
-ACK_TIMEOUT = 15.0
-# Client bytes kept for a retry until the gate acknowledges; past this, the
-# client waits for the acknowledgement before sending more.
-REPLAY_LIMIT = 1 << 20
-# Connections being set up at once on one route. After an outage hundreds
-# of held clients are released together; unbounded, they overflow listen
-# backlogs along the way and fail each other.
-SETUP_CONCURRENCY = 32
-
-
 # Start reading records this long before a job's end, to catch the overlap successor.
 HANDOVER_WINDOW = 180.0
-
-
-class NotAcknowledged(ConnectionError):
-    """The route failed before the gate confirmed the server: nothing sent
-    so far reached the server, so the connection may be tried elsewhere."""
 
 
 class NeverServed(Exception):
@@ -71,82 +54,6 @@ class NeverServed(Exception):
 
 class ChainStopped(Exception):
     """The chain was stopped (by down or the crash-loop guard): nothing to follow."""
-
-
-class Route:
-    """One endpoint, reached through one tunnel's forward socket."""
-
-    def __init__(self, endpoint: Endpoint, tunnel: Tunnel, socket_path: Path):
-        self.endpoint = endpoint
-        self.tunnel = tunnel
-        self.socket_path = socket_path
-        self._probe_server: Optional[asyncio.AbstractServer] = None
-        self.probe_port = 0
-        self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
-        self.connections = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    async def carry(self, client, upstream) -> None:
-        """Relay one client connection, counted so the route knows when it is idle."""
-        self.connections += 1
-        self.idle.clear()
-        try:
-            await relay(client, upstream)
-        finally:
-            self.connections -= 1
-            if not self.connections:
-                self.idle.set()
-
-    async def retire(self) -> None:
-        """After a switch: once its last connection ends, drop this route's
-        forward from the ssh master, which would otherwise keep one per job."""
-        self.close()
-        await self.idle.wait()
-        if self.tunnel.alive:
-            await self.tunnel.cancel(self.socket_path, _remote(self.endpoint))
-
-    async def open(self, first: bytes = b""):
-        """Connect and present the secret, with the client's first bytes in
-        the same write; the acknowledgement is still to come."""
-        reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
-        writer.write(preamble(self.endpoint.secret) + first)
-        return reader, writer
-
-    async def open_acked(self):
-        reader, writer = await self.open()
-        await expect_ack(reader, writer)
-        return reader, writer
-
-    async def start(self) -> None:
-        """A private loopback port that enters this route, for aiohttp probes."""
-        self._probe_server = await asyncio.start_server(self._probe_client, "127.0.0.1", 0)
-        self.probe_port = self._probe_server.sockets[0].getsockname()[1]
-
-    async def _probe_client(self, reader, writer) -> None:
-        try:
-            upstream = await self.open_acked()
-        except OSError:
-            writer.close()
-            return
-        await relay((reader, writer), upstream)
-
-    async def probe(self, session: aiohttp.ClientSession, path: str) -> bool:
-        url = f"http://127.0.0.1:{self.probe_port}{path}"
-        try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as resp:
-                await resp.read()
-                return 200 <= resp.status < 300
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
-
-    def close(self) -> None:
-        if self._probe_server is not None:
-            self._probe_server.close()
-
-    def describe(self) -> str:
-        e = self.endpoint
-        return f"job={e.job_id} node={e.node} login={self.tunnel.login}"
 
 
 @dataclass
@@ -178,6 +85,7 @@ class Forwarder:
         self.events = Summariser(log.warning)
         self._clients = 0
         self._retiring: set[asyncio.Future] = set()
+        self._extra_masters = 0
         self.attempts = 0
         self.ever_served = False
         # Chains that ended without serving, in a row, and the last one started here.
@@ -332,7 +240,8 @@ class Forwarder:
         for login in self._logins(target):
             try:
                 tunnel = await self._tunnel(login)
-                route = Route(target, tunnel, await tunnel.forward(_remote(target)))
+                route = Route(target, tunnel, await tunnel.forward(remote_of(target)),
+                              widen=lambda login=login: self._extra_tunnel(login))
             except TunnelError as exc:
                 log.warning("login=%s state=tunnel-failed error=%r", login, str(exc))
                 self.chain.site.failed(login)
@@ -379,6 +288,15 @@ class Forwarder:
             tunnel = Tunnel(self.options, login, index, self._runtime)
             await tunnel.start()
             self._tunnels[login] = tunnel
+        return tunnel
+
+    async def _extra_tunnel(self, login: str) -> Tunnel:
+        """Another ssh master to login, for a route whose lanes are full."""
+        self._extra_masters += 1
+        index = len(self.options.login_nodes) * self._extra_masters + \
+            self.options.login_nodes.index(login)
+        tunnel = Tunnel(self.options, login, index, self._runtime)
+        await tunnel.start()
         return tunnel
 
     def _near_end(self) -> bool:
@@ -438,9 +356,7 @@ class Forwarder:
                 writer.close()
                 return
             try:
-                async with route.setup_slots:
-                    upstream = await route.open(bytes(sent))
-                    await self._until_ack(reader, upstream, sent)
+                upstream, lane = await route.enter(reader, sent)
                 break
             except (OSError, asyncio.TimeoutError) as exc:
                 # One failed connection is no verdict on the route: let the
@@ -449,33 +365,7 @@ class Forwarder:
                           str(exc) or type(exc).__name__)
                 self._kick.set()
                 await asyncio.sleep(0.5)
-        await route.carry((reader, writer), upstream)
-
-    async def _until_ack(self, client: asyncio.StreamReader, upstream, sent: bytearray) -> None:
-        """Pass client bytes on (keeping a copy) while waiting for the ack."""
-        up_reader, up_writer = upstream
-        ack = asyncio.ensure_future(expect_ack(up_reader, up_writer))
-        more: Optional[asyncio.Future] = None
-        try:
-            while not ack.done():
-                if more is None and len(sent) < REPLAY_LIMIT and not client.at_eof():
-                    more = asyncio.ensure_future(client.read(CHUNK))
-                await asyncio.wait([f for f in (ack, more) if f], timeout=ACK_TIMEOUT,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if not ack.done() and (more is None or not more.done()):
-                    raise asyncio.TimeoutError("no acknowledgement from the gate")
-                if more is not None and more.done():
-                    data, more = more.result(), None
-                    sent += data
-                    up_writer.write(data)
-            ack.result()
-        except BaseException:
-            up_writer.close()  # no ack yet: nobody else will close this connection
-            raise
-        finally:
-            ack.cancel()
-            if more is not None:
-                more.cancel()
+        await route.carry((reader, writer), upstream, lane)
 
     async def _wait_route(self, timeout: float) -> Optional[Route]:
         if timeout <= 0:
@@ -500,21 +390,6 @@ class Forwarder:
             os.replace(tmp, self._status_path)
         except OSError as exc:  # a full local disk: keep forwarding, say it once per window
             self.events.note("status=unwritable", f"path={tmp} error={exc.strerror}")
-
-
-def _remote(target: Endpoint) -> str:
-    """What a login node connects to: the gate's port, or the job's socket."""
-    return target.socket if target.socket is not None else f"{target.host}:{target.port}"
-
-
-async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        line = await asyncio.wait_for(reader.readline(), ACK_TIMEOUT)
-    except (ValueError, asyncio.IncompleteReadError):
-        line = b""
-    if line != ACK:
-        writer.close()
-        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line else "closed before the gate answered")
 
 
 def read_status(name: str) -> Optional[Status]:

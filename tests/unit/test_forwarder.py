@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from local import forwarder
+from local import forwarder, route
 from local.config import Options
 from remote_agent.endpoint import Endpoint
 
@@ -81,20 +81,84 @@ class Upstream:
 
 
 async def until_ack(client_fault=None):
-    fwd = forwarder.Forwarder(Options(hpc_system_url="login1"), None)
     client = asyncio.StreamReader()
     if client_fault:
         client.set_exception(client_fault)
     writer = Upstream()
     with pytest.raises((OSError, asyncio.TimeoutError)):
-        await fwd._until_ack(client, (asyncio.StreamReader(), writer), bytearray())
+        await route.until_ack(client, (asyncio.StreamReader(), writer), bytearray())
     return writer
 
 
 def test_the_upstream_is_closed_when_the_gate_never_acknowledges(monkeypatch):
-    monkeypatch.setattr(forwarder, "ACK_TIMEOUT", 0.1)
+    monkeypatch.setattr(route, "ACK_TIMEOUT", 0.1)
     assert asyncio.run(until_ack()).closed
 
 
 def test_the_upstream_is_closed_when_the_client_fails_before_the_ack():
     assert asyncio.run(until_ack(ConnectionResetError("reset by peer"))).closed
+
+
+class GateSocket:
+    """A Unix socket that acknowledges every connection and then holds it."""
+
+    def __init__(self, path: Path):
+        self.path, self.held = path, []
+
+    async def start(self):
+        async def accept(reader, writer):
+            await reader.readline()
+            writer.write(route.ACK)
+            self.held.append(writer)
+        self.server = await asyncio.start_unix_server(accept, str(self.path))
+
+
+class LaneTunnel(FakeTunnel):
+    """A tunnel whose forward is a real socket with a gate behind it."""
+
+    made = 0
+
+    async def forward(self, remote: str) -> Path:
+        path = await super().forward(remote)
+        await GateSocket(path).start()
+        return path
+
+    async def close(self):
+        self.alive = False
+
+
+async def fill_lanes(tmp_path, count: int):
+    first = LaneTunnel("login1", tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    extra = []
+
+    async def widen():
+        directory = tmp_path / f"x{len(extra)}"
+        directory.mkdir()
+        extra.append(LaneTunnel("login1", directory))
+        return extra[-1]
+
+    r = route.Route(target(), first, await first.forward("node1:4000"), widen=widen)
+    entered = []
+    for _ in range(count):
+        entered.append(await r.enter(asyncio.StreamReader(), bytearray()))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    return r, entered, extra
+
+
+def test_a_full_lane_opens_another_master_and_new_connections_go_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(route, "LANE_CHANNELS", 5)
+
+    async def run():
+        r, entered, extra = await fill_lanes(tmp_path, 12)
+        counts = [lane.connections for lane in r.lanes]
+        for (_, writer), lane in entered:
+            writer.close()
+            r._left(lane)
+        await r.retire()
+        return r, counts, extra
+    r, counts, extra = asyncio.run(run())
+    assert len(r.lanes) >= 2 and sum(counts) == 12 and max(counts) <= 6
+    assert all(not t.alive for t in extra)  # the route's own masters end with it
+    assert r.lanes[0].tunnel.alive  # the shared one stays for the next route

@@ -1,0 +1,218 @@
+"""A route: one endpoint, reached through one login node, entered with the
+job's secret; it owns its forwards (made when opened, cancelled on retire).
+
+A route has one or more *lanes*, each an OpenSSH forward in its own ssh
+master to the same login node. On the login node, one ssh session holds a
+descriptor per channel and gets the user's soft limit: 1024 on the sandbox
+and on many sites. Seen here: 1,018 channels wedged one session, and the
+service accepted no new client. So once every lane carries LANE_CHANNELS
+connections, the route opens another master and spreads new connections
+over the lanes, fewest open first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Awaitable, Callable, Optional
+
+import aiohttp
+
+from remote_agent.endpoint import Endpoint
+from remote_agent.gate import ACK, CHUNK, preamble, relay
+
+from .tunnel import Tunnel, TunnelError
+
+log = logging.getLogger("slurm_persist.route")
+
+PROBE_TIMEOUT = 10.0
+# How long a new connection waits for the gate's acknowledgement.
+ACK_TIMEOUT = 15.0
+# Client bytes kept for a retry until the gate acknowledges; past this, the
+# client waits for the acknowledgement before sending more.
+REPLAY_LIMIT = 1 << 20
+# Connections being set up at once on one route. After an outage hundreds
+# of held clients are released together; unbounded, they overflow listen
+# backlogs along the way and fail each other.
+SETUP_CONCURRENCY = 32
+# Channels per ssh master before the route opens another: under 1024 with
+# room for the session's own descriptors and for connections set up meanwhile.
+LANE_CHANNELS = 900
+
+Widen = Callable[[], Awaitable[Tunnel]]
+
+
+class NotAcknowledged(ConnectionError):
+    """The route failed before the gate confirmed the server: nothing sent
+    so far reached the server, so the connection may be tried elsewhere."""
+
+
+def remote_of(target: Endpoint) -> str:
+    """What a login node connects to: the gate's port, or the job's socket."""
+    return target.socket if target.socket is not None else f"{target.host}:{target.port}"
+
+
+class Lane:
+    """One ssh master's forward to the endpoint, and what it carries."""
+
+    def __init__(self, tunnel: Tunnel, socket_path: Path, own_tunnel: bool):
+        self.tunnel, self.socket_path, self.own_tunnel = tunnel, socket_path, own_tunnel
+        self.connections = 0
+
+    async def close(self, remote: str) -> None:
+        if self.tunnel.alive:
+            await self.tunnel.cancel(self.socket_path, remote)
+        if self.own_tunnel:
+            await self.tunnel.close()
+
+
+class Route:
+    def __init__(self, endpoint: Endpoint, tunnel: Tunnel, socket_path: Path,
+                 widen: Optional[Widen] = None):
+        self.endpoint = endpoint
+        self.lanes = [Lane(tunnel, socket_path, own_tunnel=False)]
+        self._widen = widen
+        self._widening: Optional[asyncio.Future] = None
+        self._probe_server: Optional[asyncio.AbstractServer] = None
+        self.probe_port = 0
+        self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def tunnel(self) -> Tunnel:
+        """The first lane's: the login node's shared master."""
+        return self.lanes[0].tunnel
+
+    @property
+    def connections(self) -> int:
+        return sum(lane.connections for lane in self.lanes)
+
+    async def enter(self, client: asyncio.StreamReader, sent: bytearray):
+        """Connect, present the secret with the client's first bytes, and
+        wait for the gate's acknowledgement; (upstream, lane) once given."""
+        lane = min(self.lanes, key=lambda each: each.connections)
+        if lane.connections >= LANE_CHANNELS:
+            self._widen_soon()
+        lane.connections += 1
+        self.idle.clear()
+        try:
+            async with self.setup_slots:
+                reader, writer = await asyncio.open_unix_connection(str(lane.socket_path))
+                writer.write(preamble(self.endpoint.secret) + bytes(sent))
+                await until_ack(client, (reader, writer), sent)
+        except BaseException:
+            self._left(lane)
+            raise
+        return (reader, writer), lane
+
+    async def carry(self, client, upstream, lane: Lane) -> None:
+        """Relay one entered connection, counted so the route knows when it is idle."""
+        try:
+            await relay(client, upstream)
+        finally:
+            self._left(lane)
+
+    def _left(self, lane: Lane) -> None:
+        lane.connections -= 1
+        if not self.connections:
+            self.idle.set()
+
+    def _widen_soon(self) -> None:
+        if self._widen is None or (self._widening is not None and not self._widening.done()):
+            return
+        self._widening = asyncio.ensure_future(self._add_lane())
+
+    async def _add_lane(self) -> None:
+        try:
+            tunnel = await self._widen()
+        except TunnelError as exc:
+            log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes), str(exc))
+            return
+        try:
+            socket_path = await tunnel.forward(remote_of(self.endpoint))
+        except TunnelError as exc:
+            log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes), str(exc))
+            await tunnel.close()
+            return
+        self.lanes.append(Lane(tunnel, socket_path, own_tunnel=True))
+        log.info("%s lanes=%d connections=%d state=widened", self.describe(), len(self.lanes),
+                 self.connections)
+
+    async def retire(self) -> None:
+        """After a switch (or a failed probe): once its last connection ends,
+        drop this route's forwards, which the ssh masters would otherwise keep."""
+        self.close()
+        if self._widening is not None:
+            self._widening.cancel()
+        await self.idle.wait()
+        for lane in self.lanes:
+            await lane.close(remote_of(self.endpoint))
+
+    async def start(self) -> None:
+        """A private loopback port that enters this route, for aiohttp probes."""
+        self._probe_server = await asyncio.start_server(self._probe_client, "127.0.0.1", 0)
+        self.probe_port = self._probe_server.sockets[0].getsockname()[1]
+
+    async def _probe_client(self, reader, writer) -> None:
+        try:
+            upstream, lane = await self.enter(reader, bytearray())
+        except (OSError, asyncio.TimeoutError):
+            writer.close()
+            return
+        await self.carry((reader, writer), upstream, lane)
+
+    async def probe(self, session: aiohttp.ClientSession, path: str) -> bool:
+        url = f"http://127.0.0.1:{self.probe_port}{path}"
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as resp:
+                await resp.read()
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    def close(self) -> None:
+        if self._probe_server is not None:
+            self._probe_server.close()
+
+    def describe(self) -> str:
+        e = self.endpoint
+        return f"job={e.job_id} node={e.node} login={self.tunnel.login}"
+
+
+async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> None:
+    """Pass client bytes on (keeping a copy) while waiting for the ack."""
+    up_reader, up_writer = upstream
+    ack = asyncio.ensure_future(expect_ack(up_reader, up_writer))
+    more: Optional[asyncio.Future] = None
+    try:
+        while not ack.done():
+            if more is None and len(sent) < REPLAY_LIMIT and not client.at_eof():
+                more = asyncio.ensure_future(client.read(CHUNK))
+            await asyncio.wait([f for f in (ack, more) if f], timeout=ACK_TIMEOUT,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not ack.done() and (more is None or not more.done()):
+                raise asyncio.TimeoutError("no acknowledgement from the gate")
+            if more is not None and more.done():
+                data, more = more.result(), None
+                sent += data
+                up_writer.write(data)
+        ack.result()
+    except BaseException:
+        up_writer.close()  # no ack yet: nobody else will close this connection
+        raise
+    finally:
+        ack.cancel()
+        if more is not None:
+            more.cancel()
+
+
+async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        line = await asyncio.wait_for(reader.readline(), ACK_TIMEOUT)
+    except (ValueError, asyncio.IncompleteReadError):
+        line = b""
+    if line != ACK:
+        writer.close()
+        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line else "closed before the gate answered")
