@@ -162,6 +162,7 @@ class StatusRow:
     restarts: str
     url: str
     forwarder: str
+    reason: str = "-"
 
 
 def status(options: Options) -> StatusRow:
@@ -174,6 +175,9 @@ def status(options: Options) -> StatusRow:
         else:
             chain_text = " ".join(f"{j.job_id}:{j.state}" for j in jobs) or "none"
         snap = chain.snapshot()
+        # Nothing serves: is it the home? (A job that cannot write its record
+        # is invisible otherwise.) One write check, no SLURM call.
+        home = chain.home() if chain.serving(jobs, snap) is None else None
     finally:
         chain.site.close()
     if snap.chain.stopped:
@@ -192,7 +196,17 @@ def status(options: Options) -> StatusRow:
         restarts=str(current.restarts) if current else "-",
         url=f"http://127.0.0.1:{options.local_port}/",
         forwarder=f"pid {pid} {local.state if local else ''}".strip() if pid else "not running",
+        reason=_reason(home, local if pid else None),
     )
+
+
+def _reason(home, local) -> str:
+    """Why it does not serve, when it does not: never an empty answer."""
+    if home is not None and not home.writable:
+        return home.describe()
+    if local is not None and local.state != "serving" and local.message:
+        return local.message
+    return "-"
 
 
 def _age(since: float) -> str:

@@ -23,7 +23,7 @@ from . import chain, endpoint, slurm
 from .endpoint import Endpoint
 from .gate import Gate
 from .joblog import SERVER_CAP, Capped, Summariser, copy_output, flush_every, write_fd
-from .publisher import Publisher
+from .publisher import Publisher, describe
 from .reverse import Reverse
 from .spec import Spec
 
@@ -379,7 +379,11 @@ class Agent:
             # Only job records: a .tmp-*.json is another job's write in flight.
             # Its own job may remove a record first (overlap): no error then.
             if path.stem.isdigit() and path.stem not in alive:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # harmless left behind: readers trust running jobs only
+                    self.events.note("record=unremovable", f"job={path.stem} {describe(exc)}")
+                    continue
                 self.say("record=%s state=removed-stale", path.stem)
 
     async def _squeue(self, **query) -> List[slurm.Job]:
