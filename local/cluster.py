@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -159,16 +162,30 @@ class Chain:
         live = [e for e in snap.endpoints.values() if e.job_id in running and e.state == "serving"]
         return max(live, key=lambda e: int(e.job_id)) if live else None
 
-    def agent(self, command: str):
+    def agent(self, command: str, *extra: str):
         lay = self.layout
         return self.site.run(["env", f"PYTHONPATH={lay.agent_dir}", "python3", "-m",
-                              "remote_agent", command, lay.service_dir])
+                              "remote_agent", command, lay.service_dir, *extra])
 
     # -- acting ----------------------------------------------------------
 
     def ensure(self) -> tuple[str, bool]:
         """The chain's oldest active job, starting a chain only when SLURM
-        says for certain that none exists (SlurmUnknown propagates)."""
+        says for certain that none exists (SlurmUnknown propagates). Under
+        the service dir's lock, so that concurrent `up`s start one chain."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        locked = self.agent("lock", owner)
+        if locked.returncode != 0:
+            raise ClusterError(locked.stderr.strip().splitlines()[-1] if locked.returncode == 2
+                               and locked.stderr.strip() else
+                               f"another `up` of {self.options.name} held its lock on the "
+                               f"cluster for 60 s; try again")
+        try:
+            return self._find_or_start()
+        finally:
+            self.agent("unlock", owner)
+
+    def _find_or_start(self) -> tuple[str, bool]:
         jobs = self.jobs()
         if jobs:
             log.info("service=%s job=%s state=chain-found", self.options.name, jobs[0].job_id)

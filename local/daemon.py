@@ -5,6 +5,7 @@ local state directory, so `status` and `down` can find it later.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
@@ -13,6 +14,20 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import state_dir
+
+
+def hold_lock(name: str) -> bool:
+    """Take the service's forwarder lock for the rest of this process's life
+    (and its daemon's: the lock goes with the open file into the fork).
+    False when another process holds it: one forwarder per service and
+    state folder, however many `up` start at once."""
+    fd = os.open(state_dir(name) / "forwarder.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return True  # fd stays open on purpose: closing it would release the lock
 
 
 def pid_path(name: str) -> Path:

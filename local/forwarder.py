@@ -4,7 +4,9 @@ The local port is bound once for the forwarder's whole life. Each client
 connection is relayed to the current *route* (an endpoint record reached
 through an OpenSSH forward, entered with the job's secret). Every heartbeat
 the service is probed over HTTP through that same route; while it answers,
-nothing else is asked of the cluster. When it fails, recovery tells apart:
+only the service dir's records are read (a later job serving means a
+handover, or a current job SLURM failed), and SLURM is asked nothing. When
+it fails, recovery tells apart:
 
 - the tunnel died: rebuild it, on the next login node if this one is down;
 - the job is gone: use the successor's record, or start a chain when SLURM
@@ -43,8 +45,6 @@ from .tunnel import Tunnel, TunnelError, runtime_dir
 
 log = logging.getLogger("slurm_persist.forwarder")
 
-# Start reading records this long before a job's end, to catch the overlap successor.
-HANDOVER_WINDOW = 180.0
 
 
 class NeverServed(Exception):
@@ -86,6 +86,8 @@ class Forwarder:
         self._clients = 0
         self._retiring: set[asyncio.Future] = set()
         self._extra_masters = 0
+        # Newer records that said serving for a job SLURM did not run: not asked again.
+        self._not_running: set[str] = set()
         self.attempts = 0
         self.ever_served = False
         # Chains that ended without serving, in a row, and the last one started here.
@@ -154,8 +156,7 @@ class Forwarder:
                          self.options.local_port)
                 self._set_status("serving")
             self.healthy.set()
-            if self._near_end():
-                await self._look_for_successor(session)
+            await self._look_for_successor(session)
             await self._sleep(self.options.heartbeat_time)
             return
         if self.route:
@@ -299,26 +300,31 @@ class Forwarder:
         await tunnel.start()
         return tunnel
 
-    def _near_end(self) -> bool:
-        ends_at = self.route.endpoint.ends_at if self.route else None
-        window = self.options.overlap_minutes * 60 + HANDOVER_WINDOW
-        return bool(self.options.overlap_minutes and ends_at and time.time() > ends_at - window)
-
     async def _look_for_successor(self, session: aiohttp.ClientSession) -> None:
-        """Overlap: a later job serving means it is time to move over."""
+        """A later job serving means it is time to move over: the overlap's
+        handover, or a job SLURM failed (NODE_FAIL) whose orphaned process
+        still answers while its successor serves nobody. The records are
+        read every heartbeat (no SLURM call); SLURM is asked only when a
+        newer record serves, once per such job."""
         try:
             snap = await asyncio.to_thread(self.chain.snapshot)
         except (Unreachable, RuntimeError):
             return
         current = int(self.route.endpoint.job_id)
-        newer = [e for e in snap.endpoints.values()
-                 if int(e.job_id) > current and e.state == "serving"]
+        newer = [e for e in snap.endpoints.values() if int(e.job_id) > current
+                 and e.state == "serving" and e.job_id not in self._not_running]
         if not newer:
             return
-        jobs = await asyncio.to_thread(self.chain.jobs)
+        try:
+            jobs = await asyncio.to_thread(self.chain.jobs)
+        except (slurm.SlurmUnknown, Unreachable, RuntimeError):
+            return  # unknown: keep the route that answers
+        running = {j.job_id for j in jobs if j.running}
+        self._not_running.update(e.job_id for e in newer if e.job_id not in running)
         target = self.chain.serving(jobs, snap)
         if target and int(target.job_id) > current:
-            log.info("job=%s state=handover to_job=%s", current, target.job_id)
+            reason = "handover" if str(current) in running else "current-job-gone"
+            log.info("job=%s state=%s to_job=%s", current, reason, target.job_id)
             await self._switch(target, session)
 
     async def _sleep(self, seconds: float) -> None:

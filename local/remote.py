@@ -23,6 +23,7 @@ import os
 import shlex
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -95,7 +96,8 @@ class Site:
         """Upload beside the target, then rename: a job never reads half a file."""
         def upload(host: str) -> None:
             sftp = self._connection(host).sftp()
-            partial = f"{remote}.partial"
+            # Its own name: two `up`s may deploy the same file at once.
+            partial = f"{remote}.partial-{uuid.uuid4().hex[:12]}"
             sftp.put(str(local), partial)
             sftp.chmod(partial, mode)
             sftp.posix_rename(partial, remote)

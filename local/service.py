@@ -60,6 +60,11 @@ def deploy(options: Options) -> str:
 
 def up(options: Options) -> int:
     """Deploy, make sure exactly one chain runs, then forward until stopped."""
+    if not daemon.hold_lock(options.name):
+        print(f"{options.name}: another `up` is forwarding or starting to "
+              f"(pid {daemon.running_pid(options.name) or 'not written yet'}); "
+              "`slurm-persist status` shows it")
+        return 0
     pid = daemon.running_pid(options.name)
     if pid:
         print(f"{options.name}: already forwarding on http://127.0.0.1:{options.local_port}/ "

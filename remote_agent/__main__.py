@@ -5,6 +5,8 @@
     python3 -m remote_agent stop SERVICE_DIR   mark the chain stopped (before `down` cancels it)
     python3 -m remote_agent reset SERVICE_DIR  clear the stop mark and the crash count (`up`)
     python3 -m remote_agent check SERVICE_DIR  can jobs write there? (JSON)
+    python3 -m remote_agent lock SERVICE_DIR OWNER    take the one-`up`-at-a-time lock
+    python3 -m remote_agent unlock SERVICE_DIR OWNER  give it back
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 from . import chain, endpoint, home, joblog, limits, private, spec
+from . import lock as locking
 from .agent import Agent
 
 
@@ -78,6 +81,18 @@ def check(service_dir: Path) -> int:
     return 0
 
 
+def lock(service_dir: Path, owner: str) -> int:
+    """Exit 0 holding the lock, 1 when another held it for LOCK_WAIT seconds."""
+    if not service_dir.is_dir():
+        print(f"no service dir {service_dir}: deploy first", file=sys.stderr)
+        return 2
+    return 0 if locking.acquire(service_dir, owner, LOCK_WAIT) else 1
+
+
+def unlock(service_dir: Path, owner: str) -> int:
+    return 0 if locking.release(service_dir, owner) else 1
+
+
 def stop(service_dir: Path) -> int:
     state = chain.load(service_dir)
     chain.save(service_dir, chain.ChainState(state.failed_jobs, True, "stopped by down"))
@@ -90,14 +105,22 @@ def reset(service_dir: Path) -> int:
 
 
 COMMANDS = {"job": job, "show": show, "stop": stop, "reset": reset, "check": check}
+LOCKING = {"lock": lock, "unlock": unlock}
+# How long `up` waits for another `up` of the same service to find or start the chain.
+LOCK_WAIT = 60.0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m remote_agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("command", choices=sorted([*COMMANDS, *LOCKING]))
     parser.add_argument("service_dir", type=Path)
+    parser.add_argument("owner", nargs="?", help="lock/unlock: who holds it")
     args = parser.parse_args(argv)
+    if args.command in LOCKING:
+        if not args.owner:
+            parser.error(f"{args.command} needs an OWNER")
+        return LOCKING[args.command](args.service_dir.expanduser(), args.owner)
     return COMMANDS[args.command](args.service_dir.expanduser())
 
 

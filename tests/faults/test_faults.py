@@ -291,3 +291,47 @@ def test_crash_loop_is_stopped_and_explained(cluster, alice, tmp_path, report):
                "status says why", seconds, None)
     finally:
         cli("down", *args, cwd=tmp_path)
+
+
+def test_slurmd_stopped_until_slurm_fails_the_job(serve, cluster, alice, faults, report):
+    """The job's process lives on (its slurmd is frozen, not its node): it
+    still answers while SLURM, after SlurmdTimeout, declares it NODE_FAIL
+    and starts the successor elsewhere. The forwarder must follow the
+    successor within two heartbeats (2 s each here) of its serving."""
+    name = "f-nodefail"
+    up = serve(name)
+    with Load(up.port) as load:
+        old = current_job(load)
+        node = alice.out(f"squeue -h -j {old} -o %N")
+        faults.kill(node, "slurmd", signal="STOP")
+        try:
+            new = wait_for("a successor running elsewhere", lambda: alice.out(
+                f"squeue -h -n sp-{name} -t RUNNING -o %i") or None, timeout=150, every=2)
+            wait_for("the forwarder on the successor", lambda: serving_line(up, new), timeout=60)
+            time.sleep(2)
+        finally:
+            faults.kill(node, "slurmd", signal="CONT")
+    states = alice.out(f"squeue -h -j {old} -o %T 2>/dev/null || true")
+    served = alice.out(f"grep -h 'state=serving port' {SERVICES_DIR}/{name}/logs/{new}.out")
+    followed = serving_line(up, new)
+    gap = clock(followed) - clock(served.split(",")[0].split()[1])
+    print(f"fault=nodefail old={old} old_state={states or 'gone'} new={new} "
+          f"followed_after_serving_s={gap:.0f}")
+    assert gap <= 2 * 2 + 1  # two heartbeats, and a second of log resolution
+    assert load.failures() == []
+    report("slurmd of the serving node stopped (job NODE_FAIL, process alive)",
+           "forwarder leaves the orphan for the serving successor", gap, load)
+
+
+SERVICES_DIR = "~/.slurm-persist/services"
+
+
+def serving_line(up, job: str):
+    return next((line for line in up.log.read_text().splitlines()
+                 if f"job={job} " in line and "state=serving local=" in line), None)
+
+
+def clock(text: str) -> float:
+    """Seconds of the day of an HH:MM:SS stamp (first field of a line)."""
+    h, m, s = (int(x) for x in text.split()[0].split(":"))
+    return h * 3600 + m * 60 + s

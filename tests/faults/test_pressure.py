@@ -187,6 +187,7 @@ def test_full_home_during_a_rollover_comes_back_by_itself(serve, cluster, alice,
             said = wait_for("status naming the full home", lambda: next(
                 (line for line in cli("status", *site_args(cluster, name)).stdout.splitlines()
                  if line.startswith("reason") and "ENOSPC" in line), None), timeout=150, every=3)
+            time.sleep(20)  # a home full for a while, not for a moment
             full_for = time.time() - filled
             free_home(cluster)
             freed = time.time()
@@ -202,6 +203,7 @@ def test_full_home_during_a_rollover_comes_back_by_itself(serve, cluster, alice,
           f"requests={len(load.results)} failed={len(load.failures())} jobs={load.jobs()} "
           f"status={said!r}")
     assert old in load.jobs() and load.jobs()[-1] != old  # a successor serves now
+    assert load.failures() == []  # held, not failed: the forwarder never gave up
     assert load.outage_after(freed + back + 1) < 10  # and steadily
     assert show["errors"] == {} and not show["chain"]["stopped"]  # nothing corrupted
     assert up.proc.poll() is None  # the forwarder never gave up

@@ -1,0 +1,61 @@
+"""One `up` at a time per service: a lock in the service dir.
+
+Seen on the sandbox: two `up` for one service in the same second each found
+no chain and each started one (5 of 5 tries). "Find the chain, else submit
+one" is now done under this lock, from any laptop: a directory made with
+mkdir, which is atomic on local and NFS file systems alike. It names its
+holder; one older than STALE seconds (a holder that died) is broken.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+LOCK = ".ensure.lock"
+# Finding a chain and submitting one takes a few ssh round trips: seconds.
+STALE = 120.0
+
+
+def acquire(service_dir: Path, owner: str, wait: float) -> bool:
+    path = Path(service_dir) / LOCK
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.mkdir(str(path), 0o700)
+        except FileExistsError:
+            _break_if_stale(path)
+        else:
+            (path / "owner").write_text(owner)
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _break_if_stale(path: Path) -> None:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE:
+        aside = path.with_name(f"{LOCK}.stale-{os.getpid()}")
+        try:
+            os.rename(str(path), str(aside))  # atomic: one breaker wins
+        except OSError:
+            return
+        shutil.rmtree(str(aside), ignore_errors=True)
+
+
+def release(service_dir: Path, owner: str) -> bool:
+    """Only the holder's own lock is removed (a broken one may be another's now)."""
+    path = Path(service_dir) / LOCK
+    try:
+        if (path / "owner").read_text() != owner:
+            return False
+    except OSError:
+        return False
+    shutil.rmtree(str(path), ignore_errors=True)
+    return True

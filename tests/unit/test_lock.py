@@ -1,0 +1,46 @@
+"""The one-`up`-at-a-time lock of a service dir, with real threads and files."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from remote_agent import lock
+
+
+def test_of_many_at_once_exactly_one_holds_it(tmp_path):
+    held, barrier = [], threading.Barrier(8)
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        if lock.acquire(tmp_path, f"up-{i}", wait=0):
+            held.append(i)
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(held) == 1
+
+
+def test_the_next_one_gets_it_once_released(tmp_path):
+    assert lock.acquire(tmp_path, "a", wait=0)
+    later = []
+    waiter = threading.Thread(target=lambda: later.append(lock.acquire(tmp_path, "b", wait=5)))
+    waiter.start()
+    time.sleep(0.3)
+    assert later == []
+    assert not lock.release(tmp_path, "b")  # not b's to give back
+    assert lock.release(tmp_path, "a")
+    waiter.join()
+    assert later == [True]
+
+
+def test_a_dead_holders_lock_is_broken_after_stale_seconds(tmp_path):
+    assert lock.acquire(tmp_path, "dead", wait=0)
+    old = time.time() - lock.STALE - 1
+    os.utime(tmp_path / lock.LOCK, (old, old))
+    assert lock.acquire(tmp_path, "alive", wait=1)
+    assert not lock.release(tmp_path, "dead") and lock.release(tmp_path, "alive")
+    assert list(tmp_path.iterdir()) == []
