@@ -357,8 +357,8 @@ class Forwarder:
         while True:
             route = await self._wait_route(deadline - time.monotonic())
             if route is None:
-                log.warning("client=dropped reason=no-healthy-route-within-%.0fs",
-                            self.options.hold_seconds)
+                self.events.note(f"client=dropped reason=no-healthy-route-within-"
+                                 f"{self.options.hold_seconds:.0f}s")
                 writer.close()
                 return
             try:

@@ -92,7 +92,11 @@ async def forward(options: Options) -> None:
     """Forward until cancelled. The chain keeps running afterwards."""
     forwarder = Forwarder(options, connect(options))
     try:
-        await forwarder.listen()
+        try:
+            await forwarder.listen()
+        except OSError as exc:  # another forwarder took the port since prepare() looked
+            raise ConfigError(f"local-port {options.local_port}: {exc.strerror}; "
+                              "another forwarder serves it (`slurm-persist status`)") from None
         await forwarder.run()
     finally:
         forwarder.chain.site.close()

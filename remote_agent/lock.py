@@ -36,17 +36,32 @@ def acquire(service_dir: Path, owner: str, wait: float) -> bool:
 
 
 def _break_if_stale(path: Path) -> None:
+    """Move a dead holder's lock aside under its holder's name. Two that
+    find it stale at once both try the same move: the second fails (the
+    name is taken by a non-empty directory) instead of moving aside the
+    lock the first has just taken. Moved-aside locks are removed once
+    their move (ctime) is STALE old, long after any such race."""
     try:
         age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
+        holder = (path / "owner").read_text()
+    except OSError:
         return
-    if age > STALE:
-        aside = path.with_name(f"{LOCK}.stale-{os.getpid()}")
+    if age <= STALE:
+        return
+    try:
+        os.rename(str(path), str(path.with_name(f"{LOCK}.stale-{_plain(holder)}")))
+    except OSError:
+        return
+    for aside in path.parent.glob(f"{LOCK}.stale-*"):
         try:
-            os.rename(str(path), str(aside))  # atomic: one breaker wins
+            if time.time() - aside.stat().st_ctime > STALE:
+                shutil.rmtree(str(aside), ignore_errors=True)
         except OSError:
-            return
-        shutil.rmtree(str(aside), ignore_errors=True)
+            pass
+
+
+def _plain(owner: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in owner)[:100]
 
 
 def release(service_dir: Path, owner: str) -> bool:

@@ -305,18 +305,20 @@ def test_slurmd_stopped_until_slurm_fails_the_job(serve, cluster, alice, faults,
         node = alice.out(f"squeue -h -j {old} -o %N")
         faults.kill(node, "slurmd", signal="STOP")
         try:
-            new = wait_for("a successor running elsewhere", lambda: alice.out(
-                f"squeue -h -n sp-{name} -t RUNNING -o %i") or None, timeout=150, every=2)
+            new = wait_for("a successor running elsewhere", lambda: next(
+                (j for j in alice.out(f"squeue -h -n sp-{name} -t RUNNING -o %i").split()
+                 if j != old), None), timeout=150, every=2)
             wait_for("the forwarder on the successor", lambda: serving_line(up, new), timeout=60)
             time.sleep(2)
         finally:
             faults.kill(node, "slurmd", signal="CONT")
-    states = alice.out(f"squeue -h -j {old} -o %T 2>/dev/null || true")
+    states = alice.out(f"squeue -h -j {old} -t all -o %T 2>/dev/null || true")
     served = alice.out(f"grep -h 'state=serving port' {SERVICES_DIR}/{name}/logs/{new}.out")
     followed = serving_line(up, new)
     gap = clock(followed) - clock(served.split(",")[0].split()[1])
     print(f"fault=nodefail old={old} old_state={states or 'gone'} new={new} "
           f"followed_after_serving_s={gap:.0f}")
+    assert states == "NODE_FAIL" and new != old
     assert gap <= 2 * 2 + 1  # two heartbeats, and a second of log resolution
     assert load.failures() == []
     report("slurmd of the serving node stopped (job NODE_FAIL, process alive)",

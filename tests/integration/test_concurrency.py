@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from helpers import BIN, answers, cli, free_port, site_args, up_args, wait_for
@@ -18,8 +20,8 @@ def test_five_concurrent_ups_from_two_state_folders(cluster, tmp_path):
     name, port = "race", free_port()
     folders = []
     for tag in "ab":
-        state, runtime = tmp_path / f"state-{tag}", tmp_path / f"run-{tag}"
-        runtime.mkdir(mode=0o700)
+        # Short: ssh's control sockets live there, and sun_path holds 108 bytes.
+        state, runtime = tmp_path / f"state-{tag}", Path(tempfile.mkdtemp(prefix=f"spr{tag}-"))
         folders.append({**os.environ, "XDG_STATE_HOME": str(state),
                         "XDG_RUNTIME_DIR": str(runtime)})
     procs = []

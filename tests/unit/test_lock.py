@@ -43,4 +43,18 @@ def test_a_dead_holders_lock_is_broken_after_stale_seconds(tmp_path):
     os.utime(tmp_path / lock.LOCK, (old, old))
     assert lock.acquire(tmp_path, "alive", wait=1)
     assert not lock.release(tmp_path, "dead") and lock.release(tmp_path, "alive")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [f"{lock.LOCK}.stale-dead"]
+
+
+def test_a_second_breaker_cannot_move_the_fresh_lock_aside(tmp_path):
+    """Both found the dead lock stale; the first broke it and took a new one."""
+    assert lock.acquire(tmp_path, "dead", wait=0)
+    old = time.time() - lock.STALE - 1
+    os.utime(tmp_path / lock.LOCK, (old, old))
+    lock._break_if_stale(tmp_path / lock.LOCK)  # the first breaker
+    assert lock.acquire(tmp_path, "first", wait=0)
+    # The second one's look was taken before: same holder name, its move fails.
+    (tmp_path / lock.LOCK / "owner").write_text("dead")  # as it read it
+    os.utime(tmp_path / lock.LOCK, (old, old))
+    lock._break_if_stale(tmp_path / lock.LOCK)
+    assert (tmp_path / lock.LOCK).is_dir()
