@@ -33,23 +33,22 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 def tcp_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
+    options = [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
+    if family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1))
+    return _listening(sock, (host, port), backlog, options)
 
 
 def unix_socket(path: str, backlog: int = BACKLOG) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    return _listening(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, backlog, [])
+
+
+def _listening(sock: socket.socket, address, backlog: int, options) -> socket.socket:
+    """Bound, listening and non-blocking; closed if any step fails."""
     try:
-        sock.bind(path)
+        for option in options:
+            sock.setsockopt(*option)
+        sock.bind(address)
         sock.listen(backlog)
     except OSError:
         sock.close()
