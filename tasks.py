@@ -128,14 +128,12 @@ def up(c, options):
     return service.up(options)
 
 
-@service_task(*CONNECT, "local_port")
-def status(c, options):
-    """Show the chain, the serving job and the local forwarder."""
-    row = service.status(options)
-    width = max(len(k) for k in row.__dict__)
-    bold = "\033[1m{}\033[0m" if sys.stdout.isatty() else "{}"
-    for key, value in row.__dict__.items():
-        print(f"{bold.format(key.ljust(width))}  {value}")
+@service_task(*CONNECT, "local_port", help={"json": "print one JSON object instead of the table"})
+def status(c, options, json=False):
+    """Show the chain job by job, the serving job, the local forwarder, and why
+    nothing serves when nothing does."""
+    report = service.status(options)
+    print(report.json() if json else report.text())
 
 
 @service_task(*CONNECT, help={"job": "an earlier job's id (default: the running job)",

@@ -22,6 +22,7 @@ from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed, read_status
+from .report import JobLine, Report, clock, duration
 from .remote import Site
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 
@@ -160,21 +161,7 @@ def down(options: Options) -> str:
     return f"{options.name}: " + "; ".join(parts)
 
 
-@dataclasses.dataclass
-class StatusRow:
-    service: str
-    chain: str
-    job: str
-    node: str
-    state: str
-    uptime: str
-    restarts: str
-    url: str
-    forwarder: str
-    reason: str = "-"
-
-
-def status(options: Options) -> StatusRow:
+def status(options: Options) -> Report:
     chain = connect(options)
     try:
         try:
@@ -195,7 +182,7 @@ def status(options: Options) -> StatusRow:
     running = next((j for j in jobs if j.running), None)
     local = read_status(options.name)
     pid = daemon.running_pid(options.name)
-    return StatusRow(
+    return Report(
         service=options.name,
         chain=chain_text,
         job=current.job_id if current else (running.job_id if running else "-"),
@@ -203,10 +190,21 @@ def status(options: Options) -> StatusRow:
         state=current.state if current else (running.state.lower() if running else "-"),
         uptime=_age(current.started) if current else "-",
         restarts=str(current.restarts) if current else "-",
-        url=f"http://127.0.0.1:{options.local_port}/",
-        forwarder=f"pid {pid} {local.state if local else ''}".strip() if pid else "not running",
+        url=f"http://127.0.0.1:{options.local_port}/" if pid else "-",
+        forwarder=_forwarder(pid, local),
         reason=_reason(home, local if pid else None),
+        jobs=[JobLine.of(j, snap.endpoints.get(j.job_id), options.overlap_minutes,
+                         options.warn_seconds) for j in jobs],
     )
+
+
+def _forwarder(pid: Optional[int], local) -> str:
+    if not pid:
+        return "not running"
+    if local is None or local.pid != pid:
+        return f"pid {pid}"
+    return (f"pid {pid} {local.state} since {clock(local.since)}, port {local.local_port}, "
+            f"{local.switches} switches")
 
 
 def _reason(home, local) -> str:
@@ -219,8 +217,7 @@ def _reason(home, local) -> str:
 
 
 def _age(since: float) -> str:
-    seconds = int(time.time() - since)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+    return duration(time.time() - since)
 
 
 def logs(options: Options, job: Optional[str], lines: int, follow: bool) -> int:

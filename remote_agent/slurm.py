@@ -58,6 +58,10 @@ class Job:
     def end_epoch(self) -> Optional[float]:
         return parse_timestamp(self.end_time)
 
+    def start_epoch(self) -> Optional[float]:
+        """When it started, or for a pending job SLURM's estimate (None: unknown)."""
+        return parse_timestamp(self.start_time)
+
     def limit_minutes(self) -> Optional[int]:
         return parse_duration_minutes(self.time_limit)
 

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,14 @@ def test_status_reads_well(start_up, cluster):
     assert rows["service"] == "stat" and rows["state"] == "serving"
     assert rows["node"] in ("node1", "node2")
     assert rows["url"] == f"http://127.0.0.1:{up.port}/"
+    assert rows["forwarder"].startswith(f"pid {up.proc.pid} serving since ")
+    data = json.loads(cli("status", *site_args(cluster, "stat"), "--local-port", str(up.port),
+                          "--json").stdout)
+    running, pending = data["jobs"]  # the serving job and its queued successor
+    assert running["state"] == "RUNNING" and running["record"] == "serving"
+    assert running["ends_at"] > time.time() and running["rollover_at"] < running["ends_at"]
+    assert pending["state"] == "PENDING" and pending["reason"] == "Dependency"
+    assert int(pending["job"]) > int(running["job"]) and data["reason"] == "-"
     logs = cli("logs", *site_args(cluster, "stat"), "--lines", "50")
     assert logs.returncode == 0 and "state=serving" in logs.stdout
 

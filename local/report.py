@@ -1,0 +1,97 @@
+"""What `status` shows: the chain job by job, the local forwarder, and
+why nothing serves when nothing does. Built from what was read (SLURM's
+jobs, the records, the forwarder's status file); printed as aligned
+`key  value` lines, or as JSON with --json.
+
+Seen before: `chain 22:PENDING` and nothing more while a successor waited
+70 minutes behind other users' jobs, and a URL printed after `down`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from remote_agent import slurm
+from remote_agent.endpoint import Endpoint
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+@dataclass
+class JobLine:
+    """One job of the chain as SLURM and its record describe it."""
+
+    job: str
+    state: str
+    node: str = "-"
+    record: str = "-"             # the agent's: starting, serving, draining
+    ends_at: Optional[float] = None
+    rollover_at: Optional[float] = None
+    reason: str = ""              # SLURM's, for a pending job
+    estimated_start: Optional[float] = None
+
+    @classmethod
+    def of(cls, job: slurm.Job, record: Optional[Endpoint], overlap_minutes: int,
+           warn_seconds: int) -> "JobLine":
+        line = cls(job.job_id, job.state, job.node or "-", record.state if record else "-")
+        if job.running:
+            line.ends_at = job.end_epoch()
+            if line.ends_at is not None:
+                ahead = overlap_minutes * 60 if overlap_minutes else warn_seconds
+                line.rollover_at = line.ends_at - ahead
+        elif job.pending:
+            line.reason = job.reason
+            line.estimated_start = job.start_epoch()
+        return line
+
+    def describe(self, now: float) -> str:
+        text = f"{self.job}:{self.state}"
+        if self.node != "-":
+            text += f" on {self.node}"
+        if self.record != "-":
+            text += f", {self.record}"
+        if self.ends_at is not None:
+            text += f", {duration(self.ends_at - now)} left"
+        if self.rollover_at is not None:
+            text += f", next rollover {clock(self.rollover_at)} (in {duration(self.rollover_at - now)})"
+        if self.reason:
+            text += f", waiting: {self.reason}"
+        if self.estimated_start is not None:
+            text += f", SLURM expects it to start {clock(self.estimated_start)}"
+        return text
+
+
+@dataclass
+class Report:
+    service: str
+    chain: str
+    job: str = "-"
+    node: str = "-"
+    state: str = "-"
+    uptime: str = "-"
+    restarts: str = "-"
+    url: str = "-"
+    forwarder: str = "not running"
+    reason: str = "-"
+    jobs: list = field(default_factory=list)  # of JobLine
+
+    def text(self, now: Optional[float] = None) -> str:
+        now = time.time() if now is None else now
+        rows = [(k, v) for k, v in asdict(self).items() if k != "jobs"]
+        lines = [job.describe(now) for job in self.jobs] or ["none"]
+        rows += [("jobs", lines[0])] + [("", line) for line in lines[1:]]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+    def json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
