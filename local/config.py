@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class Options:
     warn_seconds: int = _SPEC["warn_seconds"]
     crash_loop_jobs: int = _SPEC["crash_loop_jobs"]
     hold_seconds: float = 120.0
+    on_event: str = ""
+    waiting_alert_seconds: float = 300.0
 
     @property
     def login_nodes(self) -> list[str]:
@@ -170,7 +173,7 @@ def validate(options: Options, directory: Path) -> None:
         if getattr(options, key) < 0:
             raise ConfigError(f"{key.replace('_', '-')} must not be negative")
     for key in ("heartbeat_time", "delay_between_server_and_port", "hold_seconds",
-                "health_timeout", "crash_loop_jobs"):
+                "health_timeout", "crash_loop_jobs", "waiting_alert_seconds"):
         if getattr(options, key) <= 0:
             raise ConfigError(f"{key.replace('_', '-')} must be positive")
     for host in filter(None, [*options.login_nodes, options.jumphost_url]):
@@ -185,6 +188,10 @@ def validate(options: Options, directory: Path) -> None:
     for option in options.sbatch_options:
         if not option.startswith("--") or "\n" in option:
             raise ConfigError(f"sbatch option {option!r}: write it as --name=value")
+    try:
+        shlex.split(options.on_event)
+    except ValueError as exc:
+        raise ConfigError(f"on-event {options.on_event!r}: {exc}") from None
     if options.ssh_config and not Path(options.ssh_config).expanduser().is_file():
         raise ConfigError(f"ssh-config {options.ssh_config}: no such file")
 

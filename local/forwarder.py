@@ -37,6 +37,7 @@ from remote_agent.limits import Budget, raise_nofile
 from remote_agent.listener import Listener, tcp_socket
 
 from .cluster import Chain
+from .hooks import Hooks
 from .conditions import Conditions, Verdict
 from .config import Options, state_dir
 from .remote import Unreachable
@@ -95,6 +96,9 @@ class Forwarder:
         self._served_since_start = False
         self._started_job: Optional[str] = None
         self.conditions = Conditions(chain)
+        self.hooks = Hooks(options.on_event, options.name)
+        self._waiting_since: Optional[float] = None  # no route since then
+        self._told_near_end: set[str] = set()
         self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
         self._status_path = state_dir(options.name) / "status.json"
 
@@ -144,6 +148,7 @@ class Forwarder:
             retiring.cancel()
         for tunnel in self._tunnels.values():
             await tunnel.close()
+        await self.hooks.close()
         if self.status.state != "stopped":
             self._set_status("stopped", "forwarder ended")
 
@@ -157,6 +162,7 @@ class Forwarder:
                 self._set_status("serving")
             self.healthy.set()
             await self._look_for_successor(session)
+            await self._warn_near_end()
             await self._sleep(self.options.heartbeat_time)
             return
         if self.route:
@@ -166,6 +172,7 @@ class Forwarder:
 
     async def _recover(self, session: aiohttp.ClientSession) -> None:
         self.attempts += 1
+        self._note_waiting()
         try:
             await self._recover_once(session)
         except (slurm.SlurmUnknown, Unreachable, RuntimeError) as exc:
@@ -184,6 +191,7 @@ class Forwarder:
         if snap.chain.stopped:
             self._set_status("stopped", snap.chain.reason)
             log.error("service=%s state=chain-stopped reason=%r", self.options.name, snap.chain.reason)
+            self.hooks.emit("chain-stopped", reason=snap.chain.reason)
             raise ChainStopped(f"the chain is stopped: {snap.chain.reason}")
         target = self.chain.serving(jobs, snap)
         if target and await self._switch(target, session):
@@ -224,6 +232,7 @@ class Forwarder:
                 self._set_status("stopped", reason)
                 log.error("service=%s state=chain-not-restarted reason=%r", self.options.name,
                           reason)
+                self.hooks.emit("chain-stopped", reason=reason)
                 raise ChainStopped(reason)
         self._started_job, _ = await asyncio.to_thread(self.chain.ensure)
         self._served_since_start = False
@@ -253,6 +262,7 @@ class Forwarder:
                 await route.retire()  # else its -L forward stays in the ssh master
                 continue
             old, self.route = self.route, route
+            self._tell_served(old, route)
             if old:
                 retiring = asyncio.ensure_future(old.retire())
                 self._retiring.add(retiring)
@@ -326,6 +336,43 @@ class Forwarder:
             reason = "handover" if str(current) in running else "current-job-gone"
             log.info("job=%s state=%s to_job=%s", current, reason, target.job_id)
             await self._switch(target, session)
+
+    def _tell_served(self, old: Optional[Route], new: Route) -> None:
+        e = new.endpoint
+        where = {"job": e.job_id, "node": e.node, "login": new.tunnel.login}
+        if old is None:
+            self.hooks.emit("serving", **where)
+        elif old.endpoint.job_id != e.job_id:
+            self.hooks.emit("switched", from_job=old.endpoint.job_id, to_job=e.job_id,
+                            node=e.node, login=new.tunnel.login)
+        self._waiting_since = None
+
+    def _note_waiting(self) -> None:
+        """Once per outage, when it has lasted waiting_alert_seconds."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since >= self.options.waiting_alert_seconds:
+            self.hooks.emit("waiting", seconds=round(now - self._waiting_since),
+                            message=self.status.message)
+            self._waiting_since = float("inf")  # told; reset when it serves
+
+    async def _warn_near_end(self) -> None:
+        """The serving job ends within its warning time plus two minutes and
+        SLURM knows no later job of the chain: once per job, one squeue."""
+        e = self.route.endpoint
+        ahead = max(self.options.overlap_minutes * 60, self.options.warn_seconds) + 120
+        if e.ends_at is None or e.job_id in self._told_near_end or time.time() < e.ends_at - ahead:
+            return
+        try:
+            jobs = await asyncio.to_thread(self.chain.jobs)
+        except (slurm.SlurmUnknown, Unreachable, RuntimeError):
+            return
+        self._told_near_end.add(e.job_id)
+        if not any(int(j.job_id) > int(e.job_id) for j in jobs):
+            log.warning("job=%s state=time-limit-near successor=none", e.job_id)
+            self.hooks.emit("time-limit-near", job=e.job_id,
+                            seconds_left=round(e.ends_at - time.time()))
 
     async def _sleep(self, seconds: float) -> None:
         self._kick.clear()

@@ -137,3 +137,14 @@ def site_options(cluster: Sandbox, **changes) -> Options:
                   delay_between_server_and_port=1.0)
     values.update(changes)
     return Options(**values)
+
+
+def event_sink(path: Path) -> str:
+    """An on_event command that appends each event (one JSON line) to path."""
+    script = f"import sys; open({str(path)!r}, 'a').write(sys.stdin.read())"
+    return shlex.join([sys.executable, "-c", script])
+
+
+def events(path: Path) -> list[dict]:
+    import json
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -7,13 +7,14 @@ JSON lines (`invoke faults-table` turns them into the README's table)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import Load, cli, free_port, site_args, up_args, wait_for
+from helpers import Load, cli, event_sink, events, free_port, site_args, up_args, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -41,8 +42,9 @@ def recovered_by_new_job(load: Load, old: str, t0: float, timeout: float = 180) 
     return load.first_served_by(job, t0)
 
 
-def test_scancel_of_the_serving_job(serve, alice, report):
-    up = serve("f-scancel")
+def test_scancel_of_the_serving_job(serve, alice, report, tmp_path):
+    sink = tmp_path / "events.jsonl"
+    up = serve("f-scancel", "--on-event", event_sink(sink))
     with Load(up.port) as load:
         old = current_job(load)
         t0 = time.time()
@@ -52,6 +54,9 @@ def test_scancel_of_the_serving_job(serve, alice, report):
     report("scancel of the serving job", "successor released at once; forwarder switches",
            seconds, load)
     one_chain(alice, "f-scancel")
+    told = [(e["event"], e.get("from_job"), e.get("to_job")) for e in events(sink)]
+    new = load.jobs()[-1]
+    assert told == [("serving", None, None), ("switched", old, new)], told
 
 
 def test_server_killed_inside_the_job(serve, cluster, alice, faults, report):
@@ -271,8 +276,10 @@ def test_crash_loop_is_stopped_and_explained(cluster, alice, tmp_path, report):
     subprocess.run(["cp", "-r", str(Path(__file__).resolve().parents[2] / "hpc"), str(app)],
                    check=True)
     (app / "run").write_text("#!/bin/bash\necho never starts >&2\nexit 3\n")
+    sink = tmp_path / "events.jsonl"
     (tmp_path / "slurm-persist.toml").write_text(
-        "[services.f-crash]\nmax_restarts = 0\ncrash_loop_jobs = 2\n")
+        "[services.f-crash]\nmax_restarts = 0\ncrash_loop_jobs = 2\n"
+        f"on_event = {json.dumps(event_sink(sink))}\n")
     args = site_args(cluster, "f-crash")
     t0 = time.time()
     result = cli("up", *args, "--local-hpc-script-dir", str(app), "--daemonize",
@@ -287,6 +294,9 @@ def test_crash_loop_is_stopped_and_explained(cluster, alice, tmp_path, report):
         status = cli("status", *args, cwd=tmp_path).stdout
         assert "stopped: crash loop: 2 jobs in a row never served" in status
         assert chain_states(alice, "f-crash") == []
+        told = events(sink)
+        assert [e["event"] for e in told] == ["chain-stopped"], told
+        assert told[0]["reason"].startswith("crash loop: 2 jobs in a row never served")
         report("server crashes in every job", "crash-loop guard stops the chain after 2 jobs; "
                "status says why", seconds, None)
     finally:
