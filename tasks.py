@@ -62,6 +62,7 @@ OPTION_HELP = {
     "on_event": "command run (no shell) with one JSON event on stdin: serving, switched, "
                 "waiting, chain-stopped, time-limit-near; e.g. \"curl -sd @- URL\"",
     "waiting_alert_seconds": "an outage this long sends the waiting event (default 300)",
+    "metrics_port": "serve Prometheus metrics on 127.0.0.1:PORT (default 0: none)",
     "mode": "direct: login nodes connect to the job's port (default); reverse: the job "
             "connects to a login node and serves on a private socket there, for sites "
             "whose login nodes cannot reach compute nodes",
@@ -72,7 +73,7 @@ CONNECT = ("name", "hpc_system_url", "fallback_system_url", "jumphost_url", "use
 SPEC = ("local_hpc_script_dir", "copy", "sbatch_option", "overlap_minutes", "warn_seconds",
         "heartbeat_time", "mode")
 FORWARD = ("local_port", "max_attempts_get_server_and_port", "delay_between_server_and_port",
-           "daemonize", "on_event", "waiting_alert_seconds")
+           "daemonize", "on_event", "waiting_alert_seconds", "metrics_port")
 LISTS = ("fallback_system_url", "sbatch_option")
 FLAGS = {"copy": True, "debug": False, "daemonize": False}
 FIELD_OF = {"sbatch_option": "sbatch_options"}

@@ -13,7 +13,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from remote_agent import endpoint, slurm
 from remote_agent.chain import ChainState
@@ -88,6 +88,8 @@ class Chain:
         self.site = site
         self.options = options
         self._layout: Optional[Layout] = None
+        # Told of every SLURM command run (the forwarder's metrics count them).
+        self.on_slurm: Callable[[], None] = lambda: None
         self._user = options.username
 
     @property
@@ -123,12 +125,14 @@ class Chain:
         """Active jobs of this chain, oldest first; SlurmUnknown when unsure."""
         if not self._user:
             self._user = self.site.run(["id", "-un"]).stdout.strip()
+        self.on_slurm()
         result = self.site.run(slurm.squeue_argv(self._user, job_name=self.options.job_name))
         jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
         return sorted(jobs, key=lambda j: int(j.job_id))
 
     def ended(self, job_id: str) -> Optional[slurm.Job]:
         """SLURM's last record of a job that may have ended; None once forgotten."""
+        self.on_slurm()
         result = self.site.run(slurm.squeue_argv(self._user or self.site.run(["id", "-un"]).stdout.strip(),
                                                  job_id=job_id, ended=True))
         return slurm.interpret_ended(result.returncode, result.stdout, result.stderr)
@@ -191,6 +195,7 @@ class Chain:
             log.info("service=%s job=%s state=chain-found", self.options.name, jobs[0].job_id)
             return jobs[0].job_id, False
         self.agent("reset")
+        self.on_slurm()
         result = self.site.run(slurm.sbatch_argv(self.spec()))
         job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         log.info("service=%s job=%s state=chain-started", self.options.name, job_id)

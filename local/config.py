@@ -80,6 +80,7 @@ class Options:
     crash_loop_jobs: int = _SPEC["crash_loop_jobs"]
     hold_seconds: float = 120.0
     on_event: str = ""
+    metrics_port: int = 0
     waiting_alert_seconds: float = 300.0
 
     @property
@@ -168,6 +169,9 @@ def validate(options: Options, directory: Path) -> None:
         raise ConfigError(str(exc)) from None
     if not 1 <= options.local_port <= 65535:
         raise ConfigError(f"local-port {options.local_port}: choose 1-65535")
+    if not 0 <= options.metrics_port <= 65535 or options.metrics_port == options.local_port:
+        raise ConfigError(f"metrics-port {options.metrics_port}: choose 1-65535, not the "
+                          "local port (0: no metrics)")
     for key in ("retries", "max_attempts_get_server_and_port", "overlap_minutes",
                 "max_restarts"):
         if getattr(options, key) < 0:

@@ -38,6 +38,7 @@ from remote_agent.listener import Listener, tcp_socket
 
 from .cluster import Chain
 from .hooks import Hooks
+from .metrics import STATES, Metrics
 from .conditions import Conditions, Verdict
 from .config import Options, state_dir
 from .remote import Unreachable
@@ -97,6 +98,8 @@ class Forwarder:
         self._started_job: Optional[str] = None
         self.conditions = Conditions(chain)
         self.hooks = Hooks(options.on_event, options.name)
+        self.metrics = Metrics(options.name)
+        chain.on_slurm = self.metrics.slurm_calls.inc
         self._waiting_since: Optional[float] = None  # no route since then
         self._told_near_end: set[str] = set()
         self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
@@ -123,6 +126,9 @@ class Forwarder:
             listener.start()
             self._listeners.append(listener)
         log.info("listen=127.0.0.1 port=%d state=open", port)
+        if self.options.metrics_port:
+            self.metrics.serve(self.options.metrics_port)
+            log.info("metrics=127.0.0.1:%d state=open", self.options.metrics_port)
 
     async def run(self) -> None:
         """Serve until cancelled; the local port never closes in between."""
@@ -149,13 +155,22 @@ class Forwarder:
         for tunnel in self._tunnels.values():
             await tunnel.close()
         await self.hooks.close()
+        self.metrics.close()
         if self.status.state != "stopped":
             self._set_status("stopped", "forwarder ended")
 
     # -- the loop --------------------------------------------------------
 
+    async def _probe(self, session: aiohttp.ClientSession) -> bool:
+        if not self.route:
+            return False
+        started = time.monotonic()
+        ok = await self.route.probe(session, self.options.health_path)
+        self.metrics.probe.observe(time.monotonic() - started)
+        return ok
+
     async def _heartbeat(self, session: aiohttp.ClientSession) -> None:
-        if self.route and await self.route.probe(session, self.options.health_path):
+        if await self._probe(session):
             if not self.healthy.is_set():
                 log.info("%s state=serving local=127.0.0.1:%d", self.route.describe(),
                          self.options.local_port)
@@ -263,7 +278,9 @@ class Forwarder:
                 continue
             old, self.route = self.route, route
             self._tell_served(old, route)
+            self.metrics.on_job(target.job_id, target.node, login, target.ends_at)
             if old:
+                self.metrics.switches.inc()
                 retiring = asyncio.ensure_future(old.retire())
                 self._retiring.add(retiring)
                 retiring.add_done_callback(self._retiring.discard)
@@ -385,10 +402,15 @@ class Forwarder:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients += 1
+        self.metrics.connections.inc()
+        self.metrics.open.inc()
+        if not self.healthy.is_set():
+            self.metrics.held.inc()
         try:
             await self._carry(reader, writer)
         finally:
             self._clients -= 1
+            self.metrics.open.dec()
             for listener in self._listeners:
                 listener.wake()
 
@@ -406,6 +428,7 @@ class Forwarder:
             if route is None:
                 self.events.note(f"client=dropped reason=no-healthy-route-within-"
                                  f"{self.options.hold_seconds:.0f}s")
+                self.metrics.failed.inc()
                 writer.close()
                 return
             try:
@@ -418,7 +441,8 @@ class Forwarder:
                           str(exc) or type(exc).__name__)
                 self._kick.set()
                 await asyncio.sleep(0.5)
-        await route.carry((reader, writer), upstream, lane)
+        self.metrics.up(len(sent))
+        await route.carry((reader, writer), upstream, lane, (self.metrics.up, self.metrics.down))
 
     async def _wait_route(self, timeout: float) -> Optional[Route]:
         if timeout <= 0:
@@ -430,6 +454,8 @@ class Forwarder:
         return self.route
 
     def _set_status(self, state: str, message: str = "") -> None:
+        if state in STATES:
+            self.metrics.state.state(state)
         if state != self.status.state:
             self.status.since = time.time()
         self.status.state, self.status.message = state, message

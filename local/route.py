@@ -109,10 +109,11 @@ class Route:
             raise
         return (reader, writer), lane
 
-    async def carry(self, client, upstream, lane: Lane) -> None:
-        """Relay one entered connection, counted so the route knows when it is idle."""
+    async def carry(self, client, upstream, lane: Lane, counts=(None, None)) -> None:
+        """Relay one entered connection, counted so the route knows when it is
+        idle; counts hear of the bytes each way (client to job, job to client)."""
         try:
-            await relay(client, upstream)
+            await relay(client, upstream, counts=counts)
         finally:
             self._left(lane)
 

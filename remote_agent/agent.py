@@ -121,7 +121,10 @@ class Agent:
                 await self._slurm(slurm.scancel_argv([successor]))
         else:
             self.publisher.save_chain(chain.ChainState(failed, state.stopped, state.reason))
-            successor_task.cancel()
+            # Let the successor's submission finish: cancelled half-way (a slow
+            # squeue on a busy login node), the chain just ended, and the guard
+            # never saw the next failure; the forwarder then restarted chains.
+            await _wait_quietly(successor_task, 60)
         self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
         if self.record is not None:
             self._publish("stopped")

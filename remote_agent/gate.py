@@ -54,11 +54,14 @@ def nodelay(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+Count = Optional[Callable[[int], None]]
+
+
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                greeting: bytes = b"") -> bool:
+                greeting: bytes = b"", count: Count = None) -> bool:
     """Copy until EOF (passed on as a half-close: True) or an error (False).
     A greeting goes out first, in one write with the first bytes if they
-    come within COALESCE."""
+    come within COALESCE. count(n) hears of every n bytes copied."""
     try:
         if greeting:
             try:
@@ -67,12 +70,16 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 first = b""
             writer.write(greeting + first)
             await writer.drain()
+            if count and first:
+                count(len(first))
         while True:
             data = await reader.read(CHUNK)
             if not data:
                 break
             writer.write(data)
             await writer.drain()
+            if count:
+                count(len(data))
         if writer.can_write_eof():
             writer.write_eof()
         return True
@@ -82,15 +89,15 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 async def relay(a: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
                 b: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                greeting: bytes = b"") -> None:
+                greeting: bytes = b"", counts: Tuple[Count, Count] = (None, None)) -> None:
     """Copy bytes both ways until both sides are done, then close both; send
     `greeting` to a before anything from b. A reset on either side ends both
     directions at once: a client must not wait forever for an answer from a
-    side that is gone."""
+    side that is gone. counts: told of the bytes a->b and b->a."""
     for _, writer in (a, b):
         nodelay(writer)
-    pumps = [asyncio.ensure_future(_pump(a[0], b[1])),
-             asyncio.ensure_future(_pump(b[0], a[1], greeting))]
+    pumps = [asyncio.ensure_future(_pump(a[0], b[1], count=counts[0])),
+             asyncio.ensure_future(_pump(b[0], a[1], greeting, counts[1]))]
     try:
         pending = set(pumps)
         while pending:

@@ -11,9 +11,11 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from helpers import Load, cli, event_sink, events, free_port, site_args, up_args, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -42,9 +44,20 @@ def recovered_by_new_job(load: Load, old: str, t0: float, timeout: float = 180) 
     return load.first_served_by(job, t0)
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The forwarder's metrics as Prometheus' own parser reads them."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
 def test_scancel_of_the_serving_job(serve, alice, report, tmp_path):
-    sink = tmp_path / "events.jsonl"
-    up = serve("f-scancel", "--on-event", event_sink(sink))
+    sink, metrics_port = tmp_path / "events.jsonl", free_port()
+    up = serve("f-scancel", "--on-event", event_sink(sink), "--metrics-port", str(metrics_port))
     with Load(up.port) as load:
         old = current_job(load)
         t0 = time.time()
@@ -57,6 +70,19 @@ def test_scancel_of_the_serving_job(serve, alice, report, tmp_path):
     told = [(e["event"], e.get("from_job"), e.get("to_job")) for e in events(sink)]
     new = load.jobs()[-1]
     assert told == [("serving", None, None), ("switched", old, new)], told
+    seen = scrape(metrics_port)
+    print(f"metrics: {sorted((k, v) for k, v in seen.items() if k.startswith('slurm_persist'))}")
+    assert seen["slurm_persist_switches_total"] == 1
+    assert seen["slurm_persist_connections_total"] >= len(load.results) > 0
+    assert seen["slurm_persist_connections_failed_total"] == 0
+    assert seen["slurm_persist_connections_open"] == 0
+    assert seen["slurm_persist_bytes_total{direction=down}"] > 0
+    assert seen["slurm_persist_bytes_total{direction=up}"] > 0
+    assert seen["slurm_persist_state{slurm_persist_state=serving}"] == 1
+    assert seen[f"slurm_persist_job_info{{job_id={new},login=login1,node="
+                f"{alice.out(f'squeue -h -j {new} -o %N')}}}"] == 1
+    assert seen["slurm_persist_slurm_calls_total"] >= 1
+    assert seen["slurm_persist_probe_seconds_count"] >= 1
 
 
 def test_server_killed_inside_the_job(serve, cluster, alice, faults, report):
