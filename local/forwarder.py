@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -34,8 +35,9 @@ from remote_agent.endpoint import Endpoint
 from remote_agent.gate import CHUNK, COALESCE
 from remote_agent.joblog import Summariser, flush_every
 from remote_agent.limits import Budget, raise_nofile
-from remote_agent.listener import Listener, tcp_socket
+from remote_agent.listener import Listener
 
+from . import sockets as local_sockets
 from .cluster import Chain
 from .hooks import Hooks
 from .metrics import STATES, Metrics
@@ -72,10 +74,11 @@ class Status:
     since: float = 0.0
     switches: int = 0
     message: str = ""
+    supervisor: int = 0  # the daemon that restarts this forwarder, if any
 
 
 class Forwarder:
-    def __init__(self, options: Options, chain: Chain):
+    def __init__(self, options: Options, chain: Chain, supervisor: int = 0):
         self.options = options
         self.chain = chain
         self.route: Optional[Route] = None
@@ -102,23 +105,21 @@ class Forwarder:
         chain.on_slurm = self.metrics.slurm_calls.inc
         self._waiting_since: Optional[float] = None  # no route since then
         self._told_near_end: set[str] = set()
-        self.status = Status(os.getpid(), options.name, options.local_port, since=time.time())
+        self.status = Status(os.getpid(), options.name, options.local_port, since=time.time(),
+                             supervisor=supervisor)
         self._status_path = state_dir(options.name) / "status.json"
 
     # -- lifecycle -------------------------------------------------------
 
-    async def listen(self) -> None:
-        """Bind the local port on loopback only; fails if it is taken."""
+    async def listen(self, sockets: Optional[list[socket.socket]] = None) -> None:
+        """Accept on sockets already listening (a supervisor's, systemd's), or
+        bind the local port on loopback only; fails if it is taken."""
         before, soft, hard = raise_nofile()
         budget = Budget.of_this_process()
         log.info("nofile_soft=%d->%d nofile_hard=%d connections_max=%d", before, soft, hard,
                  budget.connections)
         port = self.options.local_port
-        sockets = [tcp_socket("127.0.0.1", port)]
-        try:
-            sockets.append(tcp_socket("::1", port))
-        except OSError as exc:
-            log.info("listen=::1 port=%d state=skipped reason=%r", port, exc.strerror)
+        sockets = sockets or local_sockets.bind(port)
         # A client costs two descriptors here (its socket, the ssh forward's).
         room = lambda: budget.room(2 * self._clients)  # noqa: E731
         for sock in sockets:

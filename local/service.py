@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -22,7 +23,9 @@ from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed, read_status
+from . import sockets as local_sockets
 from .report import JobLine, Report, clock, duration
+from .supervisor import supervise
 from .remote import Site
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 
@@ -89,12 +92,12 @@ def prepare(options: Options) -> None:
         chain.site.close()
 
 
-async def forward(options: Options) -> None:
+async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
     """Forward until cancelled. The chain keeps running afterwards."""
-    forwarder = Forwarder(options, connect(options))
+    forwarder = Forwarder(options, connect(options), supervisor)
     try:
         try:
-            await forwarder.listen()
+            await forwarder.listen(sockets)
         except OSError as exc:  # another forwarder took the port since prepare() looked
             raise ConfigError(f"local-port {options.local_port}: {exc.strerror}; "
                               "another forwarder serves it (`slurm-persist status`)") from None
@@ -103,23 +106,26 @@ async def forward(options: Options) -> None:
         forwarder.chain.site.close()
 
 
-def _foreground(options: Options) -> int:
+def _foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
     """Forward in this process until SIGINT/SIGTERM, or until there is
-    nothing to follow (the chain stopped, or never served)."""
-    daemon.write_pid(options.name)
+    nothing to follow (the chain stopped, or never served). Sockets: a
+    supervisor's, else systemd's (LISTEN_FDS), else bound here."""
+    if not supervisor:
+        daemon.write_pid(options.name)
     try:
-        asyncio.run(_until_signal(options))
+        asyncio.run(_until_signal(options, sockets or local_sockets.from_systemd(), supervisor))
     except (ChainStopped, NeverServed) as exc:
         raise ConfigError(str(exc)) from None
     finally:
-        daemon.clear_pid(options.name)
+        if not supervisor:
+            daemon.clear_pid(options.name)
     log.info("service=%s state=forwarder-stopped (the chain keeps running; "
              "`slurm-persist down` stops it)", options.name)
     return 0
 
 
-async def _until_signal(options: Options) -> None:
-    task = asyncio.ensure_future(forward(options))
+async def _until_signal(options: Options, sockets, supervisor: int) -> None:
+    task = asyncio.ensure_future(forward(options, sockets, supervisor))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
@@ -131,22 +137,45 @@ async def _until_signal(options: Options) -> None:
 
 def _start_daemon(options: Options) -> int:
     """Detach the forwarder; come back once it serves, or say why not."""
-    pid = daemon.daemonize(options.name, lambda: _foreground(options))
+    pid = daemon.daemonize(options.name, lambda: _supervised(options))
     limit = options.max_attempts_get_server_and_port * options.delay_between_server_and_port
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         status = read_status(options.name)
-        if status and status.pid == pid and status.state == "serving":
+        if status and pid in (status.pid, status.supervisor) and status.state == "serving":
             print(f"{options.name}: serving on http://127.0.0.1:{options.local_port}/ "
                   f"(job {status.job_id} on {status.node}; forwarder pid {pid}, "
                   f"log {daemon.log_path(options.name)})")
             return 0
         if not daemon.alive(pid):
-            why = status.message if status and status.pid == pid else "see the log"
+            why = (status.message if status and pid in (status.pid, status.supervisor)
+                   else "see the log")
             raise ConfigError(f"the forwarder exited ({why}); log: {daemon.log_path(options.name)}")
         time.sleep(0.5)
     raise ConfigError(f"not serving after {limit:.0f} s; the forwarder (pid {pid}) keeps "
                       f"trying, see {daemon.log_path(options.name)}")
+
+
+def _supervised(options: Options) -> int:
+    """The daemon: own the port, keep a forwarder worker on it (supervisor.py)."""
+    daemon.write_pid(options.name)
+    try:
+        try:
+            listening = local_sockets.bind(options.local_port)
+        except OSError as exc:
+            raise ConfigError(f"local-port {options.local_port}: {exc.strerror}") from None
+        supervisor = os.getpid()
+        return supervise(listening, lambda socks: _worker(options, socks, supervisor))
+    finally:
+        daemon.clear_pid(options.name)
+
+
+def _worker(options: Options, sockets, supervisor: int) -> int:
+    try:
+        return _foreground(options, sockets, supervisor)
+    except ConfigError as exc:  # nothing to follow: said once, not restarted
+        log.error("slurm-persist: error: %s", exc)
+        return 2
 
 
 def down(options: Options) -> str:
@@ -201,10 +230,11 @@ def status(options: Options) -> Report:
 def _forwarder(pid: Optional[int], local) -> str:
     if not pid:
         return "not running"
-    if local is None or local.pid != pid:
+    if local is None or pid not in (local.pid, local.supervisor):
         return f"pid {pid}"
+    worker = f" (worker pid {local.pid}, restarted by its supervisor)" if local.supervisor else ""
     return (f"pid {pid} {local.state} since {clock(local.since)}, port {local.local_port}, "
-            f"{local.switches} switches")
+            f"{local.switches} switches{worker}")
 
 
 def _reason(home, local) -> str:

@@ -1,0 +1,51 @@
+"""The local port's listening sockets, and who made them.
+
+The forwarder binds 127.0.0.1:PORT (and ::1:PORT) itself, unless it is
+handed sockets already listening: by its supervisor (`up --daemonize`),
+which keeps them across forwarder restarts, or by systemd's socket
+activation (LISTEN_FDS). Either way the port never closes while a
+forwarder is replaced: clients wait in the kernel's backlog, none is
+refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Optional
+
+from remote_agent.listener import tcp_socket
+
+log = logging.getLogger("slurm_persist.sockets")
+
+# sd_listen_fds(3): passed sockets start at descriptor 3.
+SD_LISTEN_FDS_START = 3
+
+
+def bind(port: int) -> list[socket.socket]:
+    """127.0.0.1:port, and ::1:port where the host has IPv6."""
+    sockets = [tcp_socket("127.0.0.1", port)]
+    try:
+        sockets.append(tcp_socket("::1", port))
+    except OSError as exc:
+        log.info("listen=::1 port=%d state=skipped reason=%r", port, exc.strerror)
+    return sockets
+
+
+def from_systemd(environ: Optional[dict] = None) -> list[socket.socket]:
+    """Sockets systemd (or systemd-socket-activate) passed to this very
+    process; [] when none were. The variables are removed, as
+    sd_listen_fds(3) does, so that children do not take them as theirs."""
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(env.get("LISTEN_FDS", "0") or 0)
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets

@@ -1,0 +1,76 @@
+"""`up --daemonize`: a small supervisor that owns the local port.
+
+Seen (#19): after kill -9 of the forwarder the port refused connections
+(44 of 85 requests) until someone ran `up` again: a laptop asleep through
+a crash, or an out-of-memory kill on a team's VM, left the API dead while
+its chain ran on. Now the daemon binds the port once and runs the
+forwarder as a forked worker that inherits the sockets. A worker that
+dies is replaced at once with the same sockets, so clients queue in the
+backlog meanwhile; one that dies again within FAST seconds is replaced
+after a growing pause (0.2 s doubling to 30 s), so a bug cannot spin.
+A worker that ends because there is nothing to follow (the chain
+stopped; exit 2) or on SIGTERM (`down`) ends the supervisor too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Callable
+
+log = logging.getLogger("slurm_persist.supervisor")
+
+FAST = 10.0
+PAUSE_FIRST, PAUSE_MAX = 0.2, 30.0
+# The worker's exit codes that mean "do not replace me".
+FINAL = (0, 2)
+
+Worker = Callable[[list[socket.socket]], int]
+
+
+def supervise(sockets: list[socket.socket], worker: Worker) -> int:
+    """Run worker(sockets) in a child, again and again, until it ends for good."""
+    state = {"child": 0, "stopping": False}
+
+    def stop(signum, _frame) -> None:
+        state["stopping"] = True
+        if state["child"]:
+            os.kill(state["child"], signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    fast, restarts = 0, 0
+    while True:
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os._exit(_run(worker, sockets))
+        state["child"] = pid
+        log.info("supervisor=%d worker=%d state=started restarts=%d", os.getpid(), pid, restarts)
+        _, status = os.waitpid(pid, 0)
+        state["child"] = 0
+        code = os.waitstatus_to_exitcode(status)
+        if state["stopping"] or code in FINAL:
+            log.info("supervisor=%d worker=%d state=ended code=%d", os.getpid(), pid, code)
+            return code if code in FINAL else 0
+        fast = fast + 1 if time.monotonic() - started < FAST else 0
+        pause = min(PAUSE_FIRST * 2 ** (fast - 1), PAUSE_MAX) if fast > 1 else 0.0
+        restarts += 1
+        log.warning("supervisor=%d worker=%d state=died code=%d restart_in=%.1fs", os.getpid(),
+                    pid, code, pause)
+        time.sleep(pause)
+
+
+def _run(worker: Worker, sockets: list[socket.socket]) -> int:
+    try:
+        return worker(sockets)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # the log is the only place to say why
+        log.error("worker=%d state=crashed error=%r", os.getpid(), exc)
+        return 1

@@ -1,0 +1,60 @@
+"""The supervisor with real forked workers and a real listening socket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from local import supervisor
+from local.sockets import from_systemd
+from remote_agent.listener import tcp_socket
+
+
+def test_a_dead_worker_is_replaced_on_the_same_socket(tmp_path):
+    """Worker 1 dies (kill -9 would do the same); worker 2 answers a client
+    that connected while no worker ran; then it ends for good (exit 2)."""
+    count = tmp_path / "runs"
+    sock = tcp_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+
+    def worker(sockets):
+        runs = len(count.read_text()) if count.exists() else 0
+        count.write_text("x" * (runs + 1))
+        if runs == 0:
+            os._exit(137)
+        listening = sockets[0]
+        listening.setblocking(True)
+        conn, _ = listening.accept()
+        conn.sendall(f"worker {os.getpid()}".encode())
+        conn.close()
+        return 2
+
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)  # before any worker
+    pid = os.fork()
+    if pid == 0:
+        os._exit(supervisor.supervise([sock], worker))
+    answer = client.recv(100)
+    _, status = os.waitpid(pid, 0)
+    assert answer.startswith(b"worker ") and os.waitstatus_to_exitcode(status) == 2
+    assert count.read_text() == "xx"
+
+
+def test_systemd_sockets_are_taken_only_by_the_process_they_are_for():
+    env = {"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1"}
+    assert from_systemd(env) == [] and "LISTEN_FDS" in env
+
+
+def test_a_socket_passed_as_systemd_does_is_found_at_descriptor_3():
+    """As systemd-socket-activate starts a service: the socket at fd 3,
+    LISTEN_PID set to the service's own pid (here by the shell's exec)."""
+    sock = tcp_socket("127.0.0.1", 0)
+    script = ("from local.sockets import from_systemd; import os; "
+              "s = from_systemd(); print(s[0].getsockname()[1], 'LISTEN_FDS' in os.environ)")
+    shell = f'LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -c "{script}" 3<&{sock.fileno()}'
+    out = subprocess.run(["bash", "-c", shell], pass_fds=[sock.fileno()], capture_output=True,
+                         text=True, timeout=30, cwd=str(Path(__file__).resolve().parents[2]))
+    assert out.stdout.split() == [str(sock.getsockname()[1]), "False"], out.stderr
+    sock.close()
