@@ -28,6 +28,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from local import config, service
+from local import systemd as units
 from local.remote import ClusterError, Unreachable
 from local.sandbox import Sandbox, SandboxError
 from local.tunnel import TunnelError
@@ -140,6 +141,21 @@ def status(c, options, json=False):
     print(report.json() if json else report.text())
 
 
+@service_task(*CONNECT, "local_port", help={
+    "unit_dir": "where to write the units (default ~/.config/systemd/user)"})
+def systemd(c, options, unit_dir=None):
+    """Write a user .socket and .service unit that keep this service forwarded
+    (systemd holds the port; `up` runs in this directory, so its toml applies)."""
+    target = Path(unit_dir).expanduser() if unit_dir else Path.home() / ".config/systemd/user"
+    script = Path(sys.executable).parent / "slurm-persist"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "local.cli"]
+    for path in units.write(options, target, Path.cwd(), command):
+        print(f"wrote {path}")
+    name = units.unit_name(options)
+    print(f"then: systemctl --user daemon-reload && systemctl --user enable --now {name}.socket"
+          f"\n(and `loginctl enable-linger` so it runs without a login session)")
+
+
 @service_task(*CONNECT, help={"job": "an earlier job's id (default: the running job)",
                     "lines": "how many lines to show (default 100)",
                     "follow": "keep printing new lines until Ctrl-C"})
@@ -229,4 +245,4 @@ def faults_table(c, report=None):
 sandbox = Collection("sandbox")
 sandbox.add_task(sandbox_up, "up")
 sandbox.add_task(sandbox_down, "down")
-ns = Collection(deploy, up, status, logs, down, bench, faults_table, diagram, sandbox)
+ns = Collection(deploy, up, status, logs, down, systemd, bench, faults_table, diagram, sandbox)

@@ -28,3 +28,7 @@ def normalize(argv: list[str]) -> list[str]:
 
 def main() -> None:
     program.run(["slurm-persist", *normalize(sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    main()

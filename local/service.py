@@ -69,20 +69,22 @@ def up(options: Options) -> int:
               f"(pid {daemon.running_pid(options.name) or 'not written yet'}); "
               "`slurm-persist status` shows it")
         return 0
+    passed = local_sockets.from_systemd()  # socket activation: the port is bound already
     pid = daemon.running_pid(options.name)
     if pid:
         print(f"{options.name}: already forwarding on http://127.0.0.1:{options.local_port}/ "
               f"(pid {pid}); `slurm-persist down` stops it")
         return 0
-    prepare(options)
+    prepare(options, port_check=not passed)
     if options.daemonize:
         return _start_daemon(options)
-    return _foreground(options)
+    return _foreground(options, passed or None)
 
 
-def prepare(options: Options) -> None:
+def prepare(options: Options, port_check: bool = True) -> None:
     """Everything before forwarding: a free port, the files, one chain."""
-    check_port_free(options.local_port)
+    if port_check:
+        check_port_free(options.local_port)
     chain = connect(options)
     try:
         if options.copy:
@@ -109,11 +111,11 @@ async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
 def _foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
     """Forward in this process until SIGINT/SIGTERM, or until there is
     nothing to follow (the chain stopped, or never served). Sockets: a
-    supervisor's, else systemd's (LISTEN_FDS), else bound here."""
+    supervisor's or systemd's (LISTEN_FDS), else bound here."""
     if not supervisor:
         daemon.write_pid(options.name)
     try:
-        asyncio.run(_until_signal(options, sockets or local_sockets.from_systemd(), supervisor))
+        asyncio.run(_until_signal(options, sockets, supervisor))
     except (ChainStopped, NeverServed) as exc:
         raise ConfigError(str(exc)) from None
     finally:
