@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -22,15 +20,14 @@ from typing import Dict, List, Optional
 from . import chain, endpoint, slurm
 from .endpoint import Endpoint
 from .gate import Gate
-from .joblog import SERVER_CAP, Capped, Summariser, copy_output, flush_every, write_fd
+from .joblog import SERVER_CAP, Capped, Summariser, flush_every, write_fd
 from .publisher import Publisher, describe
 from .reverse import Reverse
+from .server import Server
 from .spec import Spec
 
 log = logging.getLogger("slurm_persist.agent")
 
-HEALTH_EVERY = 15.0
-HEALTH_FAILURES = 4
 OVERLAP_POLL = 2.0
 # Reasons to end that are SLURM's doing, not the server's fault.
 SIGNALLED = ("cancelled", "time limit near")
@@ -49,16 +46,15 @@ class Agent:
         self.events = Summariser(lambda line: self.say("%s", line))
         self.publisher = Publisher(self.service_dir, self.events)
         self.server_output = Capped(write_fd(1), SERVER_CAP, "server")
-        self.gate = Gate(self.secret, self._open_server, self.events)
-        self.server: Optional[asyncio.subprocess.Process] = None
-        self.upstream: Optional[Upstream] = None
         self._private = Path(tempfile.mkdtemp(prefix=f"slurm-persist-{job_id}-"))
+        self.server = Server(spec, self._private, None, self.server_output, self.say,
+                             lambda: self.stop_reason is not None)
+        self.gate = Gate(self.secret, self.server.open, self.events)
         self.reverse = (Reverse(spec, job_id, self._private / "gate.sock", self.say)
                         if spec.mode == "reverse" else None)
         self._reverse_task: Optional[asyncio.Future] = None
         self.gate_port: Optional[int] = None
         self.ends_at: Optional[float] = None
-        self.restarts = 0
         self.successor: Optional[str] = None
         self.record: Optional[Endpoint] = None
         self.stop_reason: Optional[str] = None
@@ -84,23 +80,24 @@ class Agent:
 
     async def _live(self) -> int:
         own = await self._own_job()
-        self.ends_at = own.end_epoch() if own else None
+        self.ends_at = self.server.ends_at = own.end_epoch() if own else None
         successor_task = asyncio.ensure_future(self._keep_successor(own))
         if not await self._open_gate():
             return await self._failed_job(successor_task)
         self._publish("starting")
-        healthy = await self._start_healthy()
+        healthy = await self.server.start_healthy()
         if not healthy and self.stop_reason in SIGNALLED:
             await self._shutdown(successor_task)
             return 0
         if not healthy:
+            self.stop_reason = self.stop_reason or self.server.failure
             return await self._failed_job(successor_task)
         # Serving ends a crash loop, not a stop: `down` may have marked the
         # chain stopped since run() began, so re-read it right before saving.
         state = chain.load(self.service_dir)
         self.publisher.save_chain(chain.ChainState(0, state.stopped, state.reason))
         self._publish("serving")
-        self.say("state=serving %s %s", self._where(), self.upstream)
+        self.say("state=serving %s %s", self._where(), self.server.upstream)
         if self.spec.listen == "tcp":
             self.say("listen=tcp warning=%r", "other users' processes on this node can "
                      "reach the server's loopback port; use listen = unix if it can")
@@ -128,7 +125,7 @@ class Agent:
         self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
         if self.record is not None:
             self._publish("stopped")
-        await self._stop_server()
+        await self.server.stop()
         await self._close_reverse()
         self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
@@ -162,7 +159,7 @@ class Agent:
             # WebSocket held a rollover for the whole drain otherwise).
             await self._release_successor(successor_task)
         left = await self.gate.drain(self.spec.drain_seconds)
-        await self._stop_server()
+        await self.server.stop()
         await self._close_reverse()
         self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
@@ -216,93 +213,8 @@ class Agent:
             await asyncio.gather(self._reverse_task, return_exceptions=True)
         await self.reverse.close()
 
-    # -- the server ------------------------------------------------------
-
-    def _open_server(self):
-        return self.upstream.open()
-
-    async def _start_healthy(self) -> bool:
-        """Start the server, restarting it on early exit, until healthy."""
-        while True:
-            if await self._start_server():
-                return True
-            if self.stop_reason or self.restarts >= self.spec.max_restarts:
-                return False
-            self.restarts += 1
-            delay = min(2 ** self.restarts, 60)
-            self.say("state=restarting restarts=%d delay=%ds", self.restarts, delay)
-            await asyncio.sleep(delay)
-
-    async def _start_server(self) -> bool:
-        self.upstream = Upstream.fresh(self.spec.listen, self._private, self.restarts)
-        env = dict(os.environ, SLURM_PERSIST_SERVICE=self.spec.name, **self.upstream.env())
-        if self.ends_at:
-            env["SLURM_PERSIST_JOB_END"] = str(self.ends_at)
-        self.say("state=starting command=%r %s", self.spec.command, self.upstream)
-        try:
-            # Its output comes through us, so that a server printing in a
-            # loop cannot fill the shared home (SERVER_CAP).
-            self.server = await asyncio.create_subprocess_exec(
-                *self.spec.command, cwd=self.spec.app_dir, env=env, start_new_session=True,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        except OSError as exc:
-            self.stop_reason = f"cannot start {self.spec.command[0]}: {exc.strerror}"
-            self.say("state=start-failed reason=%r", self.stop_reason)
-            return False
-        asyncio.ensure_future(copy_output(self.server.stdout, self.server_output))
-        deadline = time.monotonic() + self.spec.health_timeout
-        while time.monotonic() < deadline and not self.stop_reason:
-            if self.server.returncode is not None:
-                self.say("state=server-exited code=%d before-healthy", self.server.returncode)
-                return False
-            if await http_ok(self.upstream.open, self.spec.health_path):
-                return True
-            await asyncio.sleep(0.5)
-        if not self.stop_reason:
-            self.stop_reason = (f"server not healthy at {self.spec.health_path} on "
-                                f"{self.upstream} within {self.spec.health_timeout:.0f} s")
-            self.say("state=unhealthy reason=%r", self.stop_reason)
-        await self._stop_server()
-        return False
-
     async def _watch_server(self) -> None:
-        """Restart a server that exits or stops answering, a bounded number of times."""
-        failures = 0
-        while True:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.server.wait()), HEALTH_EVERY)
-                failures = HEALTH_FAILURES
-                self.say("state=server-exited code=%s", self.server.returncode)
-            except asyncio.TimeoutError:
-                ok = await http_ok(self.upstream.open, self.spec.health_path)
-                failures = 0 if ok else failures + 1
-            if failures < HEALTH_FAILURES:
-                continue
-            await self._stop_server()
-            if self.restarts >= self.spec.max_restarts:
-                return self._finish(f"server failed after {self.restarts} restarts")
-            self.restarts += 1
-            self._publish("starting")
-            if not await self._start_healthy():
-                return self._finish(f"server failed after {self.restarts} restarts")
-            self._publish("serving")
-            self.say("state=serving restarts=%d %s", self.restarts, self.upstream)
-            failures = 0
-
-    async def _stop_server(self) -> None:
-        proc, self.server = self.server, None
-        if proc is None or proc.returncode is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                await asyncio.wait_for(proc.wait(), wait)
-                return
-            except asyncio.TimeoutError:
-                continue
+        self._finish(await self.server.watch(self._publish))
 
     # -- the chain -------------------------------------------------------
 
@@ -434,54 +346,8 @@ class Agent:
                 service=self.spec.name, job_id=self.job_id, node=self.node, host=self.node,
                 state=state, started=time.time(), ends_at=self.ends_at, secret=self.secret,
                 **self._route())
-        self.record = self.record.with_state(state, restarts=self.restarts, **self._route())
+        self.record = self.record.with_state(state, restarts=self.server.restarts, **self._route())
         self.publisher.publish(self.record)
-
-
-class Upstream:
-    """Where this job's server listens. By default a Unix socket in a 0700
-    directory of this job: on a shared node, 127.0.0.1 is open to every
-    user's processes, a private socket only to ours. listen = "tcp" (for
-    servers that cannot use a socket) takes a loopback port instead."""
-
-    def __init__(self, socket_path: Optional[Path] = None, port: int = 0):
-        self.socket_path, self.port = socket_path, port
-
-    @classmethod
-    def fresh(cls, listen: str, private: Path, attempt: int) -> "Upstream":
-        if listen == "unix":
-            return cls(socket_path=private / f"server-{attempt}.sock")
-        return cls(port=_free_port())
-
-    def env(self) -> Dict[str, str]:
-        if self.socket_path:
-            return {"SLURM_PERSIST_SOCKET": str(self.socket_path)}
-        return {"HOST": "127.0.0.1", "PORT": str(self.port)}
-
-    def open(self):
-        if self.socket_path:
-            return asyncio.open_unix_connection(str(self.socket_path))
-        return asyncio.open_connection("127.0.0.1", self.port)
-
-    def __str__(self) -> str:
-        return f"server_socket={self.socket_path}" if self.socket_path else f"server_port={self.port}"
-
-
-async def http_ok(opener, path: str, timeout: float = 5.0) -> bool:
-    """True when GET path answers 2xx. Plain asyncio: the agent has no aiohttp."""
-    try:
-        reader, writer = await asyncio.wait_for(opener(), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
-        status = await asyncio.wait_for(reader.readline(), timeout)
-        parts = status.split()
-        return len(parts) >= 2 and parts[1][:1] == b"2"
-    except (OSError, asyncio.TimeoutError, ValueError):
-        return False
-    finally:
-        writer.close()
 
 
 async def _wait_quietly(task: asyncio.Future, timeout: float):
@@ -490,11 +356,3 @@ async def _wait_quietly(task: asyncio.Future, timeout: float):
     except (asyncio.TimeoutError, asyncio.CancelledError):
         task.cancel()
         return None
-
-
-def _free_port() -> int:
-    """A loopback port for the server. The server binds it itself, so a
-    collision is possible and is handled as an early exit + restart."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

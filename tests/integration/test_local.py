@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import HPC, answers, cli, free_port, get, site_args, up_args, wait_for
+from helpers import BIN, HPC, answers, cli, free_port, get, site_args, up_args, wait_for
 
 from local.sandbox import JUMP_ALIAS, JUMP_USER
 
@@ -185,3 +186,32 @@ def test_jobs_that_die_before_the_agent_are_not_replaced_for_ever(cluster, alice
     assert "module load python/9.9: no such module" in result.stderr.splitlines()[-1]
     assert result.stderr.count("state=chain-started") == 3
     assert chain_jobs(alice, "dies-early") == []
+
+
+def test_up_on_a_socket_systemd_passes(cluster, tmp_path):
+    """As systemd-socket-activate starts a service: the port already bound
+    and listening at fd 3, LISTEN_PID the service's own pid."""
+    from remote_agent.listener import tcp_socket
+    sock = tcp_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))  # before anything runs
+    args = shlex.join([BIN, *up_args(cluster, "sockact", port)])
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(["bash", "-c", f"LISTEN_PID=$$ LISTEN_FDS=1 exec {args} "
+                             f"3<&{sock.fileno()}"], pass_fds=[sock.fileno()],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    sock.close()  # the service's alone now, as with systemd
+    try:
+        client.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        client.settimeout(120)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        assert answer.split(b"\r\n")[0].endswith(b" 200 OK"), log.read_text()
+        assert answers(port) and "already in use" not in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        client.close()
+        cli("down", *site_args(cluster, "sockact"))

@@ -61,9 +61,9 @@ def test_reaching_serving_keeps_a_stop_mark_down_set_meanwhile(agent, monkeypatc
 
     # Everything around the moment of serving is SLURM's or the server's: left out.
     for name, fake in (("_own_job", nothing), ("_keep_successor", nothing), ("_open_gate", yes),
-                       ("_start_healthy", healthy_while_down_runs), ("_supervise", nothing),
-                       ("_shutdown", nothing)):
+                       ("_supervise", nothing), ("_shutdown", nothing)):
         monkeypatch.setattr(agent, name, fake)
+    monkeypatch.setattr(agent.server, "start_healthy", healthy_while_down_runs)
     monkeypatch.setattr(agent, "_install_signals", lambda: None)
     monkeypatch.setattr(agent, "_publish", lambda state: None)
     assert asyncio.run(agent.run()) == 0
