@@ -15,20 +15,20 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
-from . import chain, endpoint, slurm
+from . import chain, slurm
 from .endpoint import Endpoint
 from .gate import Gate
 from .joblog import SERVER_CAP, Capped, Summariser, flush_every, write_fd
-from .publisher import Publisher, describe
+from .publisher import Publisher
 from .reverse import Reverse
 from .server import Server
+from .successor import Successor
 from .spec import Spec
 
 log = logging.getLogger("slurm_persist.agent")
 
-OVERLAP_POLL = 2.0
 # Reasons to end that are SLURM's doing, not the server's fault.
 SIGNALLED = ("cancelled", "time limit near")
 # Reverse mode: how long a job may look for a login node to carry its socket.
@@ -55,7 +55,7 @@ class Agent:
         self._reverse_task: Optional[asyncio.Future] = None
         self.gate_port: Optional[int] = None
         self.ends_at: Optional[float] = None
-        self.successor: Optional[str] = None
+        self.keeper = Successor(spec, job_id, user, self.say, self.events)
         self.record: Optional[Endpoint] = None
         self.stop_reason: Optional[str] = None
         self._wake = asyncio.Event()
@@ -79,9 +79,9 @@ class Agent:
             self.events.flush()
 
     async def _live(self) -> int:
-        own = await self._own_job()
+        own = await self.keeper.own_job()
         self.ends_at = self.server.ends_at = own.end_epoch() if own else None
-        successor_task = asyncio.ensure_future(self._keep_successor(own))
+        successor_task = asyncio.ensure_future(self.keeper.keep(own))
         if not await self._open_gate():
             return await self._failed_job(successor_task)
         self._publish("starting")
@@ -115,7 +115,7 @@ class Agent:
             self.say("state=chain-stopped reason=%r", reason)
             successor = await _wait_quietly(successor_task, 30)
             if successor:
-                await self._slurm(slurm.scancel_argv([successor]))
+                await self.keeper.slurm(slurm.scancel_argv([successor]))
         else:
             self.publisher.save_chain(chain.ChainState(failed, state.stopped, state.reason))
             # Let the successor's submission finish: cancelled half-way (a slow
@@ -135,7 +135,7 @@ class Agent:
         """Until a signal, a handover or restarts run out."""
         watchers = [asyncio.ensure_future(self._watch_server())]
         if self.spec.overlap_minutes:
-            watchers.append(asyncio.ensure_future(self._watch_for_successor()))
+            watchers.append(asyncio.ensure_future(self._handover()))
         if self._reverse_task is not None:
             # Shielded: its ssh must outlive this, to carry the drain.
             watchers.append(asyncio.shield(self._reverse_task))
@@ -157,7 +157,7 @@ class Agent:
             # Cancelled, or the time limit near without overlap: the successor
             # starts now, beside this job's drain, not after it (a long-lived
             # WebSocket held a rollover for the whole drain otherwise).
-            await self._release_successor(successor_task)
+            await self.keeper.release(successor_task)
         left = await self.gate.drain(self.spec.drain_seconds)
         await self.server.stop()
         await self._close_reverse()
@@ -216,107 +216,9 @@ class Agent:
     async def _watch_server(self) -> None:
         self._finish(await self.server.watch(self._publish))
 
-    # -- the chain -------------------------------------------------------
-
-    async def _own_job(self) -> Optional[slurm.Job]:
-        try:
-            jobs = await self._squeue(job_id=self.job_id)
-        except slurm.SlurmUnknown as exc:
-            self.say("slurm=unknown query=own-job error=%r", str(exc))
-            return None
-        return jobs[0] if jobs else None
-
-    async def _keep_successor(self, own: Optional[slurm.Job]) -> Optional[str]:
-        """Make sure exactly one later job of this chain is queued.
-
-        A job with a higher id than ours is a successor (ids only grow); lower
-        ids are predecessors still draining. An unknown answer is retried,
-        never taken as "none", and a failed sbatch is followed by a fresh
-        look before any second try, since it may have gone through.
-        """
-        delay = 5.0
-        while True:
-            if chain.load(self.service_dir).stopped:
-                return None
-            try:
-                jobs = await self._squeue(job_name=self.spec.job_name)
-                self._clean_stale_records(jobs)
-                later = [j.job_id for j in jobs if int(j.job_id) > int(self.job_id)]
-                if later:
-                    self.successor = later[0]
-                    self.say("successor=%s state=queued", ",".join(later))
-                    return self.successor
-                self.successor = await self._sbatch(self._dependency(own))
-                self.say("successor=%s state=submitted", self.successor)
-                return self.successor
-            except slurm.SlurmUnknown as exc:
-                self.say("slurm=unknown action=successor retry_in=%.0fs error=%r", delay, str(exc))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 120.0)
-
-    def _dependency(self, own: Optional[slurm.Job]) -> str:
-        limit = own.limit_minutes() if own else None
-        if self.spec.overlap_minutes and limit:
-            return slurm.after_start(self.job_id, limit - self.spec.overlap_minutes)
-        return slurm.after_any(self.job_id)
-
-    async def _release_successor(self, successor_task: asyncio.Future) -> None:
-        """When cancelled, let the queued successor start now, not at the
-        next scheduler pass; never for a chain that `down` stopped."""
-        if chain.load(self.service_dir).stopped or not successor_task.done():
-            return
-        successor = successor_task.result()
-        if successor:
-            await self._slurm(slurm.release_argv(successor))
-            self.say("successor=%s state=released", successor)
-
-    async def _watch_for_successor(self) -> None:
-        """Overlap mode: once a later job serves, hand over and end."""
-        while True:
-            await asyncio.sleep(OVERLAP_POLL)
-            for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
-                if not path.stem.isdigit() or int(path.stem) <= int(self.job_id):
-                    continue
-                try:
-                    newer = endpoint.read(path)
-                except endpoint.EndpointError:
-                    continue
-                if newer.state == "serving":
-                    self.say("successor=%s state=serving handover_in=%.0fs", newer.job_id,
-                             self.spec.drain_seconds)
-                    # Keep accepting while forwarders notice the new endpoint.
-                    await asyncio.sleep(self.spec.drain_seconds)
-                    return self._finish("handed over")
-
-    def _clean_stale_records(self, active: List[slurm.Job]) -> None:
-        alive = {j.job_id for j in active} | {self.job_id}
-        for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
-            # Only job records: a .tmp-*.json is another job's write in flight.
-            # Its own job may remove a record first (overlap): no error then.
-            if path.stem.isdigit() and path.stem not in alive:
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError as exc:  # harmless left behind: readers trust running jobs only
-                    self.events.note("record=unremovable", f"job={path.stem} {describe(exc)}")
-                    continue
-                self.say("record=%s state=removed-stale", path.stem)
-
-    async def _squeue(self, **query) -> List[slurm.Job]:
-        rc, out, err = await self._slurm(slurm.squeue_argv(self.user, **query))
-        return slurm.interpret_squeue(rc, out, err)
-
-    async def _sbatch(self, dependency: str) -> str:
-        rc, out, err = await self._slurm(slurm.sbatch_argv(self.spec, dependency))
-        return slurm.parse_sbatch(rc, out, err)
-
-    async def _slurm(self, argv: List[str]):
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
-        except (OSError, asyncio.TimeoutError) as exc:
-            return 255, "", f"{argv[0]}: {exc}"
-        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    async def _handover(self) -> None:
+        await self.keeper.watch_for_serving()
+        self._finish("handed over")
 
     # -- signals and records ---------------------------------------------
 

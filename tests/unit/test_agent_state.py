@@ -35,7 +35,7 @@ def test_stale_records_go_but_another_jobs_temp_file_stays(agent):
     folder = records(agent)
     for name in ("12.json", "20.json", "21.json", ".tmp-k3j9x.json"):
         (folder / name).write_text("{}")
-    agent._clean_stale_records([job("20"), job("21")])
+    agent.keeper.clean_stale([job("20"), job("21")])
     assert sorted(p.name for p in folder.iterdir()) == [".tmp-k3j9x.json", "20.json", "21.json"]
 
 
@@ -43,7 +43,7 @@ def test_a_record_removed_meanwhile_by_its_own_job_is_no_error(agent, monkeypatc
     folder = records(agent)
     # The other job's own endpoint.remove wins the race between glob and unlink.
     monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([folder / "12.json"]))
-    agent._clean_stale_records([job("20")])
+    agent.keeper.clean_stale([job("20")])
 
 
 def test_reaching_serving_keeps_a_stop_mark_down_set_meanwhile(agent, monkeypatch):
@@ -60,9 +60,10 @@ def test_reaching_serving_keeps_a_stop_mark_down_set_meanwhile(agent, monkeypatc
         return True
 
     # Everything around the moment of serving is SLURM's or the server's: left out.
-    for name, fake in (("_own_job", nothing), ("_keep_successor", nothing), ("_open_gate", yes),
-                       ("_supervise", nothing), ("_shutdown", nothing)):
+    for name, fake in (("_open_gate", yes), ("_supervise", nothing), ("_shutdown", nothing)):
         monkeypatch.setattr(agent, name, fake)
+    monkeypatch.setattr(agent.keeper, "own_job", nothing)
+    monkeypatch.setattr(agent.keeper, "keep", nothing)
     monkeypatch.setattr(agent.server, "start_healthy", healthy_while_down_runs)
     monkeypatch.setattr(agent, "_install_signals", lambda: None)
     monkeypatch.setattr(agent, "_publish", lambda state: None)

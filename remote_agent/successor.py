@@ -1,0 +1,121 @@
+"""The successor keeper: exactly one later job of the chain queued, released
+when this one ends early, watched for its taking over (overlap).
+
+A job with a higher id than ours is a successor (ids only grow); lower ids
+are predecessors still draining. An unknown answer from SLURM is retried,
+never taken as "none", and a failed sbatch is followed by a fresh look
+before any second try, since it may have gone through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, List, Optional
+
+from . import chain, endpoint, slurm
+from .joblog import Summariser
+from .publisher import describe
+from .spec import Spec
+
+# Overlap: how often to look for a successor's serving record.
+OVERLAP_POLL = 2.0
+
+
+class Successor:
+    def __init__(self, spec: Spec, job_id: str, user: str, say: Callable[..., None],
+                 events: Summariser):
+        self.spec, self.job_id, self.user, self.say, self.events = spec, job_id, user, say, events
+        self.service_dir = spec.service_path
+
+    async def own_job(self) -> Optional[slurm.Job]:
+        try:
+            jobs = await self._squeue(job_id=self.job_id)
+        except slurm.SlurmUnknown as exc:
+            self.say("slurm=unknown query=own-job error=%r", str(exc))
+            return None
+        return jobs[0] if jobs else None
+
+    async def keep(self, own: Optional[slurm.Job]) -> Optional[str]:
+        """The successor's job id once one is queued; None for a stopped chain."""
+        delay = 5.0
+        while True:
+            if chain.load(self.service_dir).stopped:
+                return None
+            try:
+                jobs = await self._squeue(job_name=self.spec.job_name)
+                self.clean_stale(jobs)
+                later = [j.job_id for j in jobs if int(j.job_id) > int(self.job_id)]
+                if later:
+                    self.say("successor=%s state=queued", ",".join(later))
+                    return later[0]
+                successor = await self._sbatch(self._dependency(own))
+                self.say("successor=%s state=submitted", successor)
+                return successor
+            except slurm.SlurmUnknown as exc:
+                self.say("slurm=unknown action=successor retry_in=%.0fs error=%r", delay, str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 120.0)
+
+    def _dependency(self, own: Optional[slurm.Job]) -> str:
+        limit = own.limit_minutes() if own else None
+        if self.spec.overlap_minutes and limit:
+            return slurm.after_start(self.job_id, limit - self.spec.overlap_minutes)
+        return slurm.after_any(self.job_id)
+
+    async def release(self, keeping: asyncio.Future) -> None:
+        """Let the queued successor start now, not at the next scheduler
+        pass; never for a chain that `down` stopped."""
+        if chain.load(self.service_dir).stopped or not keeping.done():
+            return
+        successor = keeping.result()
+        if successor:
+            await self.slurm(slurm.release_argv(successor))
+            self.say("successor=%s state=released", successor)
+
+    async def watch_for_serving(self) -> None:
+        """Overlap: returns once a later job serves, and forwarders have had
+        drain_seconds to notice it while this job still accepts."""
+        while True:
+            await asyncio.sleep(OVERLAP_POLL)
+            for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
+                if not path.stem.isdigit() or int(path.stem) <= int(self.job_id):
+                    continue
+                try:
+                    newer = endpoint.read(path)
+                except endpoint.EndpointError:
+                    continue
+                if newer.state == "serving":
+                    self.say("successor=%s state=serving handover_in=%.0fs", newer.job_id,
+                             self.spec.drain_seconds)
+                    await asyncio.sleep(self.spec.drain_seconds)
+                    return
+
+    def clean_stale(self, active: List[slurm.Job]) -> None:
+        alive = {j.job_id for j in active} | {self.job_id}
+        for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
+            # Only job records: a .tmp-*.json is another job's write in flight.
+            # Its own job may remove a record first (overlap): no error then.
+            if path.stem.isdigit() and path.stem not in alive:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # harmless left behind: readers trust running jobs only
+                    self.events.note("record=unremovable", f"job={path.stem} {describe(exc)}")
+                    continue
+                self.say("record=%s state=removed-stale", path.stem)
+
+    async def _squeue(self, **query) -> List[slurm.Job]:
+        rc, out, err = await self.slurm(slurm.squeue_argv(self.user, **query))
+        return slurm.interpret_squeue(rc, out, err)
+
+    async def _sbatch(self, dependency: str) -> str:
+        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency))
+        return slurm.parse_sbatch(rc, out, err)
+
+    async def slurm(self, argv: List[str]):
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return 255, "", f"{argv[0]}: {exc}"
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
