@@ -22,7 +22,7 @@ from remote_agent.spec import Spec, check_cluster_path
 
 from .conditions import Home
 from .config import Options
-from .remote import ClusterError, Site
+from .remote import ClusterError, Result, Site
 
 log = logging.getLogger("slurm_persist.cluster")
 
@@ -83,6 +83,15 @@ def _parse_show(data: dict) -> Snapshot:
     return Snapshot(state, records, errors)
 
 
+def _failed_here(result: Result) -> bool:
+    """For queries and scancel (harmless twice): ask another login node."""
+    return slurm.failed_on_node(result.returncode, result.stderr)
+
+
+def _not_submitted_here(result: Result) -> bool:
+    return slurm.failed_on_node(result.returncode, result.stderr, query=False)
+
+
 class Chain:
     def __init__(self, site: Site, options: Options):
         self.site = site
@@ -126,7 +135,8 @@ class Chain:
         if not self._user:
             self._user = self.site.run(["id", "-un"]).stdout.strip()
         self.on_slurm()
-        result = self.site.run(slurm.squeue_argv(self._user, job_name=self.options.job_name))
+        result = self.site.run(slurm.squeue_argv(self._user, job_name=self.options.job_name),
+                               elsewhere=_failed_here)
         jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
         return sorted(jobs, key=lambda j: int(j.job_id))
 
@@ -196,7 +206,7 @@ class Chain:
             return jobs[0].job_id, False
         self.agent("reset")
         self.on_slurm()
-        result = self.site.run(slurm.sbatch_argv(self.spec()))
+        result = self.site.run(slurm.sbatch_argv(self.spec()), elsewhere=_not_submitted_here)
         job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         log.info("service=%s job=%s state=chain-started", self.options.name, job_id)
         return job_id, True
@@ -214,7 +224,7 @@ class Chain:
             order = [j.job_id for j in jobs if not j.running] + [j.job_id for j in jobs if j.running]
             fresh = [j for j in order if j not in cancelled]
             if fresh:
-                self.site.run(slurm.scancel_argv(fresh))
+                self.site.run(slurm.scancel_argv(fresh), elsewhere=_failed_here)
                 cancelled += fresh
             time.sleep(1)
         raise ClusterError(f"jobs still queued after {timeout:.0f} s: "

@@ -73,13 +73,33 @@ class Site:
         self.current: Optional[str] = None
 
     def run(self, argv: Sequence[str], stdin: Optional[str] = None,
-            timeout: float = COMMAND_TIMEOUT) -> Result:
+            timeout: float = COMMAND_TIMEOUT,
+            elsewhere: Optional[Callable[[Result], bool]] = None) -> Result:
         """Run argv (quoted here, once) on a login node; fail over on SSH errors.
         A command that outlives timeout comes back as exit status 124: SLURM
         commands hang for minutes when the controller is gone, and a caller
-        must see "no answer", not wait."""
+        must see "no answer", not wait. When elsewhere(result) says the node
+        itself failed the command (its munged is dead, say), each other node
+        is tried once; if all fail so, the last answer is returned."""
         command = shlex.join(argv)
-        return self._on_any(lambda host: self._run_on(host, command, stdin, timeout))
+
+        def run_on(host: str) -> Result:
+            return self._run_on(host, command, stdin, timeout)
+        result = self._on_any(run_on)
+        tried = {result.host}
+        while elsewhere is not None and elsewhere(result):
+            log.warning("login=%s state=command-failed-here command=%s error=%r", result.host,
+                        argv0(command), result.stderr.strip()[-200:])
+            self.failed(result.host)  # later commands, too, try another node first
+            rest = [host for host in self.order() if host not in tried]
+            if not rest:
+                break
+            try:
+                result = self._on_hosts(rest, run_on)
+            except Unreachable:  # the others are down: this node's answer stands
+                break
+            tried.add(result.host)
+        return result
 
     def run_at(self, host: str, argv: Sequence[str]) -> Result:
         """Run argv on this login node only: for what differs between them."""

@@ -137,6 +137,12 @@ class Faults:
     def kill(self, service: str, pattern: str, signal: str = "KILL") -> None:
         self.cluster.exec(service, "pkill", f"-{signal}", "-f", pattern, check=False)
 
+    def kill_munged(self, service: str) -> None:
+        """SLURM commands on that host then fail with "Munge encode failed"."""
+        self.cluster.exec(service, "pkill", "-x", "munged", check=False)
+        self._undo.append(["docker", "exec", self.cluster.container(service),
+                           "runuser", "-u", "munge", "--", "munged", "--force"])
+
     def restore(self) -> None:
         for cmd in reversed(self._undo):
             subprocess.run(cmd, capture_output=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -54,6 +55,32 @@ def test_login1_lost_while_serving(start_up, faults, mode):
     wait_for("service back through login2", lambda: "login=login2 state=serving"
              in up.log.read_text() and answers(up.port), timeout=90)
     assert get(up.port, "/echo", data=b"still here") == (200, b"still here")
+
+
+def test_munged_dead_on_login1_slurm_answers_from_login2(start_up, cluster, alice, faults):
+    """squeue on login1 fails there alone ("Munge encode failed"): status
+    and the forwarder ask login2 instead of waiting on "unknown"."""
+    up = start_up("munge")
+    up.wait_serving()
+    jobs = wait_for("a running job and its successor", lambda: len(j := chain_jobs(
+        alice, "munge")) == 2 and {state: job for job, state in (x.split(":") for x in j)})
+    faults.kill_munged("login1")
+    wait_for("squeue failing on login1", lambda: "Munge encode failed" in alice.run(
+        "squeue -h", host="login1", check=False).stderr, timeout=20)
+    status = cli("status", *site_args(cluster, "munge"))
+    assert status.returncode == 0, status.stderr
+    rows = dict(line.split(None, 1) for line in status.stdout.splitlines())
+    assert rows["chain"] == " ".join(sorted(f"{i}:{s}" for s, i in jobs.items())), rows
+    assert "login=login1 state=command-failed-here command=squeue" in status.stderr
+    cancelled = time.monotonic()
+    cluster.exec("slurmctld", "scancel", jobs["RUNNING"])
+    served = re.compile(rf"job={jobs['PENDING']} node=\S+ login=\S+ state=serving")
+    wait_for("the successor served", lambda: served.search(up.log.read_text())
+             and answers(up.port), timeout=60, every=0.2)
+    took = time.monotonic() - cancelled
+    log = up.log.read_text()
+    assert "slurm=unknown" not in log and "state=command-failed-here" in log, log
+    assert took <= 10, f"the successor was served {took:.1f} s after the scancel"
 
 
 def test_a_switch_drops_the_old_forward(start_up, alice):

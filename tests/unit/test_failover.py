@@ -6,6 +6,7 @@ import pytest
 
 from local import remote
 from local.config import Options
+from remote_agent import slurm
 
 
 @pytest.fixture
@@ -112,3 +113,42 @@ def test_a_failover_leaves_no_jumphost_connection_open(jumped):
     site.close()
     assert [c.host for c in opened if c.is_connected] == []
     assert [c.host for c in opened if c.host == "jump"] == ["jump", "jump"]
+
+
+MUNGE = "squeue: error: Munge encode failed: (Did you start munged?)\nProtocol authentication error"
+
+
+def answers(site, monkeypatch, said: dict, tried: list):
+    """Each login node answers a command as said names it (exit status, stderr)."""
+    def run_on(host, command, stdin, timeout):
+        tried.append(host)
+        returncode, stderr = said[host]
+        return remote.Result(returncode, "" if returncode else "12|...", stderr, host)
+    monkeypatch.setattr(site, "_run_on", run_on)
+
+
+def local_fault(result):
+    return slurm.failed_on_node(result.returncode, result.stderr)
+
+
+def test_a_command_failing_for_a_reason_of_its_node_is_run_on_the_next(site, monkeypatch):
+    tried = []
+    answers(site, monkeypatch, {"login1": (1, MUNGE), "login2": (0, ""), "login3": (0, "")}, tried)
+    result = site.run(["squeue"], elsewhere=local_fault)
+    assert (result.host, result.returncode, tried) == ("login2", 0, ["login1", "login2"])
+    assert site.order() == ["login2", "login3", "login1"]
+
+
+def test_slurms_own_answer_is_not_asked_again_elsewhere(site, monkeypatch):
+    tried = []
+    answers(site, monkeypatch, {"login1": (1, "Invalid job id specified")}, tried)
+    assert site.run(["scancel", "9"], elsewhere=local_fault).returncode == 1
+    assert tried == ["login1"]
+
+
+def test_when_every_node_fails_so_the_last_answer_comes_back(site, monkeypatch):
+    tried = []
+    answers(site, monkeypatch, {h: (1, MUNGE) for h in ("login1", "login2", "login3")}, tried)
+    result = site.run(["squeue"], elsewhere=local_fault)
+    assert result.returncode == 1 and "Munge" in result.stderr
+    assert tried == ["login1", "login2", "login3"]
