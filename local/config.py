@@ -219,7 +219,13 @@ def check_port_free(port: int) -> None:
 
 def state_dir(name: str) -> Path:
     """Local runtime files of one service: pid, log, control sockets."""
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    path = Path(base) / "slurm-persist" / "services" / name
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    path.mkdir(parents=True, exist_ok=True)  # the user's own: its mode is theirs to choose
+    # Pid, status and logs name the service and its cluster: each level ours
+    # alone, also when an older version made it 0755.
+    for part in ("slurm-persist", "services", name):
+        path = path / part
+        path.mkdir(mode=0o700, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o700)
     return path

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -29,15 +30,29 @@ class TunnelError(RuntimeError):
 
 def runtime_dir(name: str) -> Path:
     """A private directory for sockets; short, since socket paths are limited.
-    One that someone else owns or can enter is refused, not repaired."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"slurm-persist-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    st = base.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise TunnelError(f"{base} is not a directory private to you; remove it and try again")
+    In XDG_RUNTIME_DIR (the user's alone), one that someone else owns or can
+    enter is refused, not repaired. Without it, in the temp dir every user
+    shares, another user may have taken the name first: then a fresh one."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(xdg or tempfile.gettempdir()) / f"slurm-persist-{os.getuid()}"
+    try:
+        base.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    if not _private(base):
+        if xdg:
+            raise TunnelError(f"{base} is not a directory private to you; remove it and try again")
+        taken = base
+        base = Path(tempfile.mkdtemp(prefix=f"{taken.name}-"))
+        log.warning("runtime=%s state=not-private using=%s", taken, base)
     path = base / name
     path.mkdir(mode=0o700, exist_ok=True)
     return path
+
+
+def _private(folder: Path) -> bool:
+    st = folder.lstat()  # lstat: a link to someone else's directory is not ours
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def ssh_base(options: Options) -> list[str]:

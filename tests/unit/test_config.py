@@ -1,4 +1,5 @@
 import logging
+import os
 import socket
 
 import pytest
@@ -105,3 +106,19 @@ def test_debug_from_the_file_or_the_flag(tmp_path, monkeypatch, root_logging, te
         seen.append((options.debug, logging.getLogger().level))
     probe(Context(), name=None, debug=flag)
     assert seen == [(level == logging.DEBUG, level)]
+
+
+def test_state_dirs_are_private_even_if_made_loose_before(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    (tmp_path / "slurm-persist" / "services").mkdir(parents=True, mode=0o755)
+    os.chmod(tmp_path / "slurm-persist", 0o755)
+    path = config.state_dir("svc")
+    for folder in (path, path.parent, path.parent.parent):
+        assert os.stat(folder).st_mode & 0o777 == 0o700, folder
+
+
+def test_state_dirs_made_fresh_are_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    path = config.state_dir("svc")
+    for folder in (path, path.parent, path.parent.parent):
+        assert os.stat(folder).st_mode & 0o777 == 0o700, folder

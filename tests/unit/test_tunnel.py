@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 
@@ -29,3 +30,33 @@ def test_ssh_command_keeps_host_key_checking():
     assert argv == ["ssh", "-F", "/etc/ssh/ssh_config", "-J", "svc@jump", "-l", "alice",
                     "-o", "BatchMode=yes"]
     assert not any("StrictHostKeyChecking" in a for a in argv)
+
+
+@pytest.fixture
+def no_runtime_dir(tmp_path, monkeypatch):
+    """No XDG_RUNTIME_DIR: the fallback lives in a temp dir shared by all users."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path / f"slurm-persist-{os.getuid()}"
+
+
+def test_without_xdg_runtime_dir_a_private_dir_in_tmp(no_runtime_dir):
+    assert tunnel.runtime_dir("svc") == no_runtime_dir / "svc"
+    assert os.stat(no_runtime_dir).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("squatted", ["loose", "symlink"])
+def test_a_name_taken_first_in_tmp_is_passed_by(no_runtime_dir, tmp_path, squatted):
+    """Another user may create /tmp/slurm-persist-<uid> first (a dir they
+    own, or a link to theirs): never used, and no reason to stop."""
+    if squatted == "loose":
+        no_runtime_dir.mkdir(mode=0o777)
+        os.chmod(no_runtime_dir, 0o777)
+    else:
+        (tmp_path / "theirs").mkdir()
+        no_runtime_dir.symlink_to(tmp_path / "theirs")
+    path = tunnel.runtime_dir("svc")
+    assert path.parent.parent == tmp_path and path.parent != no_runtime_dir
+    assert path.parent.name.startswith(f"slurm-persist-{os.getuid()}-")
+    assert os.lstat(path.parent).st_mode & 0o777 == 0o700
+    assert not (tmp_path / "theirs" / "svc").exists()
