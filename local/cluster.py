@@ -84,12 +84,8 @@ def _parse_show(data: dict) -> Snapshot:
 
 
 def _failed_here(result: Result) -> bool:
-    """For queries and scancel (harmless twice): ask another login node."""
+    """Ask another login node: the request never reached SLURM (see slurm.failed_on_node)."""
     return slurm.failed_on_node(result.returncode, result.stderr)
-
-
-def _not_submitted_here(result: Result) -> bool:
-    return slurm.failed_on_node(result.returncode, result.stderr, query=False)
 
 
 class Chain:
@@ -206,7 +202,7 @@ class Chain:
             return jobs[0].job_id, False
         self.agent("reset")
         self.on_slurm()
-        result = self.site.run(slurm.sbatch_argv(self.spec()), elsewhere=_not_submitted_here)
+        result = self.site.run(slurm.sbatch_argv(self.spec()), elsewhere=_failed_here)
         job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         log.info("service=%s job=%s state=chain-started", self.options.name, job_id)
         return job_id, True

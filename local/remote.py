@@ -88,8 +88,9 @@ class Site:
         result = self._on_any(run_on)
         tried = {result.host}
         while elsewhere is not None and elsewhere(result):
+            name = next((a for a in argv if a != "env" and "=" not in a), argv[0])
             log.warning("login=%s state=command-failed-here command=%s error=%r", result.host,
-                        argv0(command), result.stderr.strip()[-200:])
+                        name, result.stderr.strip()[-200:])
             self.failed(result.host)  # later commands, too, try another node first
             rest = [host for host in self.order() if host not in tried]
             if not rest:

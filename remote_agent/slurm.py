@@ -117,22 +117,17 @@ def interpret_ended(returncode: int, stdout: str, stderr: str) -> Optional[Job]:
 # same way), its way to the controller broken (connect failure, name
 # resolution), no SLURM client there. The controller acted on nothing, so
 # another login node may answer, and even an sbatch may be tried there.
+# Not a time-out: that is mostly a controller slow or gone for every node,
+# and asking each node in turn would multiply the wait before "unknown".
 _NOT_ACTED_ON = re.compile(r"Munge encode failed|authentication error|Unable to contact slurm "
                            r"controller|Unable to resolve|Unable to establish control machine "
                            r"address|command not found")
 NOT_FOUND = 127  # the shell's "command not found"
-TIMED_OUT = 124  # timeout(1)'s status, which local.remote gives a command it cut off
 
 
-def failed_on_node(returncode: int, stderr: str, query: bool = True) -> bool:
-    """Whether a failed command may succeed on another login node. A query
-    that got no answer in time counts too (a node whose DNS hangs looks like
-    that); a submission does not, since it may have gone through."""
-    if returncode == 0:
-        return False
-    if returncode == NOT_FOUND or _NOT_ACTED_ON.search(stderr):
-        return True
-    return query and (returncode == TIMED_OUT or "timed out" in stderr)
+def failed_on_node(returncode: int, stderr: str) -> bool:
+    """Whether a failed command may succeed on another login node."""
+    return returncode != 0 and (returncode == NOT_FOUND or bool(_NOT_ACTED_ON.search(stderr)))
 
 
 def sbatch_argv(spec: Spec, dependency: Optional[str] = None) -> List[str]:
