@@ -138,9 +138,11 @@ class Chain:
 
     def ended(self, job_id: str) -> Optional[slurm.Job]:
         """SLURM's last record of a job that may have ended; None once forgotten."""
+        if not self._user:
+            self._user = self.site.run(["id", "-un"]).stdout.strip()
         self.on_slurm()
-        result = self.site.run(slurm.squeue_argv(self._user or self.site.run(["id", "-un"]).stdout.strip(),
-                                                 job_id=job_id, ended=True))
+        result = self.site.run(slurm.squeue_argv(self._user, job_id=job_id, ended=True),
+                               elsewhere=_failed_here)
         return slurm.interpret_ended(result.returncode, result.stdout, result.stderr)
 
     def home(self) -> Optional[Home]:
