@@ -187,11 +187,13 @@ class Chain:
         the service dir's lock, so that concurrent `up`s start one chain."""
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         locked = self.agent("lock", owner)
-        if locked.returncode != 0:
-            raise ClusterError(locked.stderr.strip().splitlines()[-1] if locked.returncode == 2
-                               and locked.stderr.strip() else
-                               f"another `up` of {self.options.name} held its lock on the "
+        if locked.returncode == 3:
+            raise ClusterError(f"another `up` of {self.options.name} held its lock on the "
                                f"cluster for 60 s; try again")
+        if locked.returncode != 0:
+            said = locked.stderr.strip().splitlines()[-1:] or [f"exit {locked.returncode}"]
+            raise ClusterError(f"taking the lock of {self.options.name} on the cluster "
+                               f"failed: {said[0][:300]}")
         try:
             return self._find_or_start()
         finally:

@@ -82,11 +82,11 @@ def check(service_dir: Path) -> int:
 
 
 def lock(service_dir: Path, owner: str) -> int:
-    """Exit 0 holding the lock, 1 when another held it for LOCK_WAIT seconds."""
+    """Exit 0 holding the lock, 3 when another held it for LOCK_WAIT seconds."""
     if not service_dir.is_dir():
         print(f"no service dir {service_dir}: deploy first", file=sys.stderr)
         return 2
-    return 0 if locking.acquire(service_dir, owner, LOCK_WAIT) else 1
+    return 0 if locking.acquire(service_dir, owner, LOCK_WAIT) else LOCK_HELD
 
 
 def unlock(service_dir: Path, owner: str) -> int:
@@ -108,6 +108,7 @@ COMMANDS = {"job": job, "show": show, "stop": stop, "reset": reset, "check": che
 LOCKING = {"lock": lock, "unlock": unlock}
 # How long `up` waits for another `up` of the same service to find or start the chain.
 LOCK_WAIT = 60.0
+LOCK_HELD = 3
 
 
 def main(argv=None) -> int:
