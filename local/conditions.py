@@ -11,6 +11,7 @@ chain that ended for the service's own reasons counts towards the guard.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -19,6 +20,10 @@ from remote_agent import slurm
 
 if TYPE_CHECKING:
     from .cluster import Chain
+    from .config import Options
+    from .hooks import Hooks
+
+log = logging.getLogger("slurm_persist.conditions")
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 1800.0
@@ -62,6 +67,20 @@ def judge(home: Optional[Home], job: Optional[slurm.Job], said: str) -> Verdict:
         return Verdict(True, f"job {job.job_id} ended {job.state} on {job.node or '?'} "
                              f"(a cluster failure, not the service's)")
     return Verdict(False, said)
+
+
+@dataclass
+class Served:
+    """Whether the service has served: what recovery decides by."""
+
+    attempts: int = 0              # recoveries since the forwarder started
+    ever: bool = False             # a route answered once, since the start
+    since_chain_start: bool = False  # ... since the last chain started here
+    unserved_chains: int = 0       # chains in a row that ended without serving
+
+    def served(self) -> None:
+        self.ever = self.since_chain_start = True
+        self.unserved_chains = 0
 
 
 class Backoff:
@@ -114,3 +133,47 @@ class Conditions:
             home = await asyncio.to_thread(self.chain.home)
             if home is not None and home.writable:
                 return
+
+
+class ChainStopped(Exception):
+    """The chain was stopped (by down or the crash-loop guard): nothing to follow."""
+
+
+class Starter:
+    """SLURM says for certain that no job is left: start a chain, unless the
+    last ones ended without serving. Jobs that die before their agent runs
+    (a broken sbatch script, an option SLURM refuses at run time) escape the
+    agent's crash-loop guard and would otherwise be replaced every few
+    seconds, for ever. A chain the cluster ended (a full home, a failed
+    node) is no fault of the service: waited out."""
+
+    def __init__(self, options: "Options", chain: "Chain", served: Served, hooks: "Hooks"):
+        self.options, self.chain, self.served, self.hooks = options, chain, served, hooks
+        self.conditions = Conditions(chain)
+        self.started_job: Optional[str] = None  # the last chain started here
+
+    async def start(self, set_status) -> None:
+        if not self.served.since_chain_start:
+            verdict = await asyncio.to_thread(self.conditions.why_unserved, self.started_job)
+            if verdict.cluster:
+                await self._wait_out(verdict, set_status)
+            else:
+                self.served.unserved_chains += 1
+            if self.served.unserved_chains >= self.options.crash_loop_jobs:
+                reason = (f"{self.served.unserved_chains} chains in a row ended without serving; "
+                          f"not starting another. The last, job {self.started_job}: "
+                          f"{verdict.reason}")
+                set_status("stopped", reason)
+                log.error("service=%s state=chain-not-restarted reason=%r", self.options.name,
+                          reason)
+                self.hooks.emit("chain-stopped", reason=reason)
+                raise ChainStopped(reason)
+        self.started_job, _ = await asyncio.to_thread(self.chain.ensure)
+        self.served.since_chain_start = False
+
+    async def _wait_out(self, verdict: Verdict, set_status) -> None:
+        delay = self.conditions.backoff.next()
+        set_status("waiting", f"cluster condition: {verdict.reason}; next chain in {delay:.0f} s")
+        log.warning("service=%s state=cluster-condition retry_in=%.0fs reason=%r",
+                    self.options.name, delay, verdict.reason)
+        await self.conditions.wait_out(delay, verdict)

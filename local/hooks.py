@@ -94,3 +94,28 @@ class Hooks:
         except asyncio.TimeoutError:
             log.warning("hook=unsent events=%d", self._queue.qsize())
         self._task.cancel()
+
+
+class Announcer:
+    """Which events the forwarder's moments make: serving or switched when
+    a route is taken, waiting once per outage that lasts alert seconds."""
+
+    def __init__(self, hooks: Hooks, alert: float):
+        self.hooks, self.alert = hooks, alert
+        self._waiting_since: Optional[float] = None  # no route since then
+        self._told = False
+
+    def served(self, old_job: Optional[str], job: str, node: str, login: str) -> None:
+        if old_job is None:
+            self.hooks.emit("serving", job=job, node=node, login=login)
+        elif old_job != job:
+            self.hooks.emit("switched", from_job=old_job, to_job=job, node=node, login=login)
+        self._waiting_since, self._told = None, False
+
+    def waiting(self, message: str) -> None:
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif not self._told and now - self._waiting_since >= self.alert:
+            self.hooks.emit("waiting", seconds=round(now - self._waiting_since), message=message)
+            self._told = True

@@ -22,9 +22,10 @@ from . import daemon
 from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
-from .forwarder import ChainStopped, Forwarder, NeverServed, read_status
+from .forwarder import ChainStopped, Forwarder, NeverServed
 from . import sockets as local_sockets
 from .report import JobLine, Report, clock, duration
+from .status_file import read_status
 from .supervisor import supervise
 from .remote import Site
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox

@@ -63,7 +63,7 @@ async def test_a_full_home_is_waited_out_for_as_long_as_it_lasts(forwarder):
     fwd = forwarder(chain)
     for _ in range(8):  # far more than crash_loop_jobs: never stopped
         await fwd._start_chain()
-    assert fwd.unserved_chains == 1  # only the very first start counts, as before
+    assert fwd.served.unserved_chains == 1  # only the very first start counts, as before
     assert len(chain.started) == 8
     assert fwd.status.state == "waiting" and "ENOSPC" in fwd.status.message
     assert fwd.conditions.backoff.tries == 7
@@ -73,7 +73,7 @@ async def test_a_node_failure_backs_off_without_counting(forwarder):
     fwd = forwarder(FakeChain(state="NODE_FAIL"))
     for _ in range(5):
         await fwd._start_chain()
-    assert fwd.unserved_chains == 1 and "NODE_FAIL" in fwd.status.message
+    assert fwd.served.unserved_chains == 1 and "NODE_FAIL" in fwd.status.message
 
 
 async def test_a_service_that_never_serves_is_stopped_with_its_reason(forwarder):
@@ -93,6 +93,6 @@ async def test_the_home_is_looked_at_again_while_waiting(forwarder):
     fwd = forwarder(chain)
     fwd.conditions.backoff = conditions.Backoff(first=60, cap=60)
     await fwd._start_chain()  # the first start: nothing to ask
-    fwd._started_job = "1"
+    fwd.starter.started_job = "1"
     await fwd._start_chain()  # full: waits, but the recheck sees it writable
     assert chain.home_checks >= 2 and len(chain.started) == 2

@@ -57,7 +57,7 @@ def test_a_candidate_that_fails_its_probe_leaves_no_forward_behind(tmp_path, mon
 
     async def tunnel(login):
         return tunnels.setdefault(login, FakeTunnel(login, tmp_path))
-    monkeypatch.setattr(fwd, "_tunnel", tunnel)
+    monkeypatch.setattr(fwd.router, "tunnel", tunnel)
 
     async def switch():
         async with aiohttp.ClientSession() as session:

@@ -1,0 +1,101 @@
+"""The routes to a service's jobs: one ssh master per login node, a route
+built through the best of them to an endpoint and taken once it answers
+its probe, and the route it replaces retired once its last connection ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Optional
+
+import aiohttp
+
+from remote_agent.endpoint import Endpoint
+
+from .config import Options
+from .remote import Site
+from .route import Route, remote_of
+from .tunnel import Tunnel, TunnelError
+
+log = logging.getLogger("slurm_persist.router")
+
+
+class Router:
+    def __init__(self, options: Options, site: Site, runtime: Path):
+        self.options, self.site, self.runtime = options, site, runtime
+        self.route: Optional[Route] = None
+        self._tunnels: dict[str, Tunnel] = {}
+        self._retiring: set[asyncio.Future] = set()
+        self._extra_masters = 0
+
+    async def candidate(self, target: Endpoint, session: aiohttp.ClientSession
+                        ) -> Optional[Route]:
+        """A route to target that answers its probe, through the best login
+        node that can carry it; None when none can."""
+        for login in self.logins(target):
+            try:
+                tunnel = await self.tunnel(login)
+                route = Route(target, tunnel, await tunnel.forward(remote_of(target)),
+                              widen=lambda login=login: self.extra_tunnel(login))
+            except TunnelError as exc:
+                log.warning("login=%s state=tunnel-failed error=%r", login, str(exc))
+                self.site.failed(login)
+                continue
+            await route.start()
+            if await route.probe(session, self.options.health_path):
+                return route
+            log.warning("%s state=not-answering", route.describe())
+            await route.retire()  # else its -L forward stays in the ssh master
+        return None
+
+    def take(self, route: Route) -> Optional[Route]:
+        """Make route the current one; the old one (returned) retires."""
+        old, self.route = self.route, route
+        if old is not None:
+            retiring = asyncio.ensure_future(old.retire())
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
+        return old
+
+    def logins(self, target: Endpoint) -> list[str]:
+        """Login nodes to reach target through, best first. A reverse-mode
+        socket exists on one login node only."""
+        nodes = self.options.login_nodes
+        if target.login_node is not None:
+            if target.login_node in nodes:
+                return [target.login_node]
+            log.error("job=%s state=unreachable reason=%r", target.job_id,
+                      f"its socket is on {target.login_node}, which is not one of this "
+                      f"service's login nodes ({', '.join(nodes)}): deploy again")
+            return []
+        current = self.route.tunnel.login if self.route and self.route.tunnel.alive else None
+        order = self.site.order()
+        return [current] + [n for n in order if n != current] if current else order
+
+    async def tunnel(self, login: str) -> Tunnel:
+        tunnel = self._tunnels.get(login)
+        if tunnel is None or not tunnel.alive:
+            index = self.options.login_nodes.index(login)
+            tunnel = Tunnel(self.options, login, index, self.runtime)
+            await tunnel.start()
+            self._tunnels[login] = tunnel
+        return tunnel
+
+    async def extra_tunnel(self, login: str) -> Tunnel:
+        """Another ssh master to login, for a route whose lanes are full."""
+        self._extra_masters += 1
+        index = len(self.options.login_nodes) * self._extra_masters + \
+            self.options.login_nodes.index(login)
+        tunnel = Tunnel(self.options, login, index, self.runtime)
+        await tunnel.start()
+        return tunnel
+
+    async def close(self) -> None:
+        if self.route:
+            self.route.close()
+        for retiring in self._retiring:
+            retiring.cancel()
+        for tunnel in self._tunnels.values():
+            await tunnel.close()
