@@ -15,13 +15,14 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 from . import chain, slurm
 from .endpoint import Endpoint
 from .gate import Gate
 from .joblog import SERVER_CAP, Capped, Summariser, flush_every, write_fd
 from .publisher import Publisher
+from .entry import Entry
 from .reverse import Reverse
 from .server import Server
 from .successor import Successor
@@ -31,8 +32,6 @@ log = logging.getLogger("slurm_persist.agent")
 
 # Reasons to end that are SLURM's doing, not the server's fault.
 SIGNALLED = ("cancelled", "time limit near")
-# Reverse mode: how long a job may look for a login node to carry its socket.
-REVERSE_TIMEOUT = 300.0
 
 
 class Agent:
@@ -50,10 +49,8 @@ class Agent:
         self.server = Server(spec, self._private, None, self.server_output, self.say,
                              lambda: self.stop_reason is not None)
         self.gate = Gate(self.secret, self.server.open, self.events)
-        self.reverse = (Reverse(spec, job_id, self._private / "gate.sock", self.say)
-                        if spec.mode == "reverse" else None)
-        self._reverse_task: Optional[asyncio.Future] = None
-        self.gate_port: Optional[int] = None
+        self.entry = Entry(self.gate, Reverse(spec, job_id, self._private / "gate.sock", self.say)
+                           if spec.mode == "reverse" else None)
         self.ends_at: Optional[float] = None
         self.keeper = Successor(spec, job_id, user, self.say, self.events)
         self.record: Optional[Endpoint] = None
@@ -97,7 +94,7 @@ class Agent:
         state = chain.load(self.service_dir)
         self.publisher.save_chain(chain.ChainState(0, state.stopped, state.reason))
         self._publish("serving")
-        self.say("state=serving %s %s", self._where(), self.server.upstream)
+        self.say("state=serving %s %s", self.entry.where(), self.server.upstream)
         if self.spec.listen == "tcp":
             self.say("listen=tcp warning=%r", "other users' processes on this node can "
                      "reach the server's loopback port; use listen = unix if it can")
@@ -126,7 +123,7 @@ class Agent:
         if self.record is not None:
             self._publish("stopped")
         await self.server.stop()
-        await self._close_reverse()
+        await self.entry.close()
         self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
         return 1
@@ -136,9 +133,9 @@ class Agent:
         watchers = [asyncio.ensure_future(self._watch_server())]
         if self.spec.overlap_minutes:
             watchers.append(asyncio.ensure_future(self._handover()))
-        if self._reverse_task is not None:
+        if self.entry.carrying is not None:
             # Shielded: its ssh must outlive this, to carry the drain.
-            watchers.append(asyncio.shield(self._reverse_task))
+            watchers.append(asyncio.shield(self.entry.carrying))
         woken = asyncio.ensure_future(self._wake.wait())
         done, _ = await asyncio.wait([woken, *watchers], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -160,58 +157,24 @@ class Agent:
             await self.keeper.release(successor_task)
         left = await self.gate.drain(self.spec.drain_seconds)
         await self.server.stop()
-        await self._close_reverse()
+        await self.entry.close()
         self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
         successor_task.cancel()
         self.say("state=ended reason=%r unfinished_connections=%d server_output_dropped=%d",
                  self.stop_reason, left, self.server_output.dropped)
 
-    # -- the way in ------------------------------------------------------
-
     async def _open_gate(self) -> bool:
-        """Direct mode: the gate on a port of the node. Reverse mode: on a
-        private socket, carried by ssh -R to a login node."""
-        if self.reverse is None:
-            self.gate_port = await self.gate.start()
+        failure = await self.entry.open(self._route_changed)
+        if failure is None:
             return True
-        await self.gate.start_unix(str(self.reverse.gate_socket))
-        self._reverse_task = asyncio.ensure_future(self.reverse.run(self._route_changed))
-        up = asyncio.ensure_future(self.reverse.wait_up(REVERSE_TIMEOUT))
-        await asyncio.wait([up, self._reverse_task], return_when=asyncio.FIRST_COMPLETED)
-        if up.done() and up.result():
-            return True
-        up.cancel()
-        if self._reverse_task.done():
-            self.stop_reason = str(self._reverse_task.exception())
-        else:
-            self.stop_reason = f"no login node carried the socket within {REVERSE_TIMEOUT:.0f} s"
-        self.say("state=unreachable reason=%r", self.stop_reason)
+        self.stop_reason = failure
+        self.say("state=unreachable reason=%r", failure)
         return False
 
     def _route_changed(self) -> None:
         if self.record is not None:  # before the first record, _publish reads it anyway
             self._publish(self.record.state)
-
-    def _route(self) -> Dict[str, object]:
-        if self.reverse is None:
-            return {"port": self.gate_port, "socket": None, "login_node": None}
-        hop = self.reverse.current
-        return {"port": None, "socket": str(hop.socket), "login_node": hop.login}
-
-    def _where(self) -> str:
-        route = self._route()
-        if route["port"] is not None:
-            return f"port={route['port']}"
-        return f"login={route['login_node']} socket={route['socket']}"
-
-    async def _close_reverse(self) -> None:
-        if self.reverse is None:
-            return
-        if self._reverse_task is not None:
-            self._reverse_task.cancel()
-            await asyncio.gather(self._reverse_task, return_exceptions=True)
-        await self.reverse.close()
 
     async def _watch_server(self) -> None:
         self._finish(await self.server.watch(self._publish))
@@ -247,8 +210,8 @@ class Agent:
             self.record = Endpoint(
                 service=self.spec.name, job_id=self.job_id, node=self.node, host=self.node,
                 state=state, started=time.time(), ends_at=self.ends_at, secret=self.secret,
-                **self._route())
-        self.record = self.record.with_state(state, restarts=self.server.restarts, **self._route())
+                **self.entry.route())
+        self.record = self.record.with_state(state, restarts=self.server.restarts, **self.entry.route())
         self.publisher.publish(self.record)
 
 
