@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import re
 import sys
+from importlib import metadata
 
 from invoke import Program
 
-import tasks
+from . import tasks
 
-VERSION = "0.1.0"
+
+def version() -> str:
+    try:
+        return metadata.version("slurm-persist")
+    except metadata.PackageNotFoundError:  # a checkout run without installing
+        return "unknown (not installed)"
+
+
 program = Program(namespace=tasks.ns, name="slurm-persist", binary="slurm-persist",
-                  version=VERSION)
+                  version=version())
 
 
 def normalize(argv: list[str]) -> list[str]:

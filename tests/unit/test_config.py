@@ -5,7 +5,7 @@ import socket
 import pytest
 from invoke import Context
 
-import tasks
+from local import tasks
 from local import config
 from local.config import ConfigError
 

@@ -1,0 +1,190 @@
+"""The user's tasks: what the installed `slurm-persist` command offers (and
+`invoke TASK` in a checkout, beside the developer tasks of tasks.py).
+
+    deploy   copy the agent and your service to the cluster
+    up       deploy, make sure one chain of jobs runs, forward 127.0.0.1:PORT to it
+    status   the chain job by job, the forwarder, and why nothing serves if so
+    logs     the current job's output (agent and server), --follow to keep reading
+    down     stop the forwarder and cancel every job of the chain
+    systemd  user units that keep a service forwarded on a machine for months
+    sandbox.up / sandbox.down   the docker mini cluster used when no cluster is named
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from . import config, service
+from . import systemd as units
+from .remote import ClusterError, Unreachable
+from .sandbox import Sandbox, SandboxError
+from .tunnel import TunnelError
+from remote_agent.slurm import SlurmUnknown
+
+OPTION_HELP = {
+    "name": "service: a [services.NAME] table in slurm-persist.toml (default: hpc)",
+    "hpc_system_url": "login node to use first (default: the docker sandbox's login1)",
+    "fallback_system_url": "login node to use when the one before fails; repeat for more",
+    "jumphost_url": "jumphost (bastion) between you and the login nodes",
+    "username": "your user name on the login nodes",
+    "jumphost_username": "your user name on the jumphost",
+    "ssh_config": "ssh_config file to use instead of ~/.ssh/config",
+    "local_hpc_script_dir": "local folder with slurm.sbatch, run and your server (default: hpc)",
+    "hpc_script_dir": "cluster folder for those files (default ~/.slurm-persist/services/NAME/app)",
+    "server_and_port_file": "cluster folder for the per-job endpoint records, logs and spec "
+                            "(default ~/.slurm-persist/services/NAME)",
+    "copy": "copy local-hpc-script-dir to the cluster (on by default; --no-copy to skip)",
+    "debug": "log debug detail, SSH included",
+    "retries": "more rounds over all login nodes, with backoff, when none answers (default 3)",
+    "local_port": "port on 127.0.0.1 where the service appears (default 8642)",
+    "heartbeat_time": "seconds between health probes of the service (default 10)",
+    "hpc_job_name": "SLURM job name shared by the chain's jobs (default sp-NAME)",
+    "max_attempts_get_server_and_port": "looks for a serving job before `up` gives up (default 120)",
+    "delay_between_server_and_port": "seconds between those looks (default 5)",
+    "daemonize": "run the forwarder in the background (pid and log in ~/.local/state)",
+    "sbatch_option": "extra sbatch option such as --sbatch-option=--time=2:00:00; repeatable",
+    "warn_seconds": "seconds before the time limit at which SLURM warns a job to hand over "
+                    "(default 90; keep it well under the time limit)",
+    "overlap_minutes": "start each successor this many minutes before its predecessor's "
+                       "time limit, for handovers without a gap",
+    "on_event": "command run (no shell) with one JSON event on stdin: serving, switched, "
+                "waiting, chain-stopped, time-limit-near; e.g. \"curl -sd @- URL\"",
+    "waiting_alert_seconds": "an outage this long sends the waiting event (default 300)",
+    "metrics_port": "serve Prometheus metrics on 127.0.0.1:PORT (default 0: none)",
+    "mode": "direct: login nodes connect to the job's port (default); reverse: the job "
+            "connects to a login node and serves on a private socket there, for sites "
+            "whose login nodes cannot reach compute nodes",
+}
+CONNECT = ("name", "hpc_system_url", "fallback_system_url", "jumphost_url", "username",
+           "jumphost_username", "ssh_config", "retries", "debug", "hpc_job_name",
+           "hpc_script_dir", "server_and_port_file")
+SPEC = ("local_hpc_script_dir", "copy", "sbatch_option", "overlap_minutes", "warn_seconds",
+        "heartbeat_time", "mode")
+FORWARD = ("local_port", "max_attempts_get_server_and_port", "delay_between_server_and_port",
+           "daemonize", "on_event", "waiting_alert_seconds", "metrics_port")
+LISTS = ("fallback_system_url", "sbatch_option")
+FLAGS = {"copy": True, "debug": False, "daemonize": False}
+FIELD_OF = {"sbatch_option": "sbatch_options"}
+USER_ERRORS = (config.ConfigError, Unreachable, ClusterError, SlurmUnknown, TunnelError,
+               SandboxError)
+
+
+def service_task(*names: str, help: dict | None = None):
+    """A task taking the connection options `names` (all by default) next to
+    its own; the body gets (c, options, **own)."""
+    names = names or tuple(OPTION_HELP)
+
+    def wrap(body):
+        own = list(inspect.signature(body).parameters.values())[2:]
+        common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY,
+                                    default=FLAGS.get(n)) for n in names]
+
+        @functools.wraps(body)
+        def run(c, **kwargs):
+            cli = {FIELD_OF.get(n, n): kwargs.pop(n) for n in names}
+            cli = {k: v for k, v in cli.items() if v is not None and FLAGS.get(k) != v}
+            try:
+                options = config.load(cli)
+                _logging(options.debug)  # the flag or the toml; before resolve logs
+                options = service.resolve(options)
+                return body(c, options, **kwargs)
+            except USER_ERRORS as exc:
+                raise Exit(f"slurm-persist: error: {exc}", code=2) from None
+            except ValueError as exc:  # bad cluster paths and the like, from Layout
+                raise Exit(f"slurm-persist: error: {exc}", code=2) from None
+
+        first = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        run.__signature__ = inspect.Signature([first, *own, *common])
+        del run.__wrapped__  # invoke must read the new signature, not body's
+        return task(run, help={**{n: OPTION_HELP[n] for n in names}, **(help or {})},
+                    iterable=[n for n in LISTS if n in names], auto_shortflags=False)
+    return wrap
+
+
+def _logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    if not debug:
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+@service_task(*CONNECT, *SPEC)
+def deploy(c, options):
+    """Copy the agent and your service folder to the cluster (changed files only)."""
+    print(service.deploy(options))
+
+
+@service_task(*CONNECT, *SPEC, *FORWARD)
+def up(c, options):
+    """Deploy, ensure exactly one chain of jobs, and serve it on 127.0.0.1:PORT."""
+    return service.up(options)
+
+
+@service_task(*CONNECT, "local_port", help={"json": "print one JSON object instead of the table"})
+def status(c, options, json=False):
+    """Show the chain job by job, the serving job, the local forwarder, and why
+    nothing serves when nothing does."""
+    report = service.status(options)
+    print(report.json() if json else report.text())
+
+
+@service_task(*CONNECT, "local_port", help={
+    "unit_dir": "where to write the units (default ~/.config/systemd/user)"})
+def systemd(c, options, unit_dir=None):
+    """Write a user .socket and .service unit that keep this service forwarded
+    (systemd holds the port; `up` runs in this directory, so its toml applies)."""
+    target = Path(unit_dir).expanduser() if unit_dir else Path.home() / ".config/systemd/user"
+    script = Path(sys.executable).parent / "slurm-persist"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "local.cli"]
+    for path in units.write(options, target, Path.cwd(), command):
+        print(f"wrote {path}")
+    name = units.unit_name(options)
+    print(f"then: systemctl --user daemon-reload && systemctl --user enable --now {name}.socket"
+          f"\n(and `loginctl enable-linger` so it runs without a login session)")
+
+
+@service_task(*CONNECT, help={"job": "an earlier job's id (default: the running job)",
+                    "lines": "how many lines to show (default 100)",
+                    "follow": "keep printing new lines until Ctrl-C"})
+def logs(c, options, job=None, lines=100, follow=False):
+    """Print the output of the chain's current job (agent and server)."""
+    if job is not None and not str(job).isdigit():
+        raise Exit(f"slurm-persist: error: --job {job!r} is not a job id", code=2)
+    return service.logs(options, job, int(lines), follow)
+
+
+@service_task(*CONNECT)
+def down(c, options):
+    """Stop the forwarder and cancel every job of the chain, running and pending."""
+    print(service.down(options))
+
+
+@task
+def sandbox_up(c):
+    """Build (first time) and start the docker mini cluster; print how to ssh in."""
+    _logging(False)
+    box = Sandbox.default()
+    try:
+        box.up()
+    except SandboxError as exc:
+        raise Exit(f"slurm-persist: error: {exc}", code=1) from None
+    print(f"sandbox up: ssh -F {box.ssh_config} login1")
+
+
+@task
+def sandbox_down(c):
+    """Stop the docker mini cluster and remove its shared /home volume."""
+    _logging(False)
+    Sandbox.default().down()
+
+
+sandbox = Collection("sandbox")
+sandbox.add_task(sandbox_up, "up")
+sandbox.add_task(sandbox_down, "down")
+ns = Collection(deploy, up, status, logs, down, systemd, sandbox)
