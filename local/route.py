@@ -20,15 +20,13 @@ from typing import Awaitable, Callable, Optional
 import aiohttp
 
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK, CHUNK, preamble, relay
+from remote_agent.gate import ACK_TIMEOUT, CHUNK, expect_ack, preamble, relay
 
 from .tunnel import Tunnel, TunnelError
 
 log = logging.getLogger("slurm_persist.route")
 
 PROBE_TIMEOUT = 10.0
-# How long a new connection waits for the gate's acknowledgement.
-ACK_TIMEOUT = 15.0
 # Client bytes kept for a retry until the gate acknowledges; past this, the
 # client waits for the acknowledgement before sending more.
 REPLAY_LIMIT = 1 << 20
@@ -43,16 +41,6 @@ SETUP_CONCURRENCY = 32
 LANE_CHANNELS = 768
 
 Widen = Callable[[], Awaitable[Tunnel]]
-
-
-class NotAcknowledged(ConnectionError):
-    """The route failed before the gate confirmed the server: nothing sent
-    so far reached the server, so the connection may be tried elsewhere."""
-
-
-def remote_of(target: Endpoint) -> str:
-    """What a login node connects to: the gate's port, or the job's socket."""
-    return target.socket if target.socket is not None else f"{target.host}:{target.port}"
 
 
 class Lane:
@@ -134,7 +122,7 @@ class Route:
             log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes), str(exc))
             return
         try:
-            socket_path = await tunnel.forward(remote_of(self.endpoint))
+            socket_path = await tunnel.forward(self.endpoint.remote)
         except TunnelError as exc:
             log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes), str(exc))
             await tunnel.close()
@@ -151,7 +139,7 @@ class Route:
             self._widening.cancel()
         await self.idle.wait()
         for lane in self.lanes:
-            await lane.close(remote_of(self.endpoint))
+            await lane.close(self.endpoint.remote)
 
     async def start(self) -> None:
         """A private loopback port that enters this route, for aiohttp probes."""
@@ -187,7 +175,7 @@ class Route:
 async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> None:
     """Pass client bytes on (keeping a copy) while waiting for the ack."""
     up_reader, up_writer = upstream
-    ack = asyncio.ensure_future(expect_ack(up_reader, up_writer))
+    ack = asyncio.ensure_future(expect_ack(up_reader, up_writer, ACK_TIMEOUT))
     more: Optional[asyncio.Future] = None
     try:
         while not ack.done():
@@ -209,13 +197,3 @@ async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> 
         ack.cancel()
         if more is not None:
             more.cancel()
-
-
-async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        line = await asyncio.wait_for(reader.readline(), ACK_TIMEOUT)
-    except (ValueError, asyncio.IncompleteReadError):
-        line = b""
-    if line != ACK:
-        writer.close()
-        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line else "closed before the gate answered")

@@ -16,7 +16,7 @@ from remote_agent.endpoint import Endpoint
 
 from .config import Options
 from .remote import Site
-from .route import Route, remote_of
+from .route import Route
 from .tunnel import Tunnel, TunnelError
 
 log = logging.getLogger("slurm_persist.router")
@@ -37,7 +37,7 @@ class Router:
         for login in self.logins(target):
             try:
                 tunnel = await self.tunnel(login)
-                route = Route(target, tunnel, await tunnel.forward(remote_of(target)),
+                route = Route(target, tunnel, await tunnel.forward(target.remote),
                               widen=lambda login=login: self.extra_tunnel(login))
             except TunnelError as exc:
                 log.warning("login=%s state=tunnel-failed error=%r", login, str(exc))

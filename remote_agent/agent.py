@@ -31,7 +31,9 @@ from .spec import Spec
 log = logging.getLogger("slurm_persist.agent")
 
 # Reasons to end that are SLURM's doing, not the server's fault.
-SIGNALLED = ("cancelled", "time limit near")
+CANCELLED = "cancelled"
+TIME_LIMIT_NEAR = "time limit near"
+SIGNALLED = (CANCELLED, TIME_LIMIT_NEAR)
 
 
 class Agent:
@@ -122,11 +124,16 @@ class Agent:
         self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
         if self.record is not None:
             self._publish("stopped")
+        await self._clean_up()
+        return 1
+
+    async def _clean_up(self) -> None:
+        """What every ending leaves: no server, no way in, no record, no
+        private directory."""
         await self.server.stop()
         await self.entry.close()
         self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
-        return 1
 
     async def _supervise(self) -> None:
         """Until a signal, a handover or restarts run out."""
@@ -156,10 +163,7 @@ class Agent:
             # WebSocket held a rollover for the whole drain otherwise).
             await self.keeper.release(successor_task)
         left = await self.gate.drain(self.spec.drain_seconds)
-        await self.server.stop()
-        await self.entry.close()
-        self.publisher.remove(self.job_id)
-        shutil.rmtree(self._private, ignore_errors=True)
+        await self._clean_up()
         successor_task.cancel()
         self.say("state=ended reason=%r unfinished_connections=%d server_output_dropped=%d",
                  self.stop_reason, left, self.server_output.dropped)
@@ -188,8 +192,8 @@ class Agent:
     def _install_signals(self) -> None:
         loop = asyncio.get_event_loop()
         loop.add_signal_handler(signal.SIGUSR1, self._time_warning)
-        loop.add_signal_handler(signal.SIGTERM, self._finish, SIGNALLED[0])
-        loop.add_signal_handler(signal.SIGINT, self._finish, SIGNALLED[0])
+        loop.add_signal_handler(signal.SIGTERM, self._finish, CANCELLED)
+        loop.add_signal_handler(signal.SIGINT, self._finish, CANCELLED)
 
     def _time_warning(self) -> None:
         """Without overlap, ending now lets the successor start before the
@@ -198,7 +202,7 @@ class Agent:
         if self.spec.overlap_minutes:
             self.say("state=time-limit-near action=wait-for-successor")
             return
-        self._finish(SIGNALLED[1])
+        self._finish(TIME_LIMIT_NEAR)
 
     def _finish(self, reason: str) -> None:
         if self.stop_reason is None:

@@ -71,6 +71,11 @@ class Endpoint:
         values.update(changes, state=state)
         return Endpoint(**values)
 
+    @property
+    def remote(self) -> str:
+        """What a login node connects to: the gate's host:port, or the socket."""
+        return self.socket if self.socket is not None else f"{self.host}:{self.port}"
+
     def dumps(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

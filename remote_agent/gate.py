@@ -33,6 +33,8 @@ log = logging.getLogger("slurm_persist.gate")
 
 MAGIC = b"SLURM-PERSIST/1 "
 ACK = MAGIC + b"OK\n"
+# How long a sender waits for the acknowledgement once its secret is sent.
+ACK_TIMEOUT = 15.0
 # The owner's forwarder sends the secret in its first write; only a slow
 # path needs more than a round trip. Short, because a pending connection
 # holds a descriptor for nothing.
@@ -46,6 +48,23 @@ COALESCE = 0.05
 
 def preamble(secret: str) -> bytes:
     return MAGIC + secret.encode("ascii") + b"\n"
+
+
+class NotAcknowledged(ConnectionError):
+    """The route failed before the gate confirmed the server: nothing sent
+    so far reached the server, so the connection may be tried elsewhere."""
+
+
+async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     timeout: float = ACK_TIMEOUT) -> None:
+    """The sender's half: wait for the gate's acknowledgement, or close."""
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except (ValueError, asyncio.IncompleteReadError):
+        line = b""
+    if line != ACK:
+        writer.close()
+        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line else "closed before the gate answered")
 
 
 def nodelay(writer: asyncio.StreamWriter) -> None:

@@ -11,6 +11,7 @@ import pytest
 from local import forwarder, route
 from local.config import Options
 from remote_agent.endpoint import Endpoint
+from remote_agent.gate import ACK
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +109,7 @@ class GateSocket:
     async def start(self):
         async def accept(reader, writer):
             await reader.readline()
-            writer.write(route.ACK)
+            writer.write(ACK)
             self.held.append(writer)
         self.server = await asyncio.start_unix_server(accept, str(self.path))
 
