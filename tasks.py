@@ -31,7 +31,7 @@ def bench(c, short=False, out="bench-results.json"):
     from bench.bench import main as run_bench
     _logging(False)
     try:
-        options = service.resolve(config.load({}))
+        options = service.resolve(config.load({}), start_sandbox=True)
         print(run_bench(options, Sandbox.default(), short, Path(out)))
     except USER_ERRORS as exc:
         raise Exit(f"slurm-persist: error: {exc}", code=2) from None

@@ -21,7 +21,7 @@ from . import config, service
 
 
 def _options(kwargs: dict[str, Any]) -> config.Options:
-    return service.resolve(config.load(kwargs))
+    return service.resolve(config.load(kwargs), start_sandbox=True)
 
 
 def run_sync(**kwargs: Any) -> int:

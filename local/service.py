@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from remote_agent import slurm
 
@@ -33,14 +34,21 @@ from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 log = logging.getLogger("slurm_persist")
 
 
-def resolve(options: Options, project_dir: Path = Path(".")) -> Options:
-    """Absolute local paths; the sandbox's site when no login node is named."""
+def resolve(options: Options, project_dir: Path = Path("."),
+            start_sandbox: bool = False) -> Options:
+    """Absolute local paths; the sandbox's site when no login node is named.
+    Only `up` and `deploy` start the sandbox: `status` or `down` must not
+    build a cluster just to report on it."""
     changes = {"local_hpc_script_dir": str((project_dir / options.local_hpc_script_dir).resolve())}
     if options.ssh_config:
         changes["ssh_config"] = str(Path(options.ssh_config).expanduser().resolve())
     if options.uses_sandbox:
         box = Sandbox.default()
         if not box.is_current():
+            if not start_sandbox:
+                raise ConfigError("no cluster named, and the docker sandbox is not running: "
+                                  "`slurm-persist sandbox.up` starts it, or name a login node "
+                                  "with --hpc-system-url")
             log.info("no cluster named: starting the docker sandbox (first time: a few minutes)")
             box.up()
         changes.update(hpc_system_url=LOGIN_NODES[0], fallback_system_url=list(LOGIN_NODES[1:]),
@@ -53,12 +61,19 @@ def connect(options: Options) -> Chain:
     return Chain(Site(options), options)
 
 
-def deploy(options: Options) -> str:
+@contextmanager
+def connected(options: Options) -> Iterator[Chain]:
+    """A chain whose SSH connections are closed when the block ends."""
     chain = connect(options)
     try:
-        report = deploy_files(chain, Path(options.local_hpc_script_dir))
+        yield chain
     finally:
         chain.site.close()
+
+
+def deploy(options: Options) -> str:
+    with connected(options) as chain:
+        report = deploy_files(chain, Path(options.local_hpc_script_dir))
     return (f"deployed {options.name} to {chain.layout.service_dir} on {chain.site.current or '?'}: "
             f"{report.sent} files sent, {report.unchanged} unchanged")
 
@@ -86,13 +101,10 @@ def prepare(options: Options, port_check: bool = True) -> None:
     """Everything before forwarding: a free port, the files, one chain."""
     if port_check:
         check_port_free(options.local_port)
-    chain = connect(options)
-    try:
+    with connected(options) as chain:
         if options.copy:
             deploy_files(chain, Path(options.local_hpc_script_dir))
         chain.ensure()
-    finally:
-        chain.site.close()
 
 
 async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
@@ -183,19 +195,15 @@ def _worker(options: Options, sockets, supervisor: int) -> int:
 
 def down(options: Options) -> str:
     pid = daemon.stop(options.name)
-    chain = connect(options)
-    try:
+    with connected(options) as chain:
         cancelled = chain.cancel_all()
-    finally:
-        chain.site.close()
     parts = [f"forwarder pid {pid} stopped" if pid else "no forwarder was running",
              f"cancelled jobs {', '.join(cancelled)}" if cancelled else "no jobs were queued"]
     return f"{options.name}: " + "; ".join(parts)
 
 
 def status(options: Options) -> Report:
-    chain = connect(options)
-    try:
+    with connected(options) as chain:
         try:
             jobs = chain.jobs()
         except slurm.SlurmUnknown as exc:
@@ -206,8 +214,6 @@ def status(options: Options) -> Report:
         # Nothing serves: is it the home? (A job that cannot write its record
         # is invisible otherwise.) One write check, no SLURM call.
         home = chain.home() if chain.serving(jobs, snap) is None else None
-    finally:
-        chain.site.close()
     if snap.chain.stopped:
         chain_text = f"stopped: {snap.chain.reason}"
     current = chain.serving(jobs, snap)
@@ -254,8 +260,7 @@ def _age(since: float) -> str:
 
 
 def logs(options: Options, job: Optional[str], lines: int, follow: bool) -> int:
-    chain = connect(options)
-    try:
+    with connected(options) as chain:
         if job is None:
             jobs = chain.jobs()
             running = [j for j in jobs if j.running]
@@ -264,5 +269,3 @@ def logs(options: Options, job: Optional[str], lines: int, follow: bool) -> int:
             job = running[-1].job_id
         argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), chain.log_path(job)]
         return chain.site.stream(argv)
-    finally:
-        chain.site.close()

@@ -75,9 +75,10 @@ USER_ERRORS = (config.ConfigError, Unreachable, ClusterError, SlurmUnknown, Tunn
                SandboxError)
 
 
-def service_task(*names: str, help: dict | None = None):
+def service_task(*names: str, help: dict | None = None, start_sandbox: bool = False):
     """A task taking the connection options `names` (all by default) next to
-    its own; the body gets (c, options, **own)."""
+    its own; the body gets (c, options, **own). start_sandbox: may start the
+    docker sandbox when no cluster is named."""
     names = names or tuple(OPTION_HELP)
 
     def wrap(body):
@@ -92,7 +93,7 @@ def service_task(*names: str, help: dict | None = None):
             try:
                 options = config.load(cli)
                 _logging(options.debug)  # the flag or the toml; before resolve logs
-                options = service.resolve(options)
+                options = service.resolve(options, start_sandbox=start_sandbox)
                 return body(c, options, **kwargs)
             except USER_ERRORS as exc:
                 raise Exit(f"slurm-persist: error: {exc}", code=2) from None
@@ -114,13 +115,13 @@ def _logging(debug: bool) -> None:
         logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
-@service_task(*CONNECT, *SPEC)
+@service_task(*CONNECT, *SPEC, start_sandbox=True)
 def deploy(c, options):
     """Copy the agent and your service folder to the cluster (changed files only)."""
     print(service.deploy(options))
 
 
-@service_task(*CONNECT, *SPEC, *FORWARD)
+@service_task(*CONNECT, *SPEC, *FORWARD, start_sandbox=True)
 def up(c, options):
     """Deploy, ensure exactly one chain of jobs, and serve it on 127.0.0.1:PORT."""
     return service.up(options)
