@@ -46,42 +46,88 @@ class ConfigError(ValueError):
     """Bad user input: printed as one line, exit status 2."""
 
 
+# Which tasks take an option as a flag (None: slurm-persist.toml only).
+CONNECT, SPEC, FORWARD = "connect", "spec", "forward"
+
+
+def opt(default: Any, help: str, group: Optional[str] = None, flag: Optional[str] = None):
+    """One option, defined once: its default, its help (the CLI's), which
+    tasks take it as a flag, and the flag's name where it is not the
+    field's (the original tool's spellings live here, at the edge)."""
+    meta = {"help": help, "group": group, "flag": flag or None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class Options:
     """Everything one service needs, laptop side. See `slurm-persist up --help`."""
 
-    name: str = DEFAULT_SERVICE
-    hpc_system_url: Optional[str] = None
-    fallback_system_url: list[str] = field(default_factory=list)
-    jumphost_url: Optional[str] = None
-    username: Optional[str] = None
-    jumphost_username: Optional[str] = None
-    ssh_config: Optional[str] = None
-    local_hpc_script_dir: str = "hpc"
-    hpc_script_dir: Optional[str] = None
-    server_and_port_file: Optional[str] = None
-    copy: bool = True
-    debug: bool = False
-    retries: int = 3
-    local_port: int = 8642
-    heartbeat_time: float = 10.0
-    hpc_job_name: Optional[str] = None
-    max_attempts_get_server_and_port: int = 120
-    delay_between_server_and_port: float = 5.0
-    daemonize: bool = False
-    sbatch_options: list[str] = field(default_factory=list)
-    overlap_minutes: int = _SPEC["overlap_minutes"]
-    health_path: str = _SPEC["health_path"]
-    mode: str = _SPEC["mode"]
-    listen: str = _SPEC["listen"]
-    health_timeout: float = _SPEC["health_timeout"]
-    max_restarts: int = _SPEC["max_restarts"]
-    warn_seconds: int = _SPEC["warn_seconds"]
-    crash_loop_jobs: int = _SPEC["crash_loop_jobs"]
-    hold_seconds: float = 120.0
-    on_event: str = ""
-    metrics_port: int = 0
-    waiting_alert_seconds: float = 300.0
+    name: str = opt(DEFAULT_SERVICE, "service: a [services.NAME] table in slurm-persist.toml "
+                    "(default: hpc)", CONNECT)
+    hpc_system_url: Optional[str] = opt(None, "login node to use first (default: the docker "
+                                        "sandbox's login1)", CONNECT)
+    fallback_system_url: list[str] = opt([], "login node to use when the one before fails; "
+                                         "repeat for more", CONNECT)
+    jumphost_url: Optional[str] = opt(None, "jumphost (bastion) between you and the login nodes",
+                                      CONNECT)
+    username: Optional[str] = opt(None, "your user name on the login nodes", CONNECT)
+    jumphost_username: Optional[str] = opt(None, "your user name on the jumphost", CONNECT)
+    ssh_config: Optional[str] = opt(None, "ssh_config file to use instead of ~/.ssh/config",
+                                    CONNECT)
+    local_hpc_script_dir: str = opt("hpc", "local folder with slurm.sbatch, run and your server "
+                                    "(default: hpc)", SPEC)
+    hpc_script_dir: Optional[str] = opt(None, "cluster folder for those files "
+                                        "(default ~/.slurm-persist/services/NAME/app)", CONNECT)
+    server_and_port_file: Optional[str] = opt(None, "cluster folder for the per-job endpoint "
+                                              "records, logs and spec (default "
+                                              "~/.slurm-persist/services/NAME)", CONNECT)
+    copy: bool = opt(True, "copy local-hpc-script-dir to the cluster (on by default; --no-copy "
+                     "to skip)", SPEC)
+    debug: bool = opt(False, "log debug detail, SSH included", CONNECT)
+    retries: int = opt(3, "more rounds over all login nodes, with backoff, when none answers "
+                       "(default 3)", CONNECT)
+    local_port: int = opt(8642, "port on 127.0.0.1 where the service appears (default 8642)",
+                          FORWARD)
+    heartbeat_time: float = opt(10.0, "seconds between health probes of the service "
+                                "(default 10)", SPEC)
+    hpc_job_name: Optional[str] = opt(None, "SLURM job name shared by the chain's jobs "
+                                      "(default sp-NAME)", CONNECT)
+    max_attempts_get_server_and_port: int = opt(120, "looks for a serving job before `up` "
+                                                "gives up (default 120)", FORWARD)
+    delay_between_server_and_port: float = opt(5.0, "seconds between those looks (default 5)",
+                                               FORWARD)
+    daemonize: bool = opt(False, "run the forwarder in the background, under a supervisor "
+                          "that restarts it (pid and log in ~/.local/state)", FORWARD)
+    sbatch_options: list[str] = opt([], "extra sbatch option such as "
+                                    "--sbatch-option=--time=2:00:00; repeatable", SPEC,
+                                    flag="sbatch_option")
+    overlap_minutes: int = opt(_SPEC["overlap_minutes"], "start each successor this many "
+                               "minutes before its predecessor's time limit, for handovers "
+                               "without a gap", SPEC)
+    health_path: str = opt(_SPEC["health_path"], "the server's health route (default /health)")
+    mode: str = opt(_SPEC["mode"], "direct: login nodes connect to the job's port (default); "
+                    "reverse: the job connects to a login node and serves on a private socket "
+                    "there, for sites whose login nodes cannot reach compute nodes", SPEC)
+    listen: str = opt(_SPEC["listen"], "unix: the server listens on a private socket "
+                      "(default); tcp: on a loopback port, for servers that cannot")
+    health_timeout: float = opt(_SPEC["health_timeout"], "seconds a server has to become "
+                                "healthy")
+    max_restarts: int = opt(_SPEC["max_restarts"], "restarts of a failing server within one job")
+    warn_seconds: int = opt(_SPEC["warn_seconds"], "seconds before the time limit at which "
+                            "SLURM warns a job to hand over (default 90; keep it well under "
+                            "the time limit)", SPEC)
+    crash_loop_jobs: int = opt(_SPEC["crash_loop_jobs"], "chains or jobs in a row that never "
+                               "served before the chain is stopped")
+    hold_seconds: float = opt(120.0, "how long a client is held while no job serves")
+    on_event: str = opt("", "command run (no shell) with one JSON event on stdin: serving, "
+                        "switched, waiting, chain-stopped, time-limit-near; e.g. "
+                        "\"curl -sd @- URL\"", FORWARD)
+    metrics_port: int = opt(0, "serve Prometheus metrics on 127.0.0.1:PORT (default 0: none)",
+                            FORWARD)
+    waiting_alert_seconds: float = opt(300.0, "an outage this long sends the waiting event "
+                                       "(default 300)", FORWARD)
 
     @property
     def login_nodes(self) -> list[str]:
@@ -97,6 +143,26 @@ class Options:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Options)}
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or f.name
+
+
+def flags(group: str) -> tuple[str, ...]:
+    """The flags (as parameter names) of the options a group of tasks takes."""
+    return tuple(flag_name(f) for f in FIELDS.values() if f.metadata["group"] == group)
+
+
+def cli_table() -> dict[str, Any]:
+    """What the command line needs of the options, from their one definition."""
+    flagged = [f for f in FIELDS.values() if f.metadata["group"]]
+    return {
+        "help": {flag_name(f): f.metadata["help"] for f in flagged},
+        "lists": tuple(flag_name(f) for f in flagged if f.type.startswith("list")),
+        "switches": {flag_name(f): f.default for f in flagged if f.type == "bool"},
+        "field_of": {flag_name(f): f.name for f in flagged if f.metadata["flag"]},
+    }
 
 
 def load(cli: Mapping[str, Any], directory: Path = Path(".")) -> Options:

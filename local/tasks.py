@@ -27,50 +27,12 @@ from .sandbox import Sandbox, SandboxError
 from .tunnel import TunnelError
 from remote_agent.slurm import SlurmUnknown
 
-OPTION_HELP = {
-    "name": "service: a [services.NAME] table in slurm-persist.toml (default: hpc)",
-    "hpc_system_url": "login node to use first (default: the docker sandbox's login1)",
-    "fallback_system_url": "login node to use when the one before fails; repeat for more",
-    "jumphost_url": "jumphost (bastion) between you and the login nodes",
-    "username": "your user name on the login nodes",
-    "jumphost_username": "your user name on the jumphost",
-    "ssh_config": "ssh_config file to use instead of ~/.ssh/config",
-    "local_hpc_script_dir": "local folder with slurm.sbatch, run and your server (default: hpc)",
-    "hpc_script_dir": "cluster folder for those files (default ~/.slurm-persist/services/NAME/app)",
-    "server_and_port_file": "cluster folder for the per-job endpoint records, logs and spec "
-                            "(default ~/.slurm-persist/services/NAME)",
-    "copy": "copy local-hpc-script-dir to the cluster (on by default; --no-copy to skip)",
-    "debug": "log debug detail, SSH included",
-    "retries": "more rounds over all login nodes, with backoff, when none answers (default 3)",
-    "local_port": "port on 127.0.0.1 where the service appears (default 8642)",
-    "heartbeat_time": "seconds between health probes of the service (default 10)",
-    "hpc_job_name": "SLURM job name shared by the chain's jobs (default sp-NAME)",
-    "max_attempts_get_server_and_port": "looks for a serving job before `up` gives up (default 120)",
-    "delay_between_server_and_port": "seconds between those looks (default 5)",
-    "daemonize": "run the forwarder in the background (pid and log in ~/.local/state)",
-    "sbatch_option": "extra sbatch option such as --sbatch-option=--time=2:00:00; repeatable",
-    "warn_seconds": "seconds before the time limit at which SLURM warns a job to hand over "
-                    "(default 90; keep it well under the time limit)",
-    "overlap_minutes": "start each successor this many minutes before its predecessor's "
-                       "time limit, for handovers without a gap",
-    "on_event": "command run (no shell) with one JSON event on stdin: serving, switched, "
-                "waiting, chain-stopped, time-limit-near; e.g. \"curl -sd @- URL\"",
-    "waiting_alert_seconds": "an outage this long sends the waiting event (default 300)",
-    "metrics_port": "serve Prometheus metrics on 127.0.0.1:PORT (default 0: none)",
-    "mode": "direct: login nodes connect to the job's port (default); reverse: the job "
-            "connects to a login node and serves on a private socket there, for sites "
-            "whose login nodes cannot reach compute nodes",
-}
-CONNECT = ("name", "hpc_system_url", "fallback_system_url", "jumphost_url", "username",
-           "jumphost_username", "ssh_config", "retries", "debug", "hpc_job_name",
-           "hpc_script_dir", "server_and_port_file")
-SPEC = ("local_hpc_script_dir", "copy", "sbatch_option", "overlap_minutes", "warn_seconds",
-        "heartbeat_time", "mode")
-FORWARD = ("local_port", "max_attempts_get_server_and_port", "delay_between_server_and_port",
-           "daemonize", "on_event", "waiting_alert_seconds", "metrics_port")
-LISTS = ("fallback_system_url", "sbatch_option")
-FLAGS = {"copy": True, "debug": False, "daemonize": False}
-FIELD_OF = {"sbatch_option": "sbatch_options"}
+_TABLE = config.cli_table()
+OPTION_HELP = _TABLE["help"]
+CONNECT, SPEC, FORWARD = (config.flags(g) for g in (config.CONNECT, config.SPEC, config.FORWARD))
+LISTS = _TABLE["lists"]
+FLAGS = _TABLE["switches"]
+FIELD_OF = _TABLE["field_of"]
 USER_ERRORS = (config.ConfigError, Unreachable, ClusterError, SlurmUnknown, TunnelError,
                SandboxError)
 
