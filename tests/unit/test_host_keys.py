@@ -6,7 +6,7 @@ import subprocess
 import paramiko
 import pytest
 
-from local import remote
+from local import host_keys
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def test_fingerprint_is_the_one_ssh_keygen_shows(key):
     pkey, pub = key
     shown = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
                            check=True).stdout.split()[1]
-    assert remote.fingerprint(pkey) == f"ssh-ed25519 {shown}"
+    assert host_keys.fingerprint(pkey) == f"ssh-ed25519 {shown}"
 
 
 def test_a_line_paramiko_cannot_read_costs_that_line_only(key, tmp_path):
@@ -30,7 +30,7 @@ def test_a_line_paramiko_cannot_read_costs_that_line_only(key, tmp_path):
     known.write_text(f"@cert-authority *.example.org {line}\nnot a key line\n# comment\n"
                      f"login1,login2 {line}\ngarbage ssh-ed25519 !!!\n[jump]:2222 {line}\n")
     keys = paramiko.HostKeys()
-    remote._load_known_hosts(keys, known)
+    host_keys.load_known_hosts(keys, known)
     assert sorted(keys.keys()) == ["[jump]:2222", "login1", "login2"]
     assert keys.check("login2", pkey)
 
@@ -39,16 +39,16 @@ def test_accept_new_records_the_key_privately_and_says_so(key, tmp_path, caplog)
     pkey, _ = key
     known = tmp_path / "new" / "known_hosts"
     client = paramiko.SSHClient()
-    remote.AcceptNew(known).missing_host_key(client, "[127.0.0.1]:2222", pkey)
+    host_keys.AcceptNew(known).missing_host_key(client, "[127.0.0.1]:2222", pkey)
     assert known.read_text() == f"[127.0.0.1]:2222 {pkey.get_name()} {pkey.get_base64()}\n"
     assert known.stat().st_mode & 0o777 == 0o600
-    assert remote.fingerprint(pkey) in caplog.text and "state=accepted-new" in caplog.text
+    assert host_keys.fingerprint(pkey) in caplog.text and "state=accepted-new" in caplog.text
     keys = paramiko.HostKeys()
-    remote._load_known_hosts(keys, known)
+    host_keys.load_known_hosts(keys, known)
     assert keys.check("[127.0.0.1]:2222", pkey)
 
 
 def test_unknown_key_is_refused_with_its_fingerprint(key):
     pkey, _ = key
-    with pytest.raises(remote.HostKeyUnknown, match="SHA256:"):
-        remote.RejectUnknown().missing_host_key(paramiko.SSHClient(), "login1", pkey)
+    with pytest.raises(host_keys.HostKeyUnknown, match="SHA256:"):
+        host_keys.RejectUnknown().missing_host_key(paramiko.SSHClient(), "login1", pkey)
