@@ -207,7 +207,8 @@ def status(options: Options) -> Report:
         try:
             jobs = chain.jobs()
         except slurm.SlurmUnknown as exc:
-            jobs, chain_text = [], f"unknown ({exc})"
+            said = " | ".join(str(exc).splitlines())  # one row, whatever SLURM printed
+            jobs, chain_text = [], f"unknown ({said})"
         else:
             chain_text = " ".join(f"{j.job_id}:{j.state}" for j in jobs) or "none"
         snap = chain.snapshot()

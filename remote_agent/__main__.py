@@ -65,6 +65,8 @@ def show(service_dir: Path) -> int:
         return 3
     records, errors = [], {}
     for path in sorted((service_dir / endpoint.ENDPOINTS_DIR).glob("*.json")):
+        if not path.stem.isdigit():  # a .tmp-*.json is a record being written
+            continue
         try:
             records.append(json.loads(endpoint.read(path).dumps()))
         except endpoint.EndpointError as exc:

@@ -1,0 +1,209 @@
+"""The forwarder's recovery, branch by branch, with in-memory fakes of the
+chain (SLURM and the records) and of the router (tunnels and probes)."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from local.cluster import Snapshot
+from local.conditions import ChainStopped, Home
+from local.config import Options
+from local.forwarder import Forwarder, NeverServed
+from remote_agent.chain import ChainState
+from remote_agent.endpoint import Endpoint
+from remote_agent.slurm import Job, SlurmUnknown
+
+
+def record(job: str, state: str = "serving") -> Endpoint:
+    return Endpoint(service="x", job_id=job, node="node1", host="node1", port=4000, socket=None,
+                    login_node=None, state=state, started=0.0, ends_at=None, secret="00" * 16)
+
+
+def running(job: str) -> Job:
+    return Job(job, "sp-x", "RUNNING", "node1", "None", "30:00", "N/A", "N/A")
+
+
+def pending(job: str) -> Job:
+    return Job(job, "sp-x", "PENDING", "", "Dependency", "30:00", "N/A", "N/A")
+
+
+class FakeSite:
+    def __init__(self):
+        self.failed_logins: list[str] = []
+
+    def failed(self, login: str) -> None:
+        self.failed_logins.append(login)
+
+    def run(self, argv):
+        class Result:
+            returncode, stdout = 0, "it printed this\n"
+        return Result()
+
+
+class FakeChain:
+    """SLURM's jobs and the service dir's records, as a test sets them."""
+
+    def __init__(self, jobs=(), records=(), stopped: str = "", unknown: bool = False):
+        self.site = FakeSite()
+        self.job_list, self.stopped, self.unknown = list(jobs), stopped, unknown
+        self.records = {r.job_id: r for r in records}
+        self.started: list[str] = []
+        self.writable = True
+
+    def jobs(self):
+        if self.unknown:
+            raise SlurmUnknown("squeue exited 1: slurm_load_jobs error: Socket timed out")
+        return self.job_list
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(ChainState(stopped=bool(self.stopped), reason=self.stopped), self.records)
+
+    def serving(self, jobs, snap):
+        live = [e for e in snap.endpoints.values()
+                if e.state == "serving" and any(j.job_id == e.job_id and j.running for j in jobs)]
+        return max(live, key=lambda e: int(e.job_id)) if live else None
+
+    def ensure(self):
+        self.started.append(str(100 + len(self.started)))
+        self.job_list = [pending(self.started[-1])]
+        return self.started[-1], True
+
+    def home(self):
+        return Home(self.writable, "" if self.writable else "ENOSPC", "/home/a/logs", 0)
+
+    def ended(self, job):
+        return None
+
+    def log_path(self, job):
+        return f"/logs/{job}.out"
+
+
+class FakeTunnel:
+    def __init__(self, login: str, lost: bool = False):
+        self.login, self.lost, self.alive = login, lost, not lost
+
+
+class FakeRoute:
+    def __init__(self, endpoint: Endpoint, login: str = "login1", lost: bool = False):
+        self.endpoint, self.tunnel = endpoint, FakeTunnel(login, lost)
+
+    def describe(self) -> str:
+        return f"job={self.endpoint.job_id}"
+
+
+class FakeRouter:
+    """Routes answer their probe for the jobs in `answering`."""
+
+    def __init__(self, answering=()):
+        self.answering = set(answering)
+        self.route = None
+        self.taken: list[str] = []
+
+    async def candidate(self, target, session):
+        return FakeRoute(target) if target.job_id in self.answering else None
+
+    def take(self, route):
+        old, self.route = self.route, route
+        self.taken.append(route.endpoint.job_id)
+        return old
+
+    async def close(self):
+        pass
+
+
+@pytest.fixture
+def make(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+
+    def build(chain: FakeChain, answering=(), **options) -> Forwarder:
+        values = dict(name="x", hpc_system_url="login1", crash_loop_jobs=3,
+                      delay_between_server_and_port=0.01, max_attempts_get_server_and_port=3)
+        values.update(options)
+        fwd = Forwarder(Options(**values), chain)
+        fwd.router = FakeRouter(answering)
+        return fwd
+    return build
+
+
+async def recover(fwd: Forwarder) -> None:
+    await fwd._recover(None)
+
+
+async def test_a_serving_record_of_a_running_job_is_switched_to(make):
+    fwd = make(FakeChain([running("7"), pending("8")], [record("7")]), answering={"7"})
+    await recover(fwd)
+    assert fwd.router.taken == ["7"] and fwd.healthy.is_set()
+    assert fwd.status.state == "serving" and fwd.served.ever
+
+
+async def test_a_record_whose_job_is_gone_is_not_followed(make):
+    fwd = make(FakeChain([pending("8")], [record("7")]), answering={"7"})
+    await recover(fwd)
+    assert fwd.router.taken == [] and fwd.status.state == "waiting"
+    assert "job=8 state=PENDING" in fwd.status.message
+
+
+async def test_no_job_at_all_starts_a_chain(make):
+    chain = FakeChain([], [])
+    fwd = make(chain)
+    await recover(fwd)
+    assert chain.started == ["100"]
+
+
+async def test_unknown_never_starts_a_chain(make):
+    chain = FakeChain(unknown=True)
+    fwd = make(chain)
+    await recover(fwd)
+    assert chain.started == [] and fwd.status.state == "waiting"
+    assert fwd.status.message.startswith("cluster unknown: squeue exited 1")
+
+
+async def test_a_stopped_chain_ends_the_forwarder_with_its_reason(make):
+    fwd = make(FakeChain([running("7")], [record("7")], stopped="stopped by down"))
+    with pytest.raises(ChainStopped, match="stopped by down"):
+        await recover(fwd)
+    assert fwd.status.state == "stopped"
+
+
+async def test_a_lost_tunnel_puts_its_login_node_last(make):
+    chain = FakeChain([running("7")], [record("7")])
+    fwd = make(chain, answering={"7"})
+    fwd.router.route = FakeRoute(record("7"), login="login1", lost=True)
+    await recover(fwd)
+    assert chain.site.failed_logins == ["login1"] and fwd.router.taken == ["7"]
+
+
+async def test_never_served_gives_up_after_its_attempts_but_served_once_never_does(make):
+    fwd = make(FakeChain([running("7")], [record("7", "starting")]))
+    with pytest.raises(NeverServed, match="after 3 attempts"):
+        for _ in range(3):
+            await recover(fwd)
+    patient = make(FakeChain([running("7")], [record("7", "starting")]))
+    patient.served.ever = True
+    for _ in range(5):
+        await recover(patient)
+    assert patient.status.state == "waiting"
+
+
+async def test_a_running_job_without_a_record_on_a_full_home_says_so(make):
+    chain = FakeChain([running("7")], [])
+    chain.writable = False
+    fwd = make(chain)
+    await recover(fwd)
+    assert fwd.status.message.startswith("home not writable: ENOSPC in /home/a/logs")
+
+
+async def test_a_later_job_serving_is_taken_while_the_current_one_still_answers(make):
+    chain = FakeChain([running("8")], [record("7"), record("8")])
+    fwd = make(chain, answering={"7", "8"})
+    fwd.router.route = FakeRoute(record("7"))
+
+    async def look():
+        return await fwd.handover.later_serving(fwd.route.endpoint)
+    assert (await look()).job_id == "8"  # 7 is gone from SLURM: NODE_FAIL
+    chain.job_list = [running("7")]
+    assert (await look()) is None  # 8's record serves, SLURM runs no 8: asked once
+    chain.unknown = True
+    assert (await look()) is None  # and never again: no SLURM call

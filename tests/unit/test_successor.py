@@ -1,0 +1,138 @@
+"""The successor keeper, branch by branch, with SLURM answered in memory:
+exactly one successor, never two, and never on an unknown answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from remote_agent import chain, endpoint, successor
+from remote_agent.endpoint import Endpoint
+from remote_agent.joblog import Summariser
+from remote_agent.slurm import Job
+from remote_agent.spec import Spec
+from remote_agent.successor import Successor
+
+def line(job: str, state: str = "RUNNING", limit: str = "30:00") -> str:
+    """One squeue line in slurm.SQUEUE_FORMAT's field order."""
+    return f"{job}|sp-x|{state}|node1|None|{limit}|N/A|N/A"
+
+
+class FakeSlurm:
+    """Answers each argv by its command: a queue of (rc, out, err) per command."""
+
+    def __init__(self, **answers):
+        self.answers = {k: list(v) for k, v in answers.items()}
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, argv):
+        self.calls.append(argv)
+        command = "sbatch" if "sbatch" in argv else argv[0]
+        queue = self.answers.get(command, [])
+        return queue.pop(0) if len(queue) > 1 else (queue[0] if queue else (0, "", ""))
+
+    def ran(self, command: str) -> int:
+        return sum(1 for argv in self.calls if command in argv)
+
+
+@pytest.fixture
+def keeper(tmp_path, monkeypatch):
+    monkeypatch.setattr(successor, "OVERLAP_POLL", 0.01)
+
+    def make(overlap: int = 0, **answers) -> Successor:
+        spec = Spec(name="x", job_name="sp-x", service_dir=str(tmp_path),
+                    app_dir=str(tmp_path / "app"), agent_dir=str(tmp_path / "agent"),
+                    overlap_minutes=overlap, drain_seconds=0.01)
+        made = Successor(spec, "20", "alice", lambda *a: None, Summariser(lambda line: None))
+        made.slurm = FakeSlurm(**answers)
+        return made
+    # The keeper's backoff (5 s, doubling) is its own business: not waited here.
+    monkeypatch.setattr(successor.asyncio, "sleep", _no_wait(asyncio.sleep))
+    return make
+
+
+def _no_wait(real_sleep):
+    async def sleep(seconds):
+        await real_sleep(0)
+    return sleep
+
+
+async def test_a_queued_later_job_is_the_successor_and_nothing_is_submitted(keeper):
+    k = keeper(squeue=[(0, line("20") + "\n" + line("21", "PENDING") + "\n", "")])
+    assert await k.keep(None) == "21" and k.slurm.ran("sbatch") == 0
+
+
+async def test_none_queued_submits_one_after_any(keeper):
+    k = keeper(squeue=[(0, line("20") + "\n", "")], sbatch=[(0, "21\n", "")])
+    assert await k.keep(None) == "21"
+    submitted = next(argv for argv in k.slurm.calls if "sbatch" in argv)
+    assert "--dependency=afterany:20" in submitted
+
+
+async def test_with_overlap_the_successor_may_start_before_the_limit(keeper):
+    own = Job("20", "sp-x", "RUNNING", "node1", "None", "1:00:00", "N/A", "N/A")
+    k = keeper(overlap=10, squeue=[(0, line("20") + "\n", "")], sbatch=[(0, "21\n", "")])
+    assert await k.keep(own) == "21"
+    assert "--dependency=after:20+50" in next(a for a in k.slurm.calls if "sbatch" in a)
+
+
+async def test_an_unknown_answer_is_asked_again_never_taken_as_none(keeper):
+    timeout = (1, "", "slurm_load_jobs error: Socket timed out on send/recv operation")
+    k = keeper(squeue=[timeout, timeout, (0, line("20") + "\n" + line("21", "PENDING"), "")])
+    assert await k.keep(None) == "21" and k.slurm.ran("sbatch") == 0 and k.slurm.ran("squeue") == 3
+
+
+async def test_a_failed_sbatch_is_followed_by_a_fresh_look_not_a_second_sbatch(keeper):
+    """sbatch timed out but went through: the next look finds the job."""
+    k = keeper(squeue=[(0, line("20"), ""), (0, line("20") + "\n" + line("21", "PENDING"), "")],
+               sbatch=[(1, "", "sbatch: error: Socket timed out")])
+    assert await k.keep(None) == "21" and k.slurm.ran("sbatch") == 1
+
+
+async def test_a_stopped_chain_gets_no_successor_and_no_release(keeper, tmp_path):
+    chain.save(tmp_path, chain.ChainState(0, True, "stopped by down"))
+    k = keeper()
+    assert await k.keep(None) is None and k.slurm.calls == []
+    done = asyncio.get_running_loop().create_future()
+    done.set_result("21")
+    await k.release(done)
+    assert k.slurm.calls == []
+
+
+async def test_release_drops_the_dependency_of_the_queued_successor(keeper):
+    k = keeper()
+    done = asyncio.get_running_loop().create_future()
+    done.set_result("21")
+    await k.release(done)
+    assert k.slurm.calls == [["scontrol", "update", "JobId=21", "Dependency="]]
+    unsure = asyncio.get_running_loop().create_future()
+    await k.release(unsure)  # still looking: nothing to release yet
+    assert len(k.slurm.calls) == 1
+    unsure.cancel()
+
+
+async def test_stale_records_go_when_their_jobs_are_gone(keeper, tmp_path):
+    folder = tmp_path / endpoint.ENDPOINTS_DIR
+    folder.mkdir()
+    for name in ("12.json", "20.json", "21.json"):
+        (folder / name).write_text("{}")
+    k = keeper(squeue=[(0, line("20") + "\n" + line("21", "PENDING"), "")])
+    await k.keep(None)
+    assert sorted(p.name for p in folder.iterdir()) == ["20.json", "21.json"]
+
+
+async def test_the_overlap_watch_returns_once_a_later_job_serves(keeper, tmp_path):
+    k = keeper(overlap=10)
+    watching = asyncio.ensure_future(k.watch_for_serving())
+    await asyncio.sleep(0)
+    assert not watching.done()
+    newer = Endpoint(service="x", job_id="21", node="node2", host="node2", port=4001,
+                     socket=None, login_node=None, state="serving", started=0.0, ends_at=None,
+                     secret="00" * 16)
+    endpoint.write(tmp_path, newer.with_state("starting"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not watching.done()  # starting is not serving
+    endpoint.write(tmp_path, newer)
+    await asyncio.wait_for(watching, 5)
