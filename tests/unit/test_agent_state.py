@@ -91,3 +91,11 @@ def test_the_agent_is_built_and_run_inside_one_running_loop(tmp_path, monkeypatc
     monkeypatch.setenv("SLURM_JOB_ID", "20")
     assert agent_main.job(tmp_path) == 0
     assert len(loops) == 2 and loops[0] is loops[1] and loops[0].is_closed()
+
+
+def test_show_skips_a_record_being_written(agent, capsys):
+    import json
+    folder = records(agent)
+    (folder / ".tmp-k3j9x.json").write_text('{"half": ')
+    assert agent_main.show(agent.service_dir) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == {}
