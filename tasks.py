@@ -20,8 +20,7 @@ from invoke import Collection, Exit, task
 
 from local import config, service
 from local.sandbox import Sandbox
-from local.tasks import (USER_ERRORS, _logging, deploy, down, logs, sandbox, status, systemd,
-                         up)
+from local.tasks import USER_ERRORS, _logging, deploy, down, logs, sandbox, status, systemd, up
 
 
 @task(help={"short": "small sizes and windows: checks that it runs (CI), not how fast",
@@ -62,8 +61,10 @@ def faults_table(c, report=None):
         with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as handle:
             report = handle.name
         env = {**os.environ, "SLURM_PERSIST_FAULT_REPORT": report}
-        if subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/faults"], env=env).returncode:
-            raise Exit("slurm-persist: error: the fault suite failed; README left as it was", code=1)
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/faults"], env=env)
+        if tests.returncode:
+            raise Exit("slurm-persist: error: the fault suite failed; README left as it was",
+                       code=1)
     rows = [json.loads(line) for line in Path(report).read_text().splitlines() if line.strip()]
     lines = ["| fault | recovery | measured (s) | requests failed |", "|---|---|---|---|"]
     lines += [f"| {r['fault']} | {r['recovery']} | {r['seconds']} | "

@@ -47,7 +47,7 @@ class Settings:
     overlap: bool = True
 
     @classmethod
-    def short(cls) -> "Settings":
+    def short(cls) -> Settings:
         return cls(download_bytes=20 * 10**6, requests=100, slurm_window=20.0, idle_window=5.0,
                    overlap=False)
 
@@ -183,7 +183,8 @@ class Bench:
         time.sleep(self.s.slurm_window)
         calls = 0
         for host in hosts:
-            out = self.box.exec(host, "sh", "-c", "cat /var/log/slurm-calls/*.log 2>/dev/null || true")
+            out = self.box.exec(host, "sh", "-c",
+                                "cat /var/log/slurm-calls/*.log 2>/dev/null || true")
             calls += len([line for line in out.splitlines() if line.strip()])
         self.results["slurm_calls_per_hour"] = round(calls * 3600 / self.s.slurm_window, 1)
 
@@ -273,13 +274,15 @@ def table(results: dict) -> str:
               f"| throughput vs baseline | {ours['mb_per_s'] / base['mb_per_s']:.2f}x | >= 0.9x |",
               f"| p50 (new connections) vs baseline | "
               f"{ours['p50_new_ms'] - base['p50_new_ms']:+.2f} ms | <= +1 ms |",
-              f"| `up` to first answer, cold (nothing deployed) | {results['startup_cold_s']:.1f} s | |",
+              f"| `up` to first answer, cold (nothing deployed) | "
+              f"{results['startup_cold_s']:.1f} s | |",
               f"| `up` to first answer, warm (deployed, no chain) | "
               f"{results['startup_warm_s']:.1f} s | |",
               f"| recovery after scancel (no overlap) | {rec['seconds']} s, {rec['failed']} of "
               f"{rec['requests']} requests failed | <= heartbeat + 5 s |",
               f"| SLURM calls per hour while healthy | {results['slurm_calls_per_hour']} | 0 |",
-              f"| forwarder idle | {fwd['idle']['rss_mb']} MB RSS, {fwd['idle']['cpu_percent']}% CPU"
+              f"| forwarder idle | {fwd['idle']['rss_mb']} MB RSS, "
+              f"{fwd['idle']['cpu_percent']}% CPU"
               f" | < 60 MB, < 1% |",
               f"| forwarder at 50 req/s | {fwd['under_load_50rps']['rss_mb']} MB RSS, "
               f"{fwd['under_load_50rps']['cpu_percent']}% CPU | |"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from remote_agent.gate import CHUNK, COALESCE
 from remote_agent.joblog import Summariser
@@ -26,7 +26,7 @@ RETRY_PAUSE = 0.5
 
 class Clients:
     def __init__(self, hold_seconds: float, healthy: asyncio.Event,
-                 route: Callable[[], Optional[Route]], kick: Callable[[], None],
+                 route: Callable[[], Route | None], kick: Callable[[], None],
                  metrics: Metrics, events: Summariser, left: Callable[[], None]):
         self.hold_seconds, self.healthy, self._route = hold_seconds, healthy, route
         self._kick, self.metrics, self.events, self._left = kick, metrics, events, left
@@ -72,7 +72,7 @@ class Clients:
         self.metrics.up(len(sent))
         await route.carry((reader, writer), upstream, lane, (self.metrics.up, self.metrics.down))
 
-    async def _wait_route(self, timeout: float) -> Optional[Route]:
+    async def _wait_route(self, timeout: float) -> Route | None:
         if timeout <= 0:
             return None
         try:

@@ -12,8 +12,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from remote_agent import endpoint, slurm
 from remote_agent.chain import ChainState
@@ -38,7 +38,7 @@ class Layout:
     reverse_dir: str
 
     @classmethod
-    def of(cls, options: Options, home: str) -> "Layout":
+    def of(cls, options: Options, home: str) -> Layout:
         def expand(path: str) -> str:
             return home + path[1:] if path.startswith("~") else path
         service_dir = expand(options.server_and_port_file
@@ -92,7 +92,7 @@ class Chain:
     def __init__(self, site: Site, options: Options):
         self.site = site
         self.options = options
-        self._layout: Optional[Layout] = None
+        self._layout: Layout | None = None
         # Told of every SLURM command run (the forwarder's metrics count them).
         self.on_slurm: Callable[[], None] = lambda: None
         self._user = options.username
@@ -136,7 +136,7 @@ class Chain:
         jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
         return sorted(jobs, key=lambda j: int(j.job_id))
 
-    def ended(self, job_id: str) -> Optional[slurm.Job]:
+    def ended(self, job_id: str) -> slurm.Job | None:
         """SLURM's last record of a job that may have ended; None once forgotten."""
         if not self._user:
             self._user = self.site.run(["id", "-un"]).stdout.strip()
@@ -145,7 +145,7 @@ class Chain:
                                elsewhere=_failed_here)
         return slurm.interpret_ended(result.returncode, result.stdout, result.stderr)
 
-    def home(self) -> Optional[Home]:
+    def home(self) -> Home | None:
         """Can jobs write in the service dir? None when the check could not run."""
         result = self.agent("check")
         try:
@@ -168,7 +168,7 @@ class Chain:
             raise ClusterError(f"unexpected output of the agent's show on {result.host} "
                                f"({type(exc).__name__}: {exc}); deploy again") from None
 
-    def serving(self, jobs: list[slurm.Job], snap: Snapshot) -> Optional[Endpoint]:
+    def serving(self, jobs: list[slurm.Job], snap: Snapshot) -> Endpoint | None:
         """The newest record that is serving *and* whose job SLURM runs."""
         running = {j.job_id for j in jobs if j.running}
         live = [e for e in snap.endpoints.values() if e.job_id in running and e.state == "serving"]
@@ -221,7 +221,8 @@ class Chain:
             jobs = self.jobs()
             if not jobs:
                 return cancelled
-            order = [j.job_id for j in jobs if not j.running] + [j.job_id for j in jobs if j.running]
+            order = ([j.job_id for j in jobs if not j.running]
+                     + [j.job_id for j in jobs if j.running])
             fresh = [j for j in order if j not in cancelled]
             if fresh:
                 self.site.run(slurm.scancel_argv(fresh), elsewhere=_failed_here)

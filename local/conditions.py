@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from remote_agent import slurm
 
@@ -38,10 +38,10 @@ class Home:
     writable: bool
     error: str = ""
     path: str = ""
-    free_bytes: Optional[int] = None
+    free_bytes: int | None = None
 
     @classmethod
-    def parse(cls, data: dict) -> "Home":
+    def parse(cls, data: dict) -> Home:
         free = data.get("free_bytes")
         return cls(bool(data.get("writable")), str(data.get("error", "")),
                    str(data.get("path", "")), free if isinstance(free, int) else None)
@@ -58,7 +58,7 @@ class Verdict:
     home: bool = False  # the home was full: over as soon as it is writable
 
 
-def judge(home: Optional[Home], job: Optional[slurm.Job], said: str) -> Verdict:
+def judge(home: Home | None, job: slurm.Job | None, said: str) -> Verdict:
     """home: the write check (None if it could not run); job: SLURM's last
     record of the chain's job (None once forgotten); said: its log's tail."""
     if home is not None and not home.writable:
@@ -102,11 +102,11 @@ class Backoff:
 class Conditions:
     """Asks the cluster why a chain ended unserved, and waits it out."""
 
-    def __init__(self, chain: "Chain"):
+    def __init__(self, chain: Chain):
         self.chain = chain
         self.backoff = Backoff()
 
-    def why_unserved(self, job: Optional[str]) -> Verdict:
+    def why_unserved(self, job: str | None) -> Verdict:
         if job is None:
             return Verdict(False, "")
         return judge(self.chain.home(), self.chain.ended(job), self.log_tail(job))
@@ -118,7 +118,7 @@ class Conditions:
         return (" | ".join(tail.stdout.strip().splitlines())
                 or "its output file is empty: it ended before printing anything")
 
-    def home_problem(self) -> Optional[str]:
+    def home_problem(self) -> str | None:
         home = self.chain.home()
         return home.describe() if home is not None and not home.writable else None
 
@@ -147,10 +147,10 @@ class Starter:
     seconds, for ever. A chain the cluster ended (a full home, a failed
     node) is no fault of the service: waited out."""
 
-    def __init__(self, options: "Options", chain: "Chain", served: Served, hooks: "Hooks"):
+    def __init__(self, options: Options, chain: Chain, served: Served, hooks: Hooks):
         self.options, self.chain, self.served, self.hooks = options, chain, served, hooks
         self.conditions = Conditions(chain)
-        self.started_job: Optional[str] = None  # the last chain started here
+        self.started_job: str | None = None  # the last chain started here
 
     async def start(self, set_status) -> None:
         if not self.served.since_chain_start:

@@ -25,9 +25,10 @@ import os
 import shlex
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from remote_agent.spec import MODES, Spec, SpecError, check_name
 
@@ -50,7 +51,7 @@ class ConfigError(ValueError):
 CONNECT, SPEC, FORWARD = "connect", "spec", "forward"
 
 
-def opt(default: Any, help: str, group: Optional[str] = None, flag: Optional[str] = None):
+def opt(default: Any, help: str, group: str | None = None, flag: str | None = None):
     """One option, defined once: its default, its help (the CLI's), which
     tasks take it as a flag, and the flag's name where it is not the
     field's (the original tool's spellings live here, at the edge)."""
@@ -66,21 +67,21 @@ class Options:
 
     name: str = opt(DEFAULT_SERVICE, "service: a [services.NAME] table in slurm-persist.toml "
                     "(default: hpc)", CONNECT)
-    hpc_system_url: Optional[str] = opt(None, "login node to use first (default: the docker "
+    hpc_system_url: str | None = opt(None, "login node to use first (default: the docker "
                                         "sandbox's login1)", CONNECT)
     fallback_system_url: list[str] = opt([], "login node to use when the one before fails; "
                                          "repeat for more", CONNECT)
-    jumphost_url: Optional[str] = opt(None, "jumphost (bastion) between you and the login nodes",
+    jumphost_url: str | None = opt(None, "jumphost (bastion) between you and the login nodes",
                                       CONNECT)
-    username: Optional[str] = opt(None, "your user name on the login nodes", CONNECT)
-    jumphost_username: Optional[str] = opt(None, "your user name on the jumphost", CONNECT)
-    ssh_config: Optional[str] = opt(None, "ssh_config file to use instead of ~/.ssh/config",
+    username: str | None = opt(None, "your user name on the login nodes", CONNECT)
+    jumphost_username: str | None = opt(None, "your user name on the jumphost", CONNECT)
+    ssh_config: str | None = opt(None, "ssh_config file to use instead of ~/.ssh/config",
                                     CONNECT)
     local_hpc_script_dir: str = opt("hpc", "local folder with slurm.sbatch, run and your server "
                                     "(default: hpc)", SPEC)
-    hpc_script_dir: Optional[str] = opt(None, "cluster folder for those files "
+    hpc_script_dir: str | None = opt(None, "cluster folder for those files "
                                         "(default ~/.slurm-persist/services/NAME/app)", CONNECT)
-    server_and_port_file: Optional[str] = opt(None, "cluster folder for the per-job endpoint "
+    server_and_port_file: str | None = opt(None, "cluster folder for the per-job endpoint "
                                               "records, logs and spec (default "
                                               "~/.slurm-persist/services/NAME)", CONNECT)
     copy: bool = opt(True, "copy local-hpc-script-dir to the cluster (on by default; --no-copy "
@@ -92,7 +93,7 @@ class Options:
                           FORWARD)
     heartbeat_time: float = opt(10.0, "seconds between health probes of the service "
                                 "(default 10)", SPEC)
-    hpc_job_name: Optional[str] = opt(None, "SLURM job name shared by the chain's jobs "
+    hpc_job_name: str | None = opt(None, "SLURM job name shared by the chain's jobs "
                                       "(default sp-NAME)", CONNECT)
     max_attempts_get_server_and_port: int = opt(120, "looks for a serving job before `up` "
                                                 "gives up (default 120)", FORWARD)

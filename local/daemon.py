@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from .config import state_dir
 
@@ -38,7 +38,7 @@ def log_path(name: str) -> Path:
     return state_dir(name) / "forwarder.log"
 
 
-def running_pid(name: str) -> Optional[int]:
+def running_pid(name: str) -> int | None:
     """The live forwarder's pid, or None (a stale pid file is removed)."""
     path = pid_path(name)
     try:
@@ -105,7 +105,7 @@ def daemonize(name: str, body: Callable[[], int]) -> int:
         os._exit(code)
 
 
-def stop(name: str, timeout: float = 15) -> Optional[int]:
+def stop(name: str, timeout: float = 15) -> int | None:
     """SIGTERM the forwarder and wait for it; returns its pid if one ran."""
     pid = running_pid(name)
     if pid is None:

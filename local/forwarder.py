@@ -23,7 +23,6 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Optional
 
 import aiohttp
 
@@ -36,11 +35,11 @@ from remote_agent.listener import Listener
 from . import sockets as local_sockets
 from .clients import Clients
 from .cluster import Chain
+from .conditions import ChainStopped, Served, Starter
+from .config import Options
 from .handover import Handover
 from .hooks import Announcer, Hooks
 from .metrics import STATES, Metrics
-from .conditions import ChainStopped, Served, Starter
-from .config import Options
 from .remote import Unreachable
 from .route import Route
 from .router import Router
@@ -78,12 +77,12 @@ class Forwarder:
         self.status = self.status_file.status
 
     @property
-    def route(self) -> Optional[Route]:
+    def route(self) -> Route | None:
         return self.router.route
 
     # -- lifecycle -------------------------------------------------------
 
-    async def listen(self, sockets: Optional[list[socket.socket]] = None) -> None:
+    async def listen(self, sockets: list[socket.socket] | None = None) -> None:
         """Accept on sockets already listening (a supervisor's, systemd's), or
         bind the local port on loopback only; fails if it is taken."""
         before, soft, hard = raise_nofile()
@@ -176,7 +175,8 @@ class Forwarder:
         jobs, snap = await asyncio.to_thread(self._read_cluster)
         if snap.chain.stopped:
             self._set_status("stopped", snap.chain.reason)
-            log.error("service=%s state=chain-stopped reason=%r", self.options.name, snap.chain.reason)
+            log.error("service=%s state=chain-stopped reason=%r", self.options.name,
+                      snap.chain.reason)
             self.hooks.emit("chain-stopped", reason=snap.chain.reason)
             raise ChainStopped(f"the chain is stopped: {snap.chain.reason}")
         target = self.chain.serving(jobs, snap)

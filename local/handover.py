@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Optional
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
@@ -37,7 +36,7 @@ class Handover:
         self._not_running: set[str] = set()
         self._told_near_end: set[str] = set()
 
-    async def later_serving(self, current: Endpoint) -> Optional[Endpoint]:
+    async def later_serving(self, current: Endpoint) -> Endpoint | None:
         """A later job's record that serves, once SLURM confirms it runs."""
         try:
             snap = await asyncio.to_thread(self.chain.snapshot)

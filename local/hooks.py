@@ -21,7 +21,6 @@ import json
 import logging
 import shlex
 import time
-from typing import Optional
 
 log = logging.getLogger("slurm_persist.hooks")
 
@@ -36,8 +35,8 @@ class Hooks:
     def __init__(self, command: str, service: str):
         self.argv = shlex.split(command) if command else []
         self.service = service
-        self._queue: Optional[asyncio.Queue] = None
-        self._task: Optional[asyncio.Future] = None
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Future | None = None
         self.sent = 0
         self.dropped = 0
 
@@ -102,10 +101,10 @@ class Announcer:
 
     def __init__(self, hooks: Hooks, alert: float):
         self.hooks, self.alert = hooks, alert
-        self._waiting_since: Optional[float] = None  # no route since then
+        self._waiting_since: float | None = None  # no route since then
         self._told = False
 
-    def served(self, old_job: Optional[str], job: str, node: str, login: str) -> None:
+    def served(self, old_job: str | None, job: str, node: str, login: str) -> None:
         if old_job is None:
             self.hooks.emit("serving", job=job, node=node, login=login)
         elif old_job != job:

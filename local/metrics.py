@@ -10,7 +10,6 @@ one process never share counters.
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
@@ -58,7 +57,7 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
 
-    def on_job(self, job_id: str, node: str, login: str, ends_at: Optional[float]) -> None:
+    def on_job(self, job_id: str, node: str, login: str, ends_at: float | None) -> None:
         self.job.info({"job_id": job_id, "node": node, "login": login})
         self._ends_at = ends_at or 0.0
         self.ends_at.set(self._ends_at)

@@ -19,9 +19,10 @@ import shlex
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import TypeVar
 
 import paramiko
 from fabric import Config, Connection
@@ -66,11 +67,11 @@ class Site:
         self.options = options
         self._connections: dict[str, Connection] = {}
         self._failed: dict[str, float] = {}
-        self.current: Optional[str] = None
+        self.current: str | None = None
 
-    def run(self, argv: Sequence[str], stdin: Optional[str] = None,
+    def run(self, argv: Sequence[str], stdin: str | None = None,
             timeout: float = COMMAND_TIMEOUT,
-            elsewhere: Optional[Callable[[Result], bool]] = None) -> Result:
+            elsewhere: Callable[[Result], bool] | None = None) -> Result:
         """Run argv (quoted here, once) on a login node; fail over on SSH errors.
         A command that outlives timeout comes back as exit status 124: SLURM
         commands hang for minutes when the controller is gone, and a caller
@@ -190,7 +191,7 @@ class Site:
         for host in list(self._connections):
             self._drop(host)
 
-    def _run_on(self, host: str, command: str, stdin: Optional[str], timeout: float) -> Result:
+    def _run_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
         conn = self._connection(host)
         try:
             out = conn.run(command, hide=True, warn=True, in_stream=_stream(stdin),
@@ -222,7 +223,7 @@ class Site:
         self.current = host
         return self._connections[host]
 
-    def _gateway(self) -> Optional[Connection]:
+    def _gateway(self) -> Connection | None:
         if not self.options.jumphost_url:
             return None
         gateway = self._make(self.options.jumphost_url, self.options.jumphost_username)
@@ -232,7 +233,7 @@ class Site:
         gateway.transport.channel_timeout = CONNECT_TIMEOUT
         return gateway
 
-    def _make(self, host: str, user: Optional[str], gateway=None) -> Connection:
+    def _make(self, host: str, user: str | None, gateway=None) -> Connection:
         config = Config(runtime_ssh_path=self.options.ssh_config) if self.options.ssh_config \
             else Config()
         conn = Connection(host, user=user, gateway=gateway, config=config,
@@ -267,7 +268,7 @@ def _close(conn) -> None:
             pass
 
 
-def _stream(stdin: Optional[str]):
+def _stream(stdin: str | None):
     return io.StringIO(stdin) if stdin is not None else False
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
@@ -35,14 +34,14 @@ class JobLine:
     state: str
     node: str = "-"
     record: str = "-"             # the agent's: starting, serving, draining
-    ends_at: Optional[float] = None
-    rollover_at: Optional[float] = None
+    ends_at: float | None = None
+    rollover_at: float | None = None
     reason: str = ""              # SLURM's, for a pending job
-    estimated_start: Optional[float] = None
+    estimated_start: float | None = None
 
     @classmethod
-    def of(cls, job: slurm.Job, record: Optional[Endpoint], overlap_minutes: int,
-           warn_seconds: int) -> "JobLine":
+    def of(cls, job: slurm.Job, record: Endpoint | None, overlap_minutes: int,
+           warn_seconds: int) -> JobLine:
         line = cls(job.job_id, job.state, job.node or "-", record.state if record else "-")
         if job.running:
             line.ends_at = job.end_epoch()
@@ -63,7 +62,8 @@ class JobLine:
         if self.ends_at is not None:
             text += f", {duration(self.ends_at - now)} left"
         if self.rollover_at is not None:
-            text += f", next rollover {clock(self.rollover_at)} (in {duration(self.rollover_at - now)})"
+            text += (f", next rollover {clock(self.rollover_at)} "
+                     f"(in {duration(self.rollover_at - now)})")
         if self.reason:
             text += f", waiting: {self.reason}"
         if self.estimated_start is not None:
@@ -85,7 +85,7 @@ class Report:
     reason: str = "-"
     jobs: list = field(default_factory=list)  # of JobLine
 
-    def text(self, now: Optional[float] = None) -> str:
+    def text(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         rows = [(k, v) for k, v in asdict(self).items() if k != "jobs"]
         lines = [job.describe(now) for job in self.jobs] or ["none"]

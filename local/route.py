@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable, Optional
 
 import aiohttp
 
@@ -59,12 +59,12 @@ class Lane:
 
 class Route:
     def __init__(self, endpoint: Endpoint, tunnel: Tunnel, socket_path: Path,
-                 widen: Optional[Widen] = None):
+                 widen: Widen | None = None):
         self.endpoint = endpoint
         self.lanes = [Lane(tunnel, socket_path, own_tunnel=False)]
         self._widen = widen
-        self._widening: Optional[asyncio.Future] = None
-        self._probe_server: Optional[asyncio.AbstractServer] = None
+        self._widening: asyncio.Future | None = None
+        self._probe_server: asyncio.AbstractServer | None = None
         self.probe_port = 0
         self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
         self.idle = asyncio.Event()
@@ -119,12 +119,14 @@ class Route:
         try:
             tunnel = await self._widen()
         except TunnelError as exc:
-            log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes), str(exc))
+            log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes),
+                        str(exc))
             return
         try:
             socket_path = await tunnel.forward(self.endpoint.remote)
         except TunnelError as exc:
-            log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes), str(exc))
+            log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes),
+                        str(exc))
             await tunnel.close()
             return
         self.lanes.append(Lane(tunnel, socket_path, own_tunnel=True))
@@ -176,7 +178,7 @@ async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> 
     """Pass client bytes on (keeping a copy) while waiting for the ack."""
     up_reader, up_writer = upstream
     ack = asyncio.ensure_future(expect_ack(up_reader, up_writer, ACK_TIMEOUT))
-    more: Optional[asyncio.Future] = None
+    more: asyncio.Future | None = None
     try:
         while not ack.done():
             if more is None and len(sent) < REPLAY_LIMIT and not client.at_eof():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Optional
 
 import aiohttp
 
@@ -25,13 +24,13 @@ log = logging.getLogger("slurm_persist.router")
 class Router:
     def __init__(self, options: Options, site: Site, runtime: Path):
         self.options, self.site, self.runtime = options, site, runtime
-        self.route: Optional[Route] = None
+        self.route: Route | None = None
         self._tunnels: dict[str, Tunnel] = {}
         self._retiring: set[asyncio.Future] = set()
         self._extra_masters = 0
 
     async def candidate(self, target: Endpoint, session: aiohttp.ClientSession
-                        ) -> Optional[Route]:
+                        ) -> Route | None:
         """A route to target that answers its probe, through the best login
         node that can carry it; None when none can."""
         for login in self.logins(target):
@@ -50,7 +49,7 @@ class Router:
             await route.retire()  # else its -L forward stays in the ssh master
         return None
 
-    def take(self, route: Route) -> Optional[Route]:
+    def take(self, route: Route) -> Route | None:
         """Make route the current one; the old one (returned) retires."""
         old, self.route = self.route, route
         if old is not None:

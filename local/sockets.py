@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Optional
 
 from remote_agent.listener import tcp_socket
 
@@ -33,7 +32,7 @@ def bind(port: int) -> list[socket.socket]:
     return sockets
 
 
-def from_systemd(environ: Optional[dict] = None) -> list[socket.socket]:
+def from_systemd(environ: dict | None = None) -> list[socket.socket]:
     """Sockets systemd (or systemd-socket-activate) passed to this very
     process; [] when none were. The variables are removed, as
     sd_listen_fds(3) does, so that children do not take them as theirs."""

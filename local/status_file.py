@@ -7,7 +7,6 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from remote_agent.joblog import Summariser
 
@@ -35,7 +34,7 @@ class StatusFile:
         self.path = state_dir(name) / "status.json"
         self._events = events
 
-    def set(self, state: str, message: str = "", where: Optional[tuple] = None) -> None:
+    def set(self, state: str, message: str = "", where: tuple | None = None) -> None:
         """where: (job, node, login) of the current route, if any."""
         if state != self.status.state:
             self.status.since = time.time()
@@ -50,7 +49,7 @@ class StatusFile:
             self._events.note("status=unwritable", f"path={tmp} error={exc.strerror}")
 
 
-def read_status(name: str) -> Optional[Status]:
+def read_status(name: str) -> Status | None:
     try:
         return Status(**json.loads((state_dir(name) / "status.json").read_text()))
     except (OSError, ValueError, TypeError):

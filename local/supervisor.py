@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("slurm_persist.supervisor")
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from remote_agent.slurm import SlurmUnknown
+
 from . import config, service
 from . import systemd as units
 from .remote import ClusterError, Unreachable
 from .sandbox import Sandbox, SandboxError
 from .tunnel import TunnelError
-from remote_agent.slurm import SlurmUnknown
 
 _TABLE = config.cli_table()
 OPTION_HELP = _TABLE["help"]

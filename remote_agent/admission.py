@@ -32,7 +32,7 @@ class Admission:
     def __init__(self, budget: Budget, total: int = PENDING_TOTAL,
                  per_peer: int = PENDING_PER_PEER):
         self.budget, self.total, self.per_peer = budget, total, per_peer
-        self._pending: "OrderedDict[Hashable, str]" = OrderedDict()  # oldest first
+        self._pending: OrderedDict[Hashable, str] = OrderedDict()  # oldest first
         self._by_peer: Counter = Counter()
         self._active: set = set()
 

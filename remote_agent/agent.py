@@ -19,14 +19,14 @@ from typing import Optional
 
 from . import chain, slurm
 from .endpoint import Endpoint
+from .entry import Entry
 from .gate import Gate
 from .joblog import SERVER_CAP, Capped, Summariser, flush_every, write_fd
 from .publisher import Publisher
-from .entry import Entry
 from .reverse import Reverse
 from .server import Server
-from .successor import Successor
 from .spec import Spec
+from .successor import Successor
 
 log = logging.getLogger("slurm_persist.agent")
 
@@ -215,7 +215,8 @@ class Agent:
                 service=self.spec.name, job_id=self.job_id, node=self.node, host=self.node,
                 state=state, started=time.time(), ends_at=self.ends_at, secret=self.secret,
                 **self.entry.route())
-        self.record = self.record.with_state(state, restarts=self.server.restarts, **self.entry.route())
+        self.record = self.record.with_state(state, restarts=self.server.restarts,
+                                             **self.entry.route())
         self.publisher.publish(self.record)
 
 

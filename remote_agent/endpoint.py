@@ -66,7 +66,7 @@ class Endpoint:
     restarts: int = 0
     format: int = FORMAT
 
-    def with_state(self, state: str, **changes) -> "Endpoint":
+    def with_state(self, state: str, **changes) -> Endpoint:
         values = asdict(self)
         values.update(changes, state=state)
         return Endpoint(**values)

@@ -64,7 +64,8 @@ async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         line = b""
     if line != ACK:
         writer.close()
-        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line else "closed before the gate answered")
+        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line
+                              else "closed before the gate answered")
 
 
 def nodelay(writer: asyncio.StreamWriter) -> None:

@@ -71,7 +71,7 @@ async def flush_every(events: Summariser) -> None:
         events.flush()
 
 
-async def copy_output(stream: asyncio.StreamReader, out: "Capped") -> None:
+async def copy_output(stream: asyncio.StreamReader, out: Capped) -> None:
     """A child's output into a Capped writer, until the child closes it."""
     while True:
         data = await stream.read(1 << 16)

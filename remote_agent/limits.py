@@ -52,7 +52,7 @@ class Budget:
         self.limit, self.baseline, self.reserve = limit, baseline, reserve
 
     @classmethod
-    def of_this_process(cls) -> "Budget":
+    def of_this_process(cls) -> Budget:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return cls(soft, open_descriptors())
 

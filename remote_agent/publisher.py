@@ -66,7 +66,7 @@ class Publisher:
         return True
 
     async def _retry_until_written(self) -> None:
-        while not self._write():
+        while not self._write():  # noqa: ASYNC110 - a retry of a write, not a wait for an event
             await asyncio.sleep(RETRY)
 
     def remove(self, job_id: str) -> None:

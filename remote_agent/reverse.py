@@ -143,7 +143,7 @@ class Reverse:
     async def _appeared(self, proc: asyncio.subprocess.Process, path: Path) -> bool:
         deadline = time.monotonic() + APPEAR_TIMEOUT
         while time.monotonic() < deadline and proc.returncode is None:
-            if path.is_socket():
+            if path.is_socket():  # noqa: ASYNC240 - a stat of a local file, microseconds
                 return True
             await asyncio.sleep(0.1)
         return False

@@ -128,7 +128,7 @@ class Upstream:
         self.socket_path, self.port = socket_path, port
 
     @classmethod
-    def fresh(cls, listen: str, private: Path, attempt: int) -> "Upstream":
+    def fresh(cls, listen: str, private: Path, attempt: int) -> Upstream:
         if listen == "unix":
             return cls(socket_path=private / f"server-{attempt}.sock")
         return cls(port=_free_port())
@@ -144,7 +144,9 @@ class Upstream:
         return asyncio.open_connection("127.0.0.1", self.port)
 
     def __str__(self) -> str:
-        return f"server_socket={self.socket_path}" if self.socket_path else f"server_port={self.port}"
+        if self.socket_path:
+            return f"server_socket={self.socket_path}"
+        return f"server_port={self.port}"
 
 
 async def http_ok(opener, path: str, timeout: float = 5.0) -> bool:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import Up, site_options
 from local.cluster import Chain
 from local.deploy import deploy
 from local.remote import Site
-from helpers import Up, site_options
-
 from local.sandbox import Sandbox, compose_file
 
 
@@ -72,7 +71,8 @@ class Shell:
     user: str = "alice"
 
     def argv(self, host: str, command: str) -> list[str]:
-        return ["ssh", "-F", str(self.cluster.ssh_config), "-i", str(self.cluster.identity(self.user)),
+        return ["ssh", "-F", str(self.cluster.ssh_config),
+                "-i", str(self.cluster.identity(self.user)),
                 "-l", self.user, host, command]
 
     def run(self, command: str, host: str = "login1", check: bool = True,
@@ -131,7 +131,8 @@ class Faults:
     def disconnect(self, service: str, network: str = "cluster") -> None:
         net = f"{self.cluster.project}_{network}"
         cid = self.cluster.container(service)
-        subprocess.run(["docker", "network", "disconnect", net, cid], check=True, capture_output=True)
+        subprocess.run(["docker", "network", "disconnect", net, cid], check=True,
+                       capture_output=True)
         self._undo.append(["docker", "network", "connect", "--alias", service, net, cid])
 
     def kill(self, service: str, pattern: str, signal: str = "KILL") -> None:

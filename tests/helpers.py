@@ -45,7 +45,8 @@ def gate_get(alice, record, path="/health", secret=None) -> str:
     hello = preamble(record.secret if secret is None else secret).decode()
     if record.socket:
         login = record.login_node
-        connect = f"s=socket.socket(socket.AF_UNIX)\ns.settimeout(5)\ns.connect({record.socket!r})\n"
+        connect = ("s=socket.socket(socket.AF_UNIX)\ns.settimeout(5)\n"
+                   f"s.connect({record.socket!r})\n")
     else:
         login = "login1"
         connect = f"s=socket.create_connection(({record.host!r},{record.port}),5)\n"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from helpers import Load, cli, event_sink, events, free_port, site_args, up_args, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -17,6 +17,7 @@ import time
 import urllib.request
 
 import pytest
+
 from helpers import Load, cli, site_args, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

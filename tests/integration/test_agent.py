@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from helpers import gate_get, serving, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -52,7 +53,8 @@ class ChainWatcher:
 
     def _sample(self):
         while not self._stop.is_set():
-            states = self.alice.run(f"squeue -h -n {self.job_name} -o %T", check=False).stdout.split()
+            squeue = self.alice.run(f"squeue -h -n {self.job_name} -o %T", check=False)
+            states = squeue.stdout.split()
             self.max_running = max(self.max_running, states.count("RUNNING"))
             self.max_pending = max(self.max_pending, states.count("PENDING"))
             time.sleep(0.5)

@@ -4,9 +4,9 @@ fast is for `invoke bench` to report, not for a test to assert."""
 import json
 
 import pytest
-from helpers import site_options
 
 from bench.bench import Bench, Settings, table
+from helpers import site_options
 
 pytestmark = pytest.mark.cluster
 

@@ -8,8 +8,8 @@ import re
 import subprocess
 
 import pytest
-from helpers import wait_for
 
+from helpers import wait_for
 from local.sandbox import COMPUTE_NODES, LOGIN_NODES
 
 pytestmark = pytest.mark.cluster

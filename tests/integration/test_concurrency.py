@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from helpers import BIN, answers, cli, free_port, site_args, up_args, wait_for
 
 pytestmark = pytest.mark.cluster

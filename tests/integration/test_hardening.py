@@ -6,6 +6,7 @@ import socket
 import subprocess
 
 import pytest
+
 from helpers import Up, cli, site_args
 
 pytestmark = pytest.mark.cluster

@@ -14,6 +14,7 @@ import shlex
 import time
 
 import pytest
+
 from helpers import HPC, Up, answers, cli, site_args, wait_for
 
 pytestmark = pytest.mark.cluster

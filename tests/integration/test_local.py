@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import BIN, HPC, answers, cli, free_port, get, site_args, up_args, wait_for
 
+from helpers import BIN, HPC, answers, cli, free_port, get, site_args, up_args, wait_for
 from local.sandbox import JUMP_ALIAS, JUMP_USER
 
 pytestmark = pytest.mark.cluster

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
 
+from helpers import wait_for
 from local import config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
+
 from helpers import gate_get, serving, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -127,4 +128,5 @@ def test_reverse_mode_socket_and_key_are_alices_alone(make_service, alice, mallo
     make_service("hidden-again", mode="reverse")  # a second deploy adds no second line
     keys = [line for line in alice.out("cat ~/.ssh/authorized_keys").splitlines()
             if "slurm-persist reverse mode" in line]
-    assert len(keys) == 1 and keys[0].startswith('restrict,port-forwarding,command="cat >/dev/null" ')
+    forced = 'restrict,port-forwarding,command="cat >/dev/null" '
+    assert len(keys) == 1 and keys[0].startswith(forced)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from remote_agent import __main__ as agent_main, chain, endpoint, slurm
+from remote_agent import __main__ as agent_main
+from remote_agent import chain, endpoint, slurm
 from remote_agent.agent import Agent
 from remote_agent.spec import Spec
 

@@ -5,8 +5,7 @@ import socket
 import pytest
 from invoke import Context
 
-from local import tasks
-from local import config
+from local import config, tasks
 from local.config import ConfigError
 
 

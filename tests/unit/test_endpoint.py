@@ -2,7 +2,8 @@ import json
 import stat
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from remote_agent import endpoint
 from remote_agent.endpoint import Endpoint, EndpointError

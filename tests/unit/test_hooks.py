@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from helpers import event_sink, events
-
 from local import hooks
 from local.hooks import Hooks
 

@@ -24,6 +24,7 @@ def test_links_and_foreign_owners_are_refused(tmp_path):
     os.chmod(tmp_path, 0o700)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "endpoints").symlink_to(tmp_path / "elsewhere")
-    assert private.problems([tmp_path / "endpoints"]) == [f"{tmp_path / 'endpoints'} is a symbolic link"]
+    link = tmp_path / "endpoints"
+    assert private.problems([link]) == [f"{link} is a symbolic link"]
     assert private.problems([tmp_path], uid=os.getuid() + 1) == [
         f"{tmp_path} belongs to uid {os.getuid()}, not {os.getuid() + 1}"]

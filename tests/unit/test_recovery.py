@@ -3,7 +3,6 @@ chain (SLURM and the records) and of the router (tunnels and probes)."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from local.cluster import Snapshot

@@ -64,7 +64,8 @@ def test_a_copy_in_site_packages_does_not_take_its_own_folder_for_docker(tmp_pat
     for package in ("local", "remote_agent"):
         shutil.copytree(project / package, site / package)
     proc = subprocess.run(
-        [sys.executable, "-c", "from local.sandbox import Sandbox; print(Sandbox.default().image_tag())"],
+        [sys.executable, "-c",
+         "from local.sandbox import Sandbox; print(Sandbox.default().image_tag())"],
         cwd=tmp_path, env={"PYTHONPATH": str(site), "HOME": str(tmp_path)},
         capture_output=True, text=True)
     assert proc.returncode != 0 and "needs a checkout of slurm-persist" in proc.stderr

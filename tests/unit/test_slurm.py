@@ -1,11 +1,12 @@
 import shlex
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from remote_agent import slurm
-from remote_agent.spec import Spec, SpecError
 from remote_agent.slurm import SlurmUnknown
+from remote_agent.spec import Spec, SpecError
 
 
 def spec(**changes) -> Spec:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from remote_agent import reverse, spec as spec_module
+from remote_agent import reverse
+from remote_agent import spec as spec_module
 from remote_agent.spec import Spec, SpecError
 
 HOME = "/home/a/.slurm-persist"

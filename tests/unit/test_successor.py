@@ -14,6 +14,7 @@ from remote_agent.slurm import Job
 from remote_agent.spec import Spec
 from remote_agent.successor import Successor
 
+
 def line(job: str, state: str = "RUNNING", limit: str = "30:00") -> str:
     """One squeue line in slurm.SQUEUE_FORMAT's field order."""
     return f"{job}|sp-x|{state}|node1|None|{limit}|N/A|N/A"
