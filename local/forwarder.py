@@ -48,6 +48,9 @@ from .tunnel import runtime_dir
 
 log = logging.getLogger("slurm_persist.forwarder")
 
+# While a running job does not serve yet: how often to read its record.
+RECORD_POLL = 0.5
+
 
 class NeverServed(Exception):
     """Before the first success: the service never became reachable.
@@ -64,6 +67,7 @@ class Forwarder:
         self._listeners: list[Listener] = []
         self.events = Summariser(log.warning)
         self.served = Served()
+        self._starting: set[str] = set()  # running jobs whose record does not serve yet
         self.hooks = Hooks(options.on_event, options.name)
         self.starter = Starter(options, chain, self.served, self.hooks)
         self.conditions = self.starter.conditions
@@ -165,7 +169,7 @@ class Forwarder:
         if not self.healthy.is_set():
             if self.served.ever or \
                     self.served.attempts < self.options.max_attempts_get_server_and_port:
-                return await self._sleep(self.options.delay_between_server_and_port)
+                return await self._pause(self.options.delay_between_server_and_port)
             raise NeverServed(f"no healthy endpoint after {self.served.attempts} attempts; "
                               f"see: slurm-persist logs --name {self.options.name}")
 
@@ -185,6 +189,8 @@ class Forwarder:
         if not jobs:
             await self._start_chain()
             return
+        self._starting = {j.job_id for j in jobs if j.running} - {
+            e.job_id for e in snap.endpoints.values() if e.state == "serving"}
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
                            for j in jobs)
         silent = [j for j in jobs if j.running and j.job_id not in snap.endpoints
@@ -219,6 +225,22 @@ class Forwarder:
         self._set_status("serving")
         log.info("%s state=serving local=127.0.0.1:%d", route.describe(), self.options.local_port)
         return True
+
+    async def _pause(self, seconds: float) -> None:
+        """Between two looks at the cluster. While a job runs that does not
+        serve yet, its record is read every RECORD_POLL seconds (no SLURM
+        call): `up` answered 5 s after the job served, at the next look."""
+        deadline = time.monotonic() + seconds
+        while self._starting and time.monotonic() < deadline:
+            await self._sleep(min(RECORD_POLL, deadline - time.monotonic()))
+            try:
+                snap = await asyncio.to_thread(self.chain.snapshot)
+            except (Unreachable, RuntimeError):
+                continue
+            if any(e.state == "serving" for e in snap.endpoints.values()
+                   if e.job_id in self._starting):
+                return
+        await self._sleep(max(0.0, deadline - time.monotonic()))
 
     async def _sleep(self, seconds: float) -> None:
         self._kick.clear()

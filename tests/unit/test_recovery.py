@@ -206,3 +206,21 @@ async def test_a_later_job_serving_is_taken_while_the_current_one_still_answers(
     assert (await look()) is None  # 8's record serves, SLURM runs no 8: asked once
     chain.unknown = True
     assert (await look()) is None  # and never again: no SLURM call
+
+
+async def test_a_starting_job_is_followed_as_soon_as_its_record_serves(make, monkeypatch):
+    """Between two looks, only the record is read, every RECORD_POLL s: no SLURM call."""
+    from local import forwarder
+    monkeypatch.setattr(forwarder, "RECORD_POLL", 0.01)
+    chain = FakeChain([running("7")], [record("7", "starting")])
+    fwd = make(chain, answering={"7"}, delay_between_server_and_port=30)
+    await fwd._recover_once(None)
+    assert fwd._starting == {"7"}
+    chain.unknown = True  # any SLURM call now would fail the wait
+
+    async def serve_soon():
+        await asyncio.sleep(0.05)
+        chain.records["7"] = record("7")
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(fwd._pause(30), serve_soon())
+    assert asyncio.get_running_loop().time() - started < 1
