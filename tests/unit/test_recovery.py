@@ -3,6 +3,8 @@ chain (SLURM and the records) and of the router (tunnels and probes)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from local.cluster import Snapshot
