@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from remote_agent import endpoint, slurm
 from remote_agent.chain import ChainState
@@ -117,7 +118,7 @@ class Chain:
                     warn_seconds=o.warn_seconds, listen=o.listen, mode=o.mode,
                     drain_seconds=max(30.0, 3 * o.heartbeat_time), **self._reverse_paths())
 
-    def _reverse_paths(self) -> dict[str, str]:
+    def _reverse_paths(self) -> dict[str, Any]:
         if self.options.mode != "reverse":
             return {}
         lay = self.layout

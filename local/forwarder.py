@@ -141,16 +141,17 @@ class Forwarder:
         return ok
 
     async def _heartbeat(self, session: aiohttp.ClientSession) -> None:
-        if await self._probe(session):
+        route = self.route
+        if route is not None and await self._probe(session):
             if not self.healthy.is_set():
-                log.info("%s state=serving local=127.0.0.1:%d", self.route.describe(),
+                log.info("%s state=serving local=127.0.0.1:%d", route.describe(),
                          self.options.local_port)
                 self._set_status("serving")
             self.healthy.set()
-            target = await self.handover.later_serving(self.route.endpoint)
+            target = await self.handover.later_serving(route.endpoint)
             if target is not None:
                 await self._switch(target, session)
-            await self.handover.warn_near_end(self.route.endpoint)
+            await self.handover.warn_near_end(route.endpoint)
             await self._sleep(self.options.heartbeat_time)
             return
         if self.route:

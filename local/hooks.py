@@ -54,12 +54,14 @@ class Hooks:
             log.warning("hook=dropped event=%s queued=%d", event, QUEUE)
 
     async def _deliver(self) -> None:
+        queue = self._queue
+        assert queue is not None  # made with this task
         while True:
-            record = await self._queue.get()
+            record = await queue.get()
             try:
                 await self._run(record)
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     async def _run(self, record: dict) -> None:
         try:
@@ -86,7 +88,7 @@ class Hooks:
 
     async def close(self) -> None:
         """Let queued events go out (for at most FLUSH seconds), then stop."""
-        if self._task is None:
+        if self._task is None or self._queue is None:
             return
         try:
             await asyncio.wait_for(self._queue.join(), FLUSH)

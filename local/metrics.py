@@ -10,6 +10,7 @@ one process never share counters.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
@@ -47,7 +48,7 @@ class Metrics:
                                    "SLURM commands the forwarder ran", registry=r)
         self.info = Info("slurm_persist_service", "The service", registry=r)
         self.info.info({"service": service})
-        self._server = None
+        self._server: Any = None  # the library's WSGI server, once serving
         self._ends_at = 0.0
 
     def serve(self, port: int) -> None:

@@ -116,6 +116,7 @@ class Route:
         self._widening = asyncio.ensure_future(self._add_lane())
 
     async def _add_lane(self) -> None:
+        assert self._widen is not None  # only started when there is a way to widen
         try:
             tunnel = await self._widen()
         except TunnelError as exc:

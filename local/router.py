@@ -6,6 +6,7 @@ its probe, and the route it replaces retired once its last connection ends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class Router:
             try:
                 tunnel = await self.tunnel(login)
                 route = Route(target, tunnel, await tunnel.forward(target.remote),
-                              widen=lambda login=login: self.extra_tunnel(login))
+                              widen=functools.partial(self.extra_tunnel, login))
             except TunnelError as exc:
                 log.warning("login=%s state=tunnel-failed error=%r", login, str(exc))
                 self.site.failed(login)

@@ -149,6 +149,6 @@ def sandbox_down(c):
 
 
 sandbox = Collection("sandbox")
-sandbox.add_task(sandbox_up, "up")
-sandbox.add_task(sandbox_down, "down")
+sandbox.add_task(sandbox_up, "up")  # type: ignore[arg-type]  # @task made them Tasks
+sandbox.add_task(sandbox_down, "down")  # type: ignore[arg-type]
 ns = Collection(deploy, up, status, logs, down, systemd, sandbox)

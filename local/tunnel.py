@@ -98,6 +98,7 @@ class Tunnel:
         deadline = asyncio.get_event_loop().time() + START_TIMEOUT
         while asyncio.get_event_loop().time() < deadline:
             if self._proc.returncode is not None:
+                assert self._proc.stderr is not None  # asked for with PIPE
                 err = (await self._proc.stderr.read()).decode(errors="replace").strip()
                 said = err.splitlines()[-1] if err else "no reason given"
                 raise TunnelError(f"ssh to {self.login} failed: {said}")
@@ -136,12 +137,13 @@ class Tunnel:
             return 255
 
     async def close(self) -> None:
-        if self.alive:
-            self._proc.terminate()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
             try:
-                await asyncio.wait_for(self._proc.wait(), 5)
+                await asyncio.wait_for(proc.wait(), 5)
             except asyncio.TimeoutError:
-                self._proc.kill()
+                proc.kill()
         for sock in self.directory.glob(f"{self.control.name}-f*.sock"):
             sock.unlink()
         log.info("tunnel=%s state=closed", self.login)

@@ -15,7 +15,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from . import chain, slurm
 from .endpoint import Endpoint
@@ -137,7 +137,7 @@ class Agent:
 
     async def _supervise(self) -> None:
         """Until a signal, a handover or restarts run out."""
-        watchers = [asyncio.ensure_future(self._watch_server())]
+        watchers: List[asyncio.Future] = [asyncio.ensure_future(self._watch_server())]
         if self.spec.overlap_minutes:
             watchers.append(asyncio.ensure_future(self._handover()))
         if self.entry.carrying is not None:

@@ -37,7 +37,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Tuple, Union
 
 from . import private
 
@@ -80,7 +80,7 @@ class Endpoint:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-_TYPES = {
+_TYPES: Dict[str, Union[type, Tuple[type, ...]]] = {
     "service": str, "job_id": str, "node": str, "host": str, "state": str, "secret": str,
     "port": (int, type(None)), "socket": (str, type(None)), "login_node": (str, type(None)),
     "started": (int, float), "ends_at": (int, float, type(None)), "restarts": int, "format": int,

@@ -6,7 +6,7 @@ mode), and what a record says of it (port, or socket and login node).
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .gate import Gate
 from .reverse import Reverse
@@ -37,10 +37,12 @@ class Entry:
             return str(self.carrying.exception())
         return f"no login node carried the socket within {REVERSE_TIMEOUT:.0f} s"
 
-    def route(self) -> Dict[str, object]:
+    def route(self) -> Dict[str, Any]:
         if self.reverse is None:
             return {"port": self.port, "socket": None, "login_node": None}
         hop = self.reverse.current
+        if hop is None:  # between two login nodes: no socket to name
+            return {"port": None, "socket": None, "login_node": None}
         return {"port": None, "socket": str(hop.socket), "login_node": hop.login}
 
     def where(self) -> str:

@@ -156,16 +156,17 @@ class Gate:
 
     async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
         """Bind (port 0: the kernel picks, so no bind-then-close race)."""
-        self._listen(tcp_socket(host, port))
-        return self._listener.port
+        listener = self._listen(tcp_socket(host, port))
+        return listener.port
 
     async def start_unix(self, path: str) -> None:
         """Listen on a Unix socket instead (reverse mode: ssh -R connects here)."""
         self._listen(unix_socket(path))
 
-    def _listen(self, sock) -> None:
+    def _listen(self, sock) -> Listener:
         self._listener = Listener(sock, self._accept, self._events, self.admission.room)
         self._listener.start()
+        return self._listener
 
     def stop_accepting(self) -> None:
         if self._listener is not None:
@@ -186,13 +187,14 @@ class Gate:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a connection's handler runs as its own task
         peer = writer.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else "local"
         self._connections[task] = writer
         for old in self.admission.arrive(task, host):
             self.rejected += 1
             self._events.note("gate=reject reason=pending-cap", f"peer={host}")
-            self._connections[old].close()  # its readline sees EOF; its task ends
+            self._connections[old].close()  # type: ignore[index]  # keys are our tasks
         try:
             await self._serve(task, reader, writer, host)
         finally:

@@ -120,6 +120,7 @@ class Reverse:
             *ssh_argv(self.spec, host, hop.socket, self.gate_socket),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None  # asked for with PIPE
         errors = asyncio.ensure_future(proc.stderr.read())
         try:
             if not await self._appeared(proc, hop.socket):

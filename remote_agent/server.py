@@ -61,6 +61,7 @@ class Server:
             self.failure = f"cannot start {self.spec.command[0]}: {exc.strerror}"
             self.say("state=start-failed reason=%r", self.failure)
             return False
+        assert self.proc.stdout is not None  # asked for with PIPE
         asyncio.ensure_future(copy_output(self.proc.stdout, self.output))
         deadline = time.monotonic() + self.spec.health_timeout
         while time.monotonic() < deadline and not self.stopping():
@@ -82,12 +83,14 @@ class Server:
         returns why it could not go on."""
         failures = 0
         while True:
+            proc, upstream = self.proc, self.upstream
+            assert proc is not None and upstream is not None  # watched once healthy
             try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), HEALTH_EVERY)
+                await asyncio.wait_for(asyncio.shield(proc.wait()), HEALTH_EVERY)
                 failures = HEALTH_FAILURES
-                self.say("state=server-exited code=%s", self.proc.returncode)
+                self.say("state=server-exited code=%s", proc.returncode)
             except asyncio.TimeoutError:
-                ok = await http_ok(self.upstream.open, self.spec.health_path)
+                ok = await http_ok(upstream.open, self.spec.health_path)
                 failures = 0 if ok else failures + 1
             if failures < HEALTH_FAILURES:
                 continue
