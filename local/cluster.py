@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from remote_agent import endpoint, slurm
+from remote_agent import endpoint, layout, slurm
 from remote_agent.chain import ChainState
 from remote_agent.endpoint import Endpoint
 from remote_agent.spec import Spec, check_cluster_path
@@ -44,7 +44,7 @@ class Layout:
             return home + path[1:] if path.startswith("~") else path
         service_dir = expand(options.server_and_port_file
                              or f"~/.slurm-persist/services/{options.name}")
-        app_dir = expand(options.hpc_script_dir or f"{service_dir}/app")
+        app_dir = expand(options.hpc_script_dir or layout.app(service_dir))
         check_cluster_path("server-and-port-file", service_dir)
         check_cluster_path("hpc-script-dir", app_dir)
         base = f"{home}/.slurm-persist"
@@ -233,4 +233,4 @@ class Chain:
                            f"{', '.join(j.job_id for j in self.jobs())}")
 
     def log_path(self, job_id: str) -> str:
-        return f"{self.layout.service_dir}/logs/{job_id}.out"
+        return layout.log_text(self.layout.service_dir, job_id)

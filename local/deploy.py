@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import remote_agent
+from remote_agent import layout
 from remote_agent.spec import Spec
 
 from . import reverse
@@ -94,4 +95,4 @@ def remote_hashes(chain: Chain, root: str) -> dict[str, str]:
 
 
 def write_spec(chain: Chain, spec: Spec) -> None:
-    chain.site.put_text(spec.dumps(), f"{spec.service_dir}/spec.json", 0o600)
+    chain.site.put_text(spec.dumps(), str(layout.spec_file(spec.service_dir)), 0o600)

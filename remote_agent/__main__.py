@@ -20,7 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import chain, endpoint, home, joblog, limits, private, spec
+from . import chain, endpoint, home, joblog, layout, limits, private, spec
 from . import lock as locking
 from .agent import Agent
 
@@ -64,7 +64,7 @@ def show(service_dir: Path) -> int:
         print(json.dumps({"unsafe": unsafe}))
         return 3
     records, errors = [], {}
-    for path in sorted((service_dir / endpoint.ENDPOINTS_DIR).glob("*.json")):
+    for path in sorted(layout.endpoints(service_dir).glob("*.json")):
         if not path.stem.isdigit():  # a .tmp-*.json is a record being written
             continue
         try:

@@ -14,8 +14,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import layout
+
 FORMAT = 1
-FILENAME = "chain.json"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ChainState:
 def load(service_dir: Path) -> ChainState:
     """A missing file is a fresh chain; a broken one is read as fresh too,
     but said so, because refusing to run would end a healthy chain."""
-    path = Path(service_dir) / FILENAME
+    path = layout.chain_file(service_dir)
     try:
         data = json.loads(path.read_text())
         return ChainState(failed_jobs=int(data["failed_jobs"]), stopped=bool(data["stopped"]),
@@ -41,7 +42,7 @@ def load(service_dir: Path) -> ChainState:
 
 
 def save(service_dir: Path, state: ChainState) -> None:
-    path = Path(service_dir) / FILENAME
+    path = layout.chain_file(service_dir)
     fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".chain-")
     try:
         with os.fdopen(fd, "w") as handle:

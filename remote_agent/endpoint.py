@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-from . import private
+from . import layout, private
 
 FORMAT = 1
 STATES = ("starting", "serving", "draining", "stopped")
-ENDPOINTS_DIR = "endpoints"
+ENDPOINTS_DIR = layout.ENDPOINTS
 
 
 class EndpointError(ValueError):
@@ -114,7 +114,7 @@ def loads(text: str) -> Endpoint:
 
 
 def path_for(service_dir: Path, job_id: str) -> Path:
-    return Path(service_dir) / ENDPOINTS_DIR / f"{job_id}.json"
+    return layout.record(service_dir, job_id)
 
 
 def write(service_dir: Path, endpoint: Endpoint) -> Path:

@@ -13,13 +13,15 @@ import os
 from pathlib import Path
 from typing import Dict, Union
 
+from . import layout
+
 # Enough to need fresh blocks on any file system (a 0-byte file may still
 # fit in a full one), small enough to cost nothing.
 PROBE_BYTES = 64 * 1024
 
 
 def check(service_dir: Path) -> Dict[str, Union[bool, int, str]]:
-    target = Path(service_dir) / "logs"
+    target = layout.logs(service_dir)
     probe = target / f".write-check-{os.getpid()}"
     result: Dict[str, Union[bool, int, str]] = {"writable": True, "error": "",
                                                 "path": str(target)}

@@ -14,7 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-LOCK = ".ensure.lock"
+from . import layout
+
+LOCK = layout.LOCK
 # Finding a chain and submitting one takes a few ssh round trips: seconds.
 STALE = 120.0
 

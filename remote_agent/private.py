@@ -13,6 +13,8 @@ import stat
 from pathlib import Path
 from typing import Iterable, List
 
+from . import layout
+
 
 def problems(paths: Iterable[Path], uid: int = -1) -> List[str]:
     """What is wrong with each existing path; an empty list means all private."""
@@ -33,5 +35,4 @@ def problems(paths: Iterable[Path], uid: int = -1) -> List[str]:
 
 
 def service_paths(service_dir: Path) -> List[Path]:
-    return [service_dir, service_dir / "spec.json", service_dir / "chain.json",
-            service_dir / "endpoints", service_dir / "logs", service_dir / "sockets"]
+    return layout.private(service_dir)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+from . import layout
 from .spec import Spec
 
 ACTIVE_STATES = frozenset({
@@ -140,7 +141,7 @@ def sbatch_argv(spec: Spec, dependency: Optional[str] = None) -> List[str]:
         "sbatch", "--parsable", "--export=ALL",
         f"--job-name={spec.job_name}",
         # A file name pattern: a '%' of the path itself must be '%%'.
-        f"--output={spec.service_dir.replace('%', '%%')}/logs/%j.out",
+        f"--output={layout.log_pattern(spec.service_dir)}",
         f"--chdir={spec.app_dir}",
         f"--signal=B:USR1@{spec.warn_seconds}",
         # A job lost with its node must end, not be requeued under the same id

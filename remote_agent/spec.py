@@ -3,14 +3,7 @@
 Written by the local side as ``<service dir>/spec.json`` (0600), read by the
 agent at the start of each job. Paths are absolute on the cluster.
 
-Layout of a service dir (``~/.slurm-persist/services/<name>/``)::
-
-    spec.json          this spec
-    app/               the user's service files (hpc/ by default)
-    endpoints/         one endpoint record per job, see remote_agent.endpoint
-    sockets/           reverse mode: each job's socket on a login node
-    logs/<job>.out     each job's output, agent lines and server output
-    chain.json         the chain's own state, see remote_agent.chain
+The service dir's layout is remote_agent.layout's.
 """
 
 from __future__ import annotations
@@ -20,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import List
+
+from . import layout
 
 FORMAT = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -126,7 +121,7 @@ class Spec:
 
     @property
     def sockets_dir(self) -> Path:
-        return self.service_path / "sockets"
+        return layout.sockets(self.service_path)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -151,7 +146,7 @@ def loads(text: str) -> Spec:
 
 
 def load(service_dir: Path) -> Spec:
-    path = Path(service_dir) / "spec.json"
+    path = layout.spec_file(service_dir)
     try:
         return loads(path.read_text())
     except OSError as exc:

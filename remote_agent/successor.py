@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, List, Optional
 
-from . import chain, endpoint, slurm
+from . import chain, endpoint, layout, slurm
 from .joblog import Summariser
 from .publisher import describe
 from .spec import Spec
@@ -77,7 +77,7 @@ class Successor:
         drain_seconds to notice it while this job still accepts."""
         while True:
             await asyncio.sleep(OVERLAP_POLL)
-            for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
+            for path in layout.endpoints(self.service_dir).glob("*.json"):
                 if not path.stem.isdigit() or int(path.stem) <= int(self.job_id):
                     continue
                 try:
@@ -92,7 +92,7 @@ class Successor:
 
     def clean_stale(self, active: List[slurm.Job]) -> None:
         alive = {j.job_id for j in active} | {self.job_id}
-        for path in (self.service_dir / endpoint.ENDPOINTS_DIR).glob("*.json"):
+        for path in layout.endpoints(self.service_dir).glob("*.json"):
             # Only job records: a .tmp-*.json is another job's write in flight.
             # Its own job may remove a record first (overlap): no error then.
             if path.stem.isdigit() and path.stem not in alive:
