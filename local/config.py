@@ -21,7 +21,6 @@ the file; the file wins over the defaults here. Every problem is a
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import socket
 import sys
@@ -282,17 +281,3 @@ def check_port_free(port: int) -> None:
         except OSError:
             raise ConfigError(f"local-port {port} is already in use on 127.0.0.1 "
                               "(pick another with --local-port)") from None
-
-
-def state_dir(name: str) -> Path:
-    """Local runtime files of one service: pid, log, control sockets."""
-    path = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    path.mkdir(parents=True, exist_ok=True)  # the user's own: its mode is theirs to choose
-    # Pid, status and logs name the service and its cluster: each level ours
-    # alone, also when an older version made it 0755.
-    for part in ("slurm-persist", "services", name):
-        path = path / part
-        path.mkdir(mode=0o700, exist_ok=True)
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o700)
-    return path

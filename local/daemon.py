@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import state_dir
+from .paths import lock_file, log_file, pid_file
 
 
 def hold_lock(name: str) -> bool:
@@ -21,7 +21,7 @@ def hold_lock(name: str) -> bool:
     (and its daemon's: the lock goes with the open file into the fork).
     False when another process holds it: one forwarder per service and
     state folder, however many `up` start at once."""
-    fd = os.open(state_dir(name) / "forwarder.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_file(name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -31,11 +31,11 @@ def hold_lock(name: str) -> bool:
 
 
 def pid_path(name: str) -> Path:
-    return state_dir(name) / "forwarder.pid"
+    return pid_file(name)
 
 
 def log_path(name: str) -> Path:
-    return state_dir(name) / "forwarder.log"
+    return log_file(name)
 
 
 def running_pid(name: str) -> int | None:

@@ -40,11 +40,11 @@ from .config import Options
 from .handover import Handover
 from .hooks import Announcer, Hooks
 from .metrics import STATES, Metrics
+from .paths import runtime_dir
 from .remote import Unreachable
 from .route import Route
 from .router import Router
 from .status_file import StatusFile
-from .tunnel import runtime_dir
 
 log = logging.getLogger("slurm_persist.forwarder")
 

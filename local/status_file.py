@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from remote_agent.joblog import Summariser
 
-from .config import state_dir
+from .paths import status_file
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Status:
 class StatusFile:
     def __init__(self, name: str, port: int, supervisor: int, events: Summariser):
         self.status = Status(os.getpid(), name, port, since=time.time(), supervisor=supervisor)
-        self.path = state_dir(name) / "status.json"
+        self.path = status_file(name)
         self._events = events
 
     def set(self, state: str, message: str = "", where: tuple | None = None) -> None:
@@ -51,6 +51,6 @@ class StatusFile:
 
 def read_status(name: str) -> Status | None:
     try:
-        return Status(**json.loads((state_dir(name) / "status.json").read_text()))
+        return Status(**json.loads(status_file(name).read_text()))
     except (OSError, ValueError, TypeError):
         return None

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
-import tempfile
 from pathlib import Path
 
 from .config import Options
@@ -25,33 +22,6 @@ START_TIMEOUT = 30.0
 
 class TunnelError(RuntimeError):
     """The ssh master could not be started or a forward was refused."""
-
-
-def runtime_dir(name: str) -> Path:
-    """A private directory for sockets; short, since socket paths are limited.
-    In XDG_RUNTIME_DIR (the user's alone), one that someone else owns or can
-    enter is refused, not repaired. Without it, in the temp dir every user
-    shares, another user may have taken the name first: then a fresh one."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(xdg or tempfile.gettempdir()) / f"slurm-persist-{os.getuid()}"
-    try:
-        base.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    if not _private(base):
-        if xdg:
-            raise TunnelError(f"{base} is not a directory private to you; remove it and try again")
-        taken = base
-        base = Path(tempfile.mkdtemp(prefix=f"{taken.name}-"))
-        log.warning("runtime=%s state=not-private using=%s", taken, base)
-    path = base / name
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
-
-
-def _private(folder: Path) -> bool:
-    st = folder.lstat()  # lstat: a link to someone else's directory is not ours
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def ssh_base(options: Options) -> list[str]:

@@ -5,7 +5,7 @@ import socket
 import pytest
 from invoke import Context
 
-from local import config, tasks
+from local import config, paths, tasks
 from local.config import ConfigError
 
 
@@ -111,13 +111,13 @@ def test_state_dirs_are_private_even_if_made_loose_before(tmp_path, monkeypatch)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     (tmp_path / "slurm-persist" / "services").mkdir(parents=True, mode=0o755)
     os.chmod(tmp_path / "slurm-persist", 0o755)
-    path = config.state_dir("svc")
+    path = paths.state_dir("svc")
     for folder in (path, path.parent, path.parent.parent):
         assert os.stat(folder).st_mode & 0o777 == 0o700, folder
 
 
 def test_state_dirs_made_fresh_are_private(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    path = config.state_dir("svc")
+    path = paths.state_dir("svc")
     for folder in (path, path.parent, path.parent.parent):
         assert os.stat(folder).st_mode & 0o777 == 0o700, folder

@@ -3,13 +3,13 @@ import tempfile
 
 import pytest
 
-from local import tunnel
+from local import paths, tunnel
 from local.config import Options
 
 
 def test_runtime_dir_is_private(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    path = tunnel.runtime_dir("svc")
+    path = paths.runtime_dir("svc")
     assert path == tmp_path / f"slurm-persist-{os.getuid()}" / "svc"
     assert os.stat(path.parent).st_mode & 0o777 == 0o700
 
@@ -20,7 +20,7 @@ def test_runtime_dir_others_can_enter_is_refused(tmp_path, monkeypatch):
     shared.mkdir(mode=0o755)
     os.chmod(shared, 0o755)
     with pytest.raises(tunnel.TunnelError, match="not a directory private to you"):
-        tunnel.runtime_dir("svc")
+        paths.runtime_dir("svc")
 
 
 def test_ssh_command_keeps_host_key_checking():
@@ -41,7 +41,7 @@ def no_runtime_dir(tmp_path, monkeypatch):
 
 
 def test_without_xdg_runtime_dir_a_private_dir_in_tmp(no_runtime_dir):
-    assert tunnel.runtime_dir("svc") == no_runtime_dir / "svc"
+    assert paths.runtime_dir("svc") == no_runtime_dir / "svc"
     assert os.stat(no_runtime_dir).st_mode & 0o777 == 0o700
 
 
@@ -55,7 +55,7 @@ def test_a_name_taken_first_in_tmp_is_passed_by(no_runtime_dir, tmp_path, squatt
     else:
         (tmp_path / "theirs").mkdir()
         no_runtime_dir.symlink_to(tmp_path / "theirs")
-    path = tunnel.runtime_dir("svc")
+    path = paths.runtime_dir("svc")
     assert path.parent.parent == tmp_path and path.parent != no_runtime_dir
     assert path.parent.name.startswith(f"slurm-persist-{os.getuid()}-")
     assert os.lstat(path.parent).st_mode & 0o777 == 0o700
