@@ -18,8 +18,27 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-program = Program(namespace=tasks.ns, name="slurm-persist", binary="slurm-persist",
-                  version=version())
+# invoke's own options that mean something here; the rest (--pty, --dry,
+# --hide, --command-timeout, ...) steer shell commands this tool never runs
+# through invoke, and stay out of the help (they are still parsed).
+SHOWN = {"help", "version", "list", "print-completion-script"}
+
+
+class SlurmPersist(Program):
+    """invoke's Program, showing only the options a user of this tool has."""
+
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} [--help|--version] <command> [--options] ...")
+        print("")
+        print("Options:")
+        print("")
+        self.print_columns([(flags, text) for flags, text in self.initial_context.help_tuples()
+                            if SHOWN & set(re.findall(r"--([a-z-]+)", flags))])
+        self.list_tasks()
+
+
+program = SlurmPersist(namespace=tasks.ns, name="slurm-persist", binary="slurm-persist",
+                       version=version())
 
 
 def normalize(argv: list[str]) -> list[str]:
