@@ -20,7 +20,18 @@ from invoke import Collection, Exit, task
 
 from local import config, service
 from local.sandbox import Sandbox
-from local.tasks import USER_ERRORS, _logging, deploy, down, logs, sandbox, status, systemd, up
+from local.tasks import (
+    USER_ERRORS,
+    _logging,
+    deploy,
+    down,
+    list_services,
+    logs,
+    sandbox,
+    status,
+    systemd,
+    up,
+)
 
 
 @task(help={"short": "small sizes and windows: checks that it runs (CI), not how fast",
@@ -76,4 +87,5 @@ def faults_table(c, report=None):
     print(f"README.md: {len(rows)} faults")
 
 
-ns = Collection(deploy, up, status, logs, down, systemd, bench, faults_table, diagram, sandbox)
+ns = Collection(deploy, up, status, logs, down, list_services, systemd, bench, faults_table,
+                diagram, sandbox)

@@ -137,6 +137,14 @@ class Chain:
         jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
         return sorted(jobs, key=lambda j: int(j.job_id))
 
+    def all_jobs(self) -> list[slurm.Job]:
+        """Every active job of this user (for `list`); SlurmUnknown when unsure."""
+        if not self._user:
+            self._user = self.site.run(["id", "-un"]).stdout.strip()
+        self.on_slurm()
+        result = self.site.run(slurm.squeue_argv(self._user), elsewhere=_failed_here)
+        return slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
+
     def ended(self, job_id: str) -> slurm.Job | None:
         """SLURM's last record of a job that may have ended; None once forgotten."""
         if not self._user:

@@ -38,7 +38,8 @@ USER_ERRORS = (config.ConfigError, Unreachable, ClusterError, SlurmUnknown, Tunn
                SandboxError)
 
 
-def service_task(*names: str, help: dict | None = None, start_sandbox: bool = False):
+def service_task(*names: str, help: dict | None = None, start_sandbox: bool = False,
+                 name: str | None = None):
     """A task taking the connection options `names` (all by default) next to
     its own; the body gets (c, options, **own). start_sandbox: may start the
     docker sandbox when no cluster is named."""
@@ -66,7 +67,7 @@ def service_task(*names: str, help: dict | None = None, start_sandbox: bool = Fa
         first = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
         run.__signature__ = inspect.Signature([first, *own, *common])
         del run.__wrapped__  # invoke must read the new signature, not body's
-        return task(run, help={**{n: OPTION_HELP[n] for n in names}, **(help or {})},
+        return task(run, name=name, help={**{n: OPTION_HELP[n] for n in names}, **(help or {})},
                     iterable=[n for n in LISTS if n in names], auto_shortflags=False)
     return wrap
 
@@ -96,6 +97,12 @@ def status(c, options, json=False):
     nothing serves when nothing does."""
     report = service.status(options)
     print(report.json() if json else report.text())
+
+
+@service_task(*CONNECT, name="list")
+def list_services(c, options):
+    """Every service of yours: its forwarder here, its folder and jobs on the cluster."""
+    print(service.list_services(options))
 
 
 @service_task(*CONNECT, "local_port", help={
@@ -151,4 +158,4 @@ def sandbox_down(c):
 sandbox = Collection("sandbox")
 sandbox.add_task(sandbox_up, "up")  # type: ignore[arg-type]  # @task made them Tasks
 sandbox.add_task(sandbox_down, "down")  # type: ignore[arg-type]
-ns = Collection(deploy, up, status, logs, down, systemd, sandbox)
+ns = Collection(deploy, up, status, logs, down, list_services, systemd, sandbox)

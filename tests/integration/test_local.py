@@ -149,6 +149,10 @@ def test_status_reads_well(start_up, cluster):
     assert running["ends_at"] > time.time() and running["rollover_at"] < running["ends_at"]
     assert pending["state"] == "PENDING" and pending["reason"] == "Dependency"
     assert int(pending["job"]) > int(running["job"]) and data["reason"] == "-"
+    listed = cli("list", *site_args(cluster, "stat")).stdout.splitlines()
+    row = next(line for line in listed if line.split()[0] == "stat")
+    assert f"pid {up.proc.pid} serving 127.0.0.1:{up.port}" in row
+    assert f"{running['job']}:RUNNING" in row and f"{pending['job']}:PENDING" in row
     logs = cli("logs", *site_args(cluster, "stat"), "--lines", "50")
     assert logs.returncode == 0 and "state=serving" in logs.stdout
 
