@@ -24,6 +24,7 @@ from local.tasks import (
     USER_ERRORS,
     _logging,
     deploy,
+    doctor,
     down,
     list_services,
     logs,
@@ -87,5 +88,5 @@ def faults_table(c, report=None):
     print(f"README.md: {len(rows)} faults")
 
 
-ns = Collection(deploy, up, status, logs, down, list_services, systemd, bench, faults_table,
-                diagram, sandbox)
+ns = Collection(deploy, up, status, logs, down, list_services, doctor, systemd, bench,
+                faults_table, diagram, sandbox)

@@ -23,6 +23,7 @@ from invoke import Collection, Exit, task
 from remote_agent.slurm import SlurmUnknown
 
 from . import config, service
+from . import doctor as site_check
 from . import systemd as units
 from .remote import ClusterError, Unreachable
 from .sandbox import Sandbox, SandboxError
@@ -99,6 +100,17 @@ def status(c, options, json=False):
     print(report.json() if json else report.text())
 
 
+@service_task(*CONNECT, "local_hpc_script_dir", "sbatch_option", "mode")
+def doctor(c, options):
+    """Check the site before the first up: login nodes, SLURM, time limits, maintenance,
+    and one tiny job (shared home, sbatch from jobs, descriptors, who reaches whom)."""
+    with service.connected(options) as chain:
+        checks = site_check.run(chain, options)
+    print(site_check.table(checks))
+    if not all(check.ok for check in checks):
+        raise Exit(code=1)
+
+
 @service_task(*CONNECT, name="list")
 def list_services(c, options):
     """Every service of yours: its forwarder here, its folder and jobs on the cluster."""
@@ -158,4 +170,4 @@ def sandbox_down(c):
 sandbox = Collection("sandbox")
 sandbox.add_task(sandbox_up, "up")  # type: ignore[arg-type]  # @task made them Tasks
 sandbox.add_task(sandbox_down, "down")  # type: ignore[arg-type]
-ns = Collection(deploy, up, status, logs, down, list_services, systemd, sandbox)
+ns = Collection(deploy, up, status, logs, down, list_services, doctor, systemd, sandbox)

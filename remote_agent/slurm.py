@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from . import layout
 from .spec import Spec
@@ -216,3 +216,65 @@ def parse_duration_minutes(text: str) -> Optional[int]:
     if len(nums) == 2:
         return nums[0]
     return nums[0] * 60 + nums[1]
+
+
+def partitions_argv() -> List[str]:
+    return ["sinfo", "--noheader", "--format=%P|%l"]
+
+
+def parse_partitions(text: str) -> Dict[str, Optional[int]]:
+    """Partition -> MaxTime in minutes (None: UNLIMITED); the default's '*' dropped."""
+    limits: Dict[str, Optional[int]] = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        name, _, limit = line.strip().partition("|")
+        limits[name.rstrip("*")] = parse_duration_minutes(limit)
+    return limits
+
+
+def default_partition(text: str) -> Optional[str]:
+    return next((line.split("|")[0].rstrip("*") for line in text.splitlines()
+                 if line.split("|")[0].endswith("*")), None)
+
+
+def reservations_argv() -> List[str]:
+    return ["scontrol", "--oneliner", "show", "reservation"]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    name: str
+    start: float
+    end: float
+    flags: str
+
+    @property
+    def maintenance(self) -> bool:
+        return "MAINT" in self.flags.split(",")
+
+
+def parse_reservations(text: str) -> List[Reservation]:
+    """`scontrol --oneliner show reservation`: one reservation a line, key=value."""
+    found = []
+    for line in text.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        start = parse_timestamp(fields.get("StartTime", ""))
+        end = parse_timestamp(fields.get("EndTime", ""))
+        if "ReservationName" in fields and start is not None and end is not None:
+            found.append(Reservation(fields["ReservationName"], start, end,
+                                     fields.get("Flags", "")))
+    return found
+
+
+def requested(options: Sequence[str], script: str, name: str) -> Optional[str]:
+    """An sbatch option's value (--time, --partition) as a job would get it:
+    the command line's over the script's #SBATCH lines."""
+    for option in options:
+        if option.startswith(f"--{name}="):
+            return option.split("=", 1)[1]
+    for line in script.splitlines():
+        words = line.strip().split()
+        if len(words) >= 2 and words[0] == "#SBATCH" and words[1].startswith(f"--{name}="):
+            return words[1].split("=", 1)[1]
+    return None

@@ -175,3 +175,27 @@ def test_failures_of_one_login_node_are_told_from_slurms_answers(returncode, std
 def test_an_answer_that_succeeded_is_never_asked_again(returncode, stderr):
     assert slurm.failed_on_node(0, stderr) is False
     assert isinstance(slurm.failed_on_node(returncode, stderr), bool)
+
+
+def test_partitions_and_their_time_limits():
+    text = "debug*|1-00:00:00\ngpu|4:00:00\nlong|infinite\n"
+    assert slurm.parse_partitions(text) == {"debug": 1440, "gpu": 240, "long": None}
+    assert slurm.default_partition(text) == "debug"
+
+
+def test_maintenance_reservations_are_told_apart():
+    text = ("ReservationName=maint StartTime=2026-12-01T08:00:00 EndTime=2026-12-01T12:00:00 "
+            "Duration=04:00:00 Nodes=node[1-2] Flags=MAINT,SPEC_NODES\n"
+            "ReservationName=course StartTime=2026-12-02T08:00:00 EndTime=2026-12-02T10:00:00 "
+            "Flags=IGNORE_JOBS\n")
+    found = slurm.parse_reservations(text)
+    assert [(r.name, r.maintenance) for r in found] == [("maint", True), ("course", False)]
+    assert found[0].end - found[0].start == 4 * 3600
+    assert slurm.parse_reservations("No reservations in the system\n") == []
+
+
+def test_an_option_on_the_command_line_wins_over_the_script():
+    script = "#!/bin/bash\n#SBATCH --time=00:30:00\n##SBATCH --partition=gpu\n"
+    assert slurm.requested([], script, "time") == "00:30:00"
+    assert slurm.requested(["--time=2:00:00"], script, "time") == "2:00:00"
+    assert slurm.requested([], script, "partition") is None  # ## is a comment
