@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from helpers import HPC, cli, site_args
 
 pytestmark = pytest.mark.cluster
