@@ -16,7 +16,7 @@ from remote_agent.gate import CHUNK, COALESCE
 from remote_agent.joblog import Summariser
 
 from .metrics import Metrics
-from .route import Route
+from .route import ClientGone, Route
 
 log = logging.getLogger("slurm_persist.clients")
 
@@ -62,6 +62,10 @@ class Clients:
             try:
                 upstream, lane = await route.enter(reader, sent)
                 break
+            except ClientGone:  # a retry would send its request again, for nobody
+                self.metrics.failed.inc()
+                writer.close()
+                return
             except (OSError, asyncio.TimeoutError) as exc:
                 # One failed connection is no verdict on the route: let the
                 # probe decide at once, and try again shortly.

@@ -19,13 +19,21 @@ from typing import Any
 from remote_agent import endpoint, layout, slurm
 from remote_agent.chain import ChainState
 from remote_agent.endpoint import Endpoint
+from remote_agent.lock import WAIT as LOCK_WAIT
 from remote_agent.spec import Spec, check_cluster_path
 
 from .conditions import Home
 from .config import Options
-from .remote import ClusterError, Result, Site
+from .remote import COMMAND_TIMEOUT, ClusterError, Result, Site
 
 log = logging.getLogger("slurm_persist.cluster")
+
+# remote.Site's status for a command it cut off (as timeout(1) does).
+TIMED_OUT = 124
+
+
+class SubmitUnknown(slurm.SlurmUnknown):
+    """sbatch was cut off: the chain may or may not have been submitted."""
 
 
 @dataclass(frozen=True)
@@ -183,10 +191,10 @@ class Chain:
         live = [e for e in snap.endpoints.values() if e.job_id in running and e.state == "serving"]
         return max(live, key=lambda e: int(e.job_id)) if live else None
 
-    def agent(self, command: str, *extra: str):
+    def agent(self, command: str, *extra: str, timeout: float = COMMAND_TIMEOUT):
         lay = self.layout
         return self.site.run(["env", f"PYTHONPATH={lay.agent_dir}", "python3", "-m",
-                              "remote_agent", command, lay.service_dir, *extra])
+                              "remote_agent", command, lay.service_dir, *extra], timeout=timeout)
 
     # -- acting ----------------------------------------------------------
 
@@ -195,7 +203,8 @@ class Chain:
         says for certain that none exists (SlurmUnknown propagates). Under
         the service dir's lock, so that concurrent `up`s start one chain."""
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        locked = self.agent("lock", owner)
+        # The lock waits up to LOCK_WAIT for another up: the command may too.
+        locked = self.agent("lock", owner, timeout=LOCK_WAIT + COMMAND_TIMEOUT)
         if locked.returncode == 3:
             raise ClusterError(f"another `up` of {self.options.name} held its lock on the "
                                f"cluster for 60 s; try again")
@@ -204,9 +213,18 @@ class Chain:
             raise ClusterError(f"taking the lock of {self.options.name} on the cluster "
                                f"failed: {said[0][:300]}")
         try:
-            return self._find_or_start()
-        finally:
+            found = self._find_or_start()
+        except SubmitUnknown:
+            # That sbatch may still go through: the lock is left to go stale
+            # (lock.STALE, 120 s) rather than let another up submit meanwhile.
+            log.warning("service=%s state=lock-kept reason=%r", self.options.name,
+                        "sbatch gave no answer; the lock goes stale in 2 minutes")
+            raise
+        except BaseException:
             self.agent("unlock", owner)
+            raise
+        self.agent("unlock", owner)
+        return found
 
     def _find_or_start(self) -> tuple[str, bool]:
         jobs = self.jobs()
@@ -216,7 +234,12 @@ class Chain:
         self.agent("reset")
         self.on_slurm()
         result = self.site.run(slurm.sbatch_argv(self.spec()), elsewhere=_failed_here)
-        job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
+        try:
+            job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
+        except slurm.SlurmUnknown as exc:
+            if result.returncode in (TIMED_OUT, -1):  # cut off: it may have gone through
+                raise SubmitUnknown(str(exc)) from None
+            raise
         log.info("service=%s job=%s state=chain-started", self.options.name, job_id)
         return job_id, True
 

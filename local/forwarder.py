@@ -36,7 +36,7 @@ from . import sockets as local_sockets
 from .clients import Clients
 from .cluster import Chain
 from .conditions import ChainStopped, Served, Starter
-from .config import Options
+from .config import ConfigError, Options
 from .handover import Handover
 from .hooks import Announcer, Hooks
 from .metrics import STATES, Metrics
@@ -103,7 +103,11 @@ class Forwarder:
             self._listeners.append(listener)
         log.info("listen=127.0.0.1 port=%d state=open", port)
         if self.options.metrics_port:
-            self.metrics.serve(self.options.metrics_port)
+            try:
+                self.metrics.serve(self.options.metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"metrics-port {self.options.metrics_port}: "
+                                  f"{exc.strerror}") from None
             log.info("metrics=127.0.0.1:%d state=open", self.options.metrics_port)
 
     async def run(self) -> None:

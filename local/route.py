@@ -125,10 +125,12 @@ class Route:
             return
         try:
             socket_path = await tunnel.forward(self.endpoint.remote)
-        except TunnelError as exc:
+        except BaseException as exc:  # cancelled too: a started master must not outlive us
+            await tunnel.close()
+            if not isinstance(exc, TunnelError):
+                raise
             log.warning("%s lane=%d state=failed error=%r", self.describe(), len(self.lanes),
                         str(exc))
-            await tunnel.close()
             return
         self.lanes.append(Lane(tunnel, socket_path, own_tunnel=True))
         log.info("%s lanes=%d connections=%d state=widened", self.describe(), len(self.lanes),
@@ -170,9 +172,21 @@ class Route:
         if self._probe_server is not None:
             self._probe_server.close()
 
+    async def close_own_tunnels(self) -> None:
+        if self._widening is not None:
+            self._widening.cancel()
+        for lane in self.lanes:
+            if lane.own_tunnel:
+                await lane.tunnel.close()
+
     def describe(self) -> str:
         e = self.endpoint
         return f"job={e.job_id} node={e.node} login={self.tunnel.login}"
+
+
+class ClientGone(Exception):
+    """The client went away before the gate acknowledged: nothing to retry.
+    (Not an OSError: those mean the route failed, and are retried.)"""
 
 
 async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> None:
@@ -189,7 +203,10 @@ async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> 
             if not ack.done() and (more is None or not more.done()):
                 raise asyncio.TimeoutError("no acknowledgement from the gate")
             if more is not None and more.done():
-                data, more = more.result(), None
+                try:
+                    data, more = more.result(), None
+                except OSError as exc:
+                    raise ClientGone(str(exc) or type(exc).__name__) from None
                 sent += data
                 up_writer.write(data)
         ack.result()

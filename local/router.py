@@ -28,6 +28,7 @@ class Router:
         self.route: Route | None = None
         self._tunnels: dict[str, Tunnel] = {}
         self._retiring: set[asyncio.Future] = set()
+        self._routes_retiring: set[Route] = set()
         self._extra_masters = 0
 
     async def candidate(self, target: Endpoint, session: aiohttp.ClientSession
@@ -47,17 +48,25 @@ class Router:
             if await route.probe(session, self.options.health_path):
                 return route
             log.warning("%s state=not-answering", route.describe())
-            await route.retire()  # else its -L forward stays in the ssh master
+            # Retired in the background: its probe connection may hang on a
+            # server that does not answer, and the heartbeat must go on.
+            self._retire(route)
         return None
 
     def take(self, route: Route) -> Route | None:
         """Make route the current one; the old one (returned) retires."""
         old, self.route = self.route, route
         if old is not None:
-            retiring = asyncio.ensure_future(old.retire())
-            self._retiring.add(retiring)
-            retiring.add_done_callback(self._retiring.discard)
+            self._retire(old)
         return old
+
+    def _retire(self, route: Route) -> None:
+        """Once its last connection ends, its forwards go (route.retire)."""
+        retiring = asyncio.ensure_future(route.retire())
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        self._routes_retiring.add(route)
+        retiring.add_done_callback(lambda _: self._routes_retiring.discard(route))
 
     def logins(self, target: Endpoint) -> list[str]:
         """Login nodes to reach target through, best first. A reverse-mode
@@ -89,13 +98,19 @@ class Router:
         index = len(self.options.login_nodes) * self._extra_masters + \
             self.options.login_nodes.index(login)
         tunnel = Tunnel(self.options, login, index, self.runtime)
-        await tunnel.start()
+        try:
+            await tunnel.start()
+        except BaseException:  # cancelled with its route: no master left behind
+            await tunnel.close()
+            raise
         return tunnel
 
     async def close(self) -> None:
-        if self.route:
-            self.route.close()
+        routes = [self.route, *self._routes_retiring] if self.route else list(self._routes_retiring)
         for retiring in self._retiring:
             retiring.cancel()
+        for route in routes:
+            route.close()
+            await route.close_own_tunnels()  # the extra masters of its lanes
         for tunnel in self._tunnels.values():
             await tunnel.close()

@@ -43,7 +43,7 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     fast, restarts = 0, 0
-    while True:
+    while not state["stopping"]:
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -51,6 +51,8 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os._exit(_run(worker, sockets))
         state["child"] = pid
+        if state["stopping"]:  # the signal came between fork and here
+            os.kill(pid, signal.SIGTERM)
         log.info("supervisor=%d worker=%d state=started restarts=%d", os.getpid(), pid, restarts)
         _, status = os.waitpid(pid, 0)
         state["child"] = 0
@@ -63,14 +65,15 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
         restarts += 1
         log.warning("supervisor=%d worker=%d state=died code=%d restart_in=%.1fs", os.getpid(),
                     pid, code, pause)
-        time.sleep(pause)
+        time.sleep(pause)  # a signal meanwhile sets stopping: the loop then ends
+    return 0
 
 
 def _run(worker: Worker, sockets: list[socket.socket]) -> int:
     try:
         return worker(sockets)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # the log is the only place to say why
         log.error("worker=%d state=crashed error=%r", os.getpid(), exc)
         return 1

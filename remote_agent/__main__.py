@@ -88,7 +88,7 @@ def lock(service_dir: Path, owner: str) -> int:
     if not service_dir.is_dir():
         print(f"no service dir {service_dir}: deploy first", file=sys.stderr)
         return 2
-    return 0 if locking.acquire(service_dir, owner, LOCK_WAIT) else LOCK_HELD
+    return 0 if locking.acquire(service_dir, owner, locking.WAIT) else LOCK_HELD
 
 
 def unlock(service_dir: Path, owner: str) -> int:
@@ -108,8 +108,6 @@ def reset(service_dir: Path) -> int:
 
 COMMANDS = {"job": job, "show": show, "stop": stop, "reset": reset, "check": check}
 LOCKING = {"lock": lock, "unlock": unlock}
-# How long `up` waits for another `up` of the same service to find or start the chain.
-LOCK_WAIT = 60.0
 LOCK_HELD = 3
 
 

@@ -71,7 +71,10 @@ async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 def nodelay(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # reset before we got here: the relay finds out and closes both
+            pass
 
 
 Count = Optional[Callable[[int], None]]

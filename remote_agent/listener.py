@@ -22,7 +22,11 @@ from .joblog import Summariser
 # Out of descriptors or memory: wait, the condition is the process's or the system's.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The client gave up between SYN and accept: nothing to do.
-CLIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+# accept(2): these network errors of a pending connection are to be retried as EAGAIN.
+# (By name: ENONET is Linux's only, and the forwarder runs on laptops too.)
+CLIENT_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "EPERM", "EINTR", "ENETDOWN", "EHOSTUNREACH", "ENETUNREACH",
+    "ENONET", "EHOSTDOWN", "ENOPROTOOPT", "EOPNOTSUPP") if hasattr(errno, name))
 PAUSE_FIRST, PAUSE_MAX = 0.05, 2.0
 # A forwarder releases every held client at once after an outage.
 BACKLOG = 1024

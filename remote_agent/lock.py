@@ -19,6 +19,8 @@ from . import layout
 LOCK = layout.LOCK
 # Finding a chain and submitting one takes a few ssh round trips: seconds.
 STALE = 120.0
+# How long `up` waits for another `up` of the same service to find or start the chain.
+WAIT = 60.0
 
 
 def acquire(service_dir: Path, owner: str, wait: float) -> bool:
@@ -45,9 +47,12 @@ def _break_if_stale(path: Path) -> None:
     their move (ctime) is STALE old, long after any such race."""
     try:
         age = time.time() - path.stat().st_mtime
-        holder = (path / "owner").read_text()
     except OSError:
         return
+    try:
+        holder = (path / "owner").read_text()
+    except OSError:  # died (or the home was full) between mkdir and writing it
+        holder = "unknown"
     if age <= STALE:
         return
     try:

@@ -39,9 +39,9 @@ class Successor:
         """The successor's job id once one is queued; None for a stopped chain."""
         delay = 5.0
         while True:
-            if chain.load(self.service_dir).stopped:
-                return None
             try:
+                if chain.load(self.service_dir).stopped:
+                    return None
                 jobs = await self._squeue(job_name=self.spec.job_name)
                 self.clean_stale(jobs)
                 later = [j.job_id for j in jobs if int(j.job_id) > int(self.job_id)]
@@ -53,6 +53,8 @@ class Successor:
                 return successor
             except slurm.SlurmUnknown as exc:
                 self.say("slurm=unknown action=successor retry_in=%.0fs error=%r", delay, str(exc))
+            except OSError as exc:  # the shared home (NFS: ESTALE, EIO): try again, like SLURM
+                self.events.note("successor=home-error", f"retry_in={delay:.0f}s {describe(exc)}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 120.0)
 
@@ -65,7 +67,8 @@ class Successor:
     async def release(self, keeping: asyncio.Future) -> None:
         """Let the queued successor start now, not at the next scheduler
         pass; never for a chain that `down` stopped."""
-        if chain.load(self.service_dir).stopped or not keeping.done():
+        if (not keeping.done() or keeping.cancelled() or keeping.exception() is not None
+                or chain.load(self.service_dir).stopped):
             return
         successor = keeping.result()
         if successor:

@@ -86,7 +86,7 @@ async def until_ack(client_fault=None):
     if client_fault:
         client.set_exception(client_fault)
     writer = Upstream()
-    with pytest.raises((OSError, asyncio.TimeoutError)):
+    with pytest.raises((OSError, asyncio.TimeoutError, route.ClientGone)):
         await route.until_ack(client, (asyncio.StreamReader(), writer), bytearray())
     return writer
 
@@ -163,3 +163,29 @@ def test_a_full_lane_opens_another_master_and_new_connections_go_there(tmp_path,
     assert len(r.lanes) >= 2 and sum(counts) == 12 and max(counts) <= 6
     assert all(not t.alive for t in extra)  # the route's own masters end with it
     assert r.lanes[0].tunnel.alive  # the shared one stays for the next route
+
+
+async def test_a_client_gone_before_the_ack_is_not_sent_again():
+    """Retried, its request would reach the server once per try, for nobody."""
+    from local.clients import Clients
+    from local.metrics import Metrics
+
+    class GoneRoute:
+        entered = 0
+
+        async def enter(self, client, sent):
+            self.entered += 1
+            raise route.ClientGone("reset by peer")
+
+        def describe(self):
+            return "job=12"
+
+    healthy = asyncio.Event()
+    healthy.set()
+    gone, metrics = GoneRoute(), Metrics("x")
+    clients = Clients(5, healthy, lambda: gone, lambda: None, metrics, forwarder.Summariser(
+        lambda line: None), lambda: None)
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"POST /order HTTP/1.1\r\n\r\n")
+    await asyncio.wait_for(clients.serve(reader, Upstream()), 2)
+    assert gone.entered == 1 and metrics.failed._value.get() == 1

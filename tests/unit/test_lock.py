@@ -58,3 +58,11 @@ def test_a_second_breaker_cannot_move_the_fresh_lock_aside(tmp_path):
     os.utime(tmp_path / lock.LOCK, (old, old))
     lock._break_if_stale(tmp_path / lock.LOCK)
     assert (tmp_path / lock.LOCK).is_dir()
+
+
+def test_a_lock_its_holder_never_named_is_broken_once_stale(tmp_path):
+    """mkdir went through, the owner file did not (a full home, a crash)."""
+    (tmp_path / lock.LOCK).mkdir()
+    old = time.time() - lock.STALE - 1
+    os.utime(tmp_path / lock.LOCK, (old, old))
+    assert lock.acquire(tmp_path, "next", wait=1)

@@ -58,3 +58,23 @@ def test_a_socket_passed_as_systemd_does_is_found_at_descriptor_3():
                          text=True, timeout=30, cwd=str(Path(__file__).resolve().parents[2]))
     assert out.stdout.split() == [str(sock.getsockname()[1]), "False"], out.stderr
     sock.close()
+
+
+def test_a_stop_during_the_pause_before_a_restart_starts_no_worker(tmp_path, monkeypatch):
+    """down's SIGTERM while the supervisor waits to replace a dying worker."""
+    import signal
+    import time as clock
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(supervisor, "PAUSE_FIRST", 1.0)
+
+    def worker(sockets):
+        runs.write_text((runs.read_text() if runs.exists() else "") + "x")
+        os._exit(1)  # dies at once, every time: the second death waits PAUSE_FIRST
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(supervisor.supervise([], worker))
+    clock.sleep(0.5)  # two quick deaths, now in the pause
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and runs.read_text() == "xx"
