@@ -31,8 +31,11 @@ class Clients:
         self.hold_seconds, self.healthy, self._route = hold_seconds, healthy, route
         self._kick, self.metrics, self.events, self._left = kick, metrics, events, left
         self.count = 0  # connections open now
+        self.tasks: set = set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self.tasks.add(task)  # a strong reference: asyncio keeps only a weak one
         self.count += 1
         self.metrics.connections.inc()
         self.metrics.open.inc()
@@ -41,6 +44,7 @@ class Clients:
         try:
             await self._carry(reader, writer)
         finally:
+            self.tasks.discard(task)
             self.count -= 1
             self.metrics.open.dec()
             self._left()

@@ -65,6 +65,7 @@ class Route:
         self._widen = widen
         self._widening: asyncio.Future | None = None
         self._probe_server: asyncio.AbstractServer | None = None
+        self._probes: set = set()
         self.probe_port = 0
         self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
         self.idle = asyncio.Event()
@@ -152,12 +153,20 @@ class Route:
         self.probe_port = self._probe_server.sockets[0].getsockname()[1]
 
     async def _probe_client(self, reader, writer) -> None:
+        # Held here: asyncio keeps only a weak reference to a server's handler
+        # task, and one was seen destroyed while pending ("Task was destroyed
+        # but it is pending!") in a forwarder of the five-up test.
+        task = asyncio.current_task()
+        self._probes.add(task)
         try:
-            upstream, lane = await self.enter(reader, bytearray())
-        except (OSError, asyncio.TimeoutError):
-            writer.close()
-            return
-        await self.carry((reader, writer), upstream, lane)
+            try:
+                upstream, lane = await self.enter(reader, bytearray())
+            except (OSError, asyncio.TimeoutError, ClientGone):
+                writer.close()
+                return
+            await self.carry((reader, writer), upstream, lane)
+        finally:
+            self._probes.discard(task)
 
     async def probe(self, session: aiohttp.ClientSession, path: str) -> bool:
         url = f"http://127.0.0.1:{self.probe_port}{path}"
@@ -171,6 +180,8 @@ class Route:
     def close(self) -> None:
         if self._probe_server is not None:
             self._probe_server.close()
+        for task in list(self._probes):  # a probe connection is never worth waiting for
+            task.cancel()
 
     async def close_own_tunnels(self) -> None:
         if self._widening is not None:
