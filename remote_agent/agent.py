@@ -121,7 +121,14 @@ class Agent:
                 await self._slurm(slurm.scancel_argv([successor]))
         else:
             self.publisher.save_chain(chain.ChainState(failed, state.stopped, state.reason))
-            successor_task.cancel()
+            if state.stopped:
+                successor_task.cancel()
+            else:
+                # The next job carries the chain on and is what the crash-loop
+                # guard counts. Seen on the sandbox: a server exiting 10 ms
+                # after start beat the squeue + sbatch, and the chain ended at
+                # failed_jobs=1 with no job left and no stop mark.
+                await _wait_quietly(successor_task, 30)
         self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
         if self.record is not None:
             self._publish("stopped")

@@ -90,3 +90,33 @@ def test_the_agent_is_built_and_run_inside_one_running_loop(tmp_path, monkeypatc
     monkeypatch.setenv("SLURM_JOB_ID", "20")
     assert agent_main.job(tmp_path) == 0
     assert len(loops) == 2 and loops[0] is loops[1] and loops[0].is_closed()
+
+
+def test_a_server_that_fails_at_once_still_leaves_a_successor(agent, monkeypatch):
+    """The next job carries the chain on and is what the crash-loop guard
+    counts: the failed job waits for its sbatch instead of cancelling it."""
+    submitted = []
+
+    async def slow_sbatch(own):
+        await asyncio.sleep(0.2)  # squeue + sbatch outlast a server that exits in 10 ms
+        submitted.append("21")
+        return "21"
+
+    async def nothing(*args):
+        return None
+
+    async def yes():
+        return True
+
+    async def never_healthy():
+        return False
+
+    for name, fake in (("_own_job", nothing), ("_keep_successor", slow_sbatch),
+                       ("_open_gate", yes), ("_start_healthy", never_healthy),
+                       ("_stop_server", nothing)):
+        monkeypatch.setattr(agent, name, fake)
+    monkeypatch.setattr(agent, "_install_signals", lambda: None)
+    monkeypatch.setattr(agent, "_publish", lambda state: None)
+    assert asyncio.run(agent.run()) == 1
+    assert submitted == ["21"]
+    assert chain.load(agent.service_dir) == chain.ChainState(failed_jobs=1)
