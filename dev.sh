@@ -3,6 +3,8 @@
 #   bash dev.sh up     bring up the sandbox cluster and serve hpc/ on localhost
 #   bash dev.sh test   run the whole test suite (unit + docker cluster)
 # Everything else (Docker, the venv, the images) is installed on first use.
+# SANDBOX_RELEASE=trixie runs the sandbox on Debian trixie (SLURM 24.11)
+# instead of bookworm (SLURM 22.05).
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -4,9 +4,16 @@
 # Prints the base image name to use on its last line of stdout.
 set -euo pipefail
 
-BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
-LOCAL_BASE=slurm-persist/debian:bookworm
+# SANDBOX_RELEASE picks the Debian release, and with it SLURM and Python:
+# bookworm (22.05, 3.11) or trixie (24.11, 3.13).
+RELEASE=${SANDBOX_RELEASE:-bookworm}
+BASE_IMAGE=${BASE_IMAGE:-debian:$RELEASE-slim}
+LOCAL_BASE=slurm-persist/debian:$RELEASE
 log() { printf 'sandbox: %s\n' "$*" >&2; }
+case $RELEASE in
+bookworm | trixie) ;;
+*) log "SANDBOX_RELEASE must be bookworm or trixie, not '$RELEASE'"; exit 2 ;;
+esac
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -52,7 +59,7 @@ ensure_base_image() {
     mirror=$(apt_mirror)
     root=$(mktemp -d /tmp/slurm-persist-rootfs.XXXXXX)
     trap 'as_root rm -rf "$root"' RETURN
-    as_root debootstrap --variant=minbase bookworm "$root" "$mirror" >"$root.log" 2>&1 \
+    as_root debootstrap --variant=minbase "$RELEASE" "$root" "$mirror" >"$root.log" 2>&1 \
         || { log "debootstrap failed; see $root.log"; exit 1; }
     as_root tar -C "$root" -c . | docker import - "$LOCAL_BASE" >/dev/null
     echo "$LOCAL_BASE"

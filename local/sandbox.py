@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 # Names a checkout when the package was installed without one (a wheel).
 CHECKOUT_ENV = "SLURM_PERSIST_CHECKOUT"
+# Picks the sandbox's Debian release, and so its SLURM and Python; read here
+# for the image tag and by docker/ensure-docker.sh for the base image.
+RELEASE_ENV = "SANDBOX_RELEASE"
+RELEASES = ("bookworm", "trixie")
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 IMAGE = "slurm-persist/sandbox"
 LOGIN_NODES = ("login1", "login2")
@@ -47,6 +51,13 @@ def docker_dir() -> Path:
     raise SandboxError(f"the sandbox needs a checkout of slurm-persist: no docker/compose.yml "
                        f"in {' or '.join(map(str, roots))}; run from a clone, or set "
                        f"{CHECKOUT_ENV} to one")
+
+
+def release() -> str:
+    name = os.environ.get(RELEASE_ENV, RELEASES[0])
+    if name not in RELEASES:
+        raise SandboxError(f"{RELEASE_ENV}={name!r}: the sandbox builds on {' or '.join(RELEASES)}")
+    return name
 
 
 def compose_file() -> Path:
@@ -115,7 +126,9 @@ class Sandbox:
         return bool(want) and want == have
 
     def image_tag(self) -> str:
-        return f"{IMAGE}:{_tree_hash(docker_dir())}"
+        """The same docker/ files make one image per release: both carry the
+        release in their tag, or one would be taken for the other."""
+        return f"{IMAGE}:{release()}-{_tree_hash(docker_dir())}"
 
     # -- pieces ----------------------------------------------------------
 

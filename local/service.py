@@ -80,16 +80,18 @@ def deploy(options: Options) -> str:
 
 def up(options: Options) -> int:
     """Deploy, make sure exactly one chain runs, then forward until stopped."""
-    if not daemon.hold_lock(options.name):
-        print(f"{options.name}: another `up` is forwarding or starting to "
-              f"(pid {daemon.running_pid(options.name) or 'not written yet'}); "
-              "`slurm-persist status` shows it")
-        return 0
+    # A running forwarder holds the lock too (the daemon inherits it), so a
+    # held lock with a live pid is the plain "already forwarding" case.
+    locked = daemon.hold_lock(options.name)
     passed = local_sockets.from_systemd()  # socket activation: the port is bound already
     pid = daemon.running_pid(options.name)
     if pid:
         print(f"{options.name}: already forwarding on http://127.0.0.1:{options.local_port}/ "
               f"(pid {pid}); `slurm-persist down` stops it")
+        return 0
+    if not locked:
+        print(f"{options.name}: another `up` is starting to forward (no pid written yet); "
+              "`slurm-persist status` shows it")
         return 0
     prepare(options, port_check=not passed)
     if options.daemonize:

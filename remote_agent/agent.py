@@ -117,10 +117,14 @@ class Agent:
                 await self.keeper.slurm(slurm.scancel_argv([successor]))
         else:
             self.publisher.save_chain(chain.ChainState(failed, state.stopped, state.reason))
-            # Let the successor's submission finish: cancelled half-way (a slow
-            # squeue on a busy login node), the chain just ended, and the guard
-            # never saw the next failure; the forwarder then restarted chains.
-            await _wait_quietly(successor_task, 60)
+            if state.stopped:
+                successor_task.cancel()
+            else:
+                # The next job carries the chain on and is what the crash-loop
+                # guard counts. Seen on the sandbox: a server exiting 10 ms
+                # after start beat the squeue + sbatch, and the chain ended at
+                # failed_jobs=1 with no job left and no stop mark.
+                await _wait_quietly(successor_task, 60)
         self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
         if self.record is not None:
             self._publish("stopped")

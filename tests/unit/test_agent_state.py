@@ -100,3 +100,35 @@ def test_show_skips_a_record_being_written(agent, capsys):
     (folder / ".tmp-k3j9x.json").write_text('{"half": ')
     assert agent_main.show(agent.service_dir) == 0
     assert json.loads(capsys.readouterr().out)["errors"] == {}
+
+
+def test_a_server_that_fails_at_once_still_leaves_a_successor(agent, monkeypatch):
+    """The next job carries the chain on and is what the crash-loop guard
+    counts: the failed job waits for its sbatch instead of cancelling it."""
+    submitted = []
+
+    async def slow_sbatch(own):
+        await asyncio.sleep(0.2)  # squeue + sbatch outlast a server that exits in 10 ms
+        submitted.append("21")
+        return "21"
+
+    async def nothing(*args):
+        return None
+
+    async def yes():
+        return True
+
+    async def never_healthy():
+        return False
+
+    for name, fake in (("_open_gate", yes),):
+        monkeypatch.setattr(agent, name, fake)
+    monkeypatch.setattr(agent.keeper, "own_job", nothing)
+    monkeypatch.setattr(agent.keeper, "keep", slow_sbatch)
+    monkeypatch.setattr(agent.server, "start_healthy", never_healthy)
+    monkeypatch.setattr(agent.server, "stop", nothing)
+    monkeypatch.setattr(agent, "_install_signals", lambda: None)
+    monkeypatch.setattr(agent, "_publish", lambda state: None)
+    assert asyncio.run(agent.run()) == 1
+    assert submitted == ["21"]
+    assert chain.load(agent.service_dir) == chain.ChainState(failed_jobs=1)

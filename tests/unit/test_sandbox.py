@@ -69,3 +69,24 @@ def test_a_copy_in_site_packages_does_not_take_its_own_folder_for_docker(tmp_pat
         cwd=tmp_path, env={"PYTHONPATH": str(site), "HOME": str(tmp_path)},
         capture_output=True, text=True)
     assert proc.returncode != 0 and "needs a checkout of slurm-persist" in proc.stderr
+
+
+def test_each_release_has_its_own_image(monkeypatch):
+    """The docker/ files are the same for both releases; the tag tells them apart."""
+    tags = {}
+    for name in sandbox.RELEASES:
+        monkeypatch.setenv(sandbox.RELEASE_ENV, name)
+        tags[name] = sandbox.Sandbox.default().image_tag()
+    assert tags["bookworm"] != tags["trixie"]
+    assert tags["trixie"].startswith(f"{sandbox.IMAGE}:trixie-")
+    monkeypatch.delenv(sandbox.RELEASE_ENV)
+    assert sandbox.Sandbox.default().image_tag() == tags["bookworm"]
+
+
+def test_an_unknown_release_is_refused_before_anything_is_built(monkeypatch):
+    monkeypatch.setenv(sandbox.RELEASE_ENV, "buster")
+    with pytest.raises(SandboxError, match="bookworm or trixie"):
+        sandbox.Sandbox.default().image_tag()
+    proc = subprocess.run(["bash", str(sandbox.docker_dir() / "ensure-docker.sh")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "bookworm or trixie, not 'buster'" in proc.stderr
