@@ -41,8 +41,14 @@ test)
     bash docker/ensure-docker.sh >/dev/null
     exec .venv/bin/python -m pytest "$@"
     ;;
+lint)
+    # ruff (style, imports, bugbear, asyncio; remote_agent as Python 3.8) and mypy.
+    ensure_venv
+    .venv/bin/ruff check .
+    exec .venv/bin/mypy
+    ;;
 *)
-    echo "usage: bash dev.sh up [options] | bash dev.sh test [pytest options]" >&2
+    echo "usage: bash dev.sh up [options] | bash dev.sh test [pytest options] | bash dev.sh lint" >&2
     exit 2
     ;;
 esac

@@ -75,7 +75,7 @@ class Sandbox:
     state_dir: Path
 
     @classmethod
-    def default(cls) -> "Sandbox":
+    def default(cls) -> Sandbox:
         """The user's sandbox: one per state folder, so a second user or a
         test run with its own XDG_STATE_HOME never shares keys with another."""
         state = default_state_dir()
@@ -147,7 +147,7 @@ class Sandbox:
         tag = self.image_tag()
         if _run(["docker", "image", "inspect", tag], check=False, quiet=True) is not None:
             return
-        base = _run(["bash", str(docker_dir() / "ensure-docker.sh")]).strip().splitlines()[-1]
+        base = _out(["bash", str(docker_dir() / "ensure-docker.sh")]).strip().splitlines()[-1]
         log.info("sandbox=%s state=building image=%s base=%s", self.project, tag, base)
         _run(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", tag,
               str(docker_dir())])
@@ -183,7 +183,7 @@ class Sandbox:
         return int(out.rsplit(":", 1)[1])
 
     def host_key(self, service: str) -> str:
-        key = self.exec(service, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+        key = self.exec(service, "cat", "/etc/ssh/ssh_host_ed25519_key.pub") or ""
         return " ".join(key.split()[:2])
 
     def write_ssh_config(self) -> None:
@@ -223,6 +223,11 @@ class Sandbox:
     def exec(self, service: str, *cmd: str, user: str = "root", check: bool = True) -> str | None:
         return _run(["docker", "exec", "-u", user, self.container(service), *cmd],
                     check=check, quiet=not check)
+
+
+def _out(cmd: list[str]) -> str:
+    """stdout of a command that must succeed (SandboxError otherwise)."""
+    return _run(cmd) or ""
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True,

@@ -13,23 +13,24 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any
 
 from remote_agent import slurm
 
 from . import daemon, paths
+from . import sockets as local_sockets
 from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
-from . import sockets as local_sockets
+from .remote import Site
 from .report import JobLine, Report, clock, duration
+from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
 from .supervisor import supervise
-from .remote import Site
-from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 
 log = logging.getLogger("slurm_persist")
 
@@ -39,7 +40,8 @@ def resolve(options: Options, project_dir: Path = Path("."),
     """Absolute local paths; the sandbox's site when no login node is named.
     Only `up` and `deploy` start the sandbox: `status` or `down` must not
     build a cluster just to report on it."""
-    changes = {"local_hpc_script_dir": str((project_dir / options.local_hpc_script_dir).resolve())}
+    changes: dict[str, Any] = {
+        "local_hpc_script_dir": str((project_dir / options.local_hpc_script_dir).resolve())}
     if options.ssh_config:
         changes["ssh_config"] = str(Path(options.ssh_config).expanduser().resolve())
     if options.uses_sandbox:
@@ -74,8 +76,9 @@ def connected(options: Options) -> Iterator[Chain]:
 def deploy(options: Options) -> str:
     with connected(options) as chain:
         report = deploy_files(chain, Path(options.local_hpc_script_dir))
-    return (f"deployed {options.name} to {chain.layout.service_dir} on {chain.site.current or '?'}: "
-            f"{report.sent} files sent, {report.unchanged} unchanged")
+    return (f"deployed {options.name} to {chain.layout.service_dir} on "
+            f"{chain.site.current or '?'}: {report.sent} files sent, "
+            f"{report.unchanged} unchanged")
 
 
 def up(options: Options) -> int:
@@ -239,7 +242,7 @@ def status(options: Options) -> Report:
     )
 
 
-def _forwarder(pid: Optional[int], local) -> str:
+def _forwarder(pid: int | None, local) -> str:
     if not pid:
         return "not running"
     if local is None or pid not in (local.pid, local.supervisor):
@@ -262,7 +265,7 @@ def _age(since: float) -> str:
     return duration(time.time() - since)
 
 
-def logs(options: Options, job: Optional[str], lines: int, follow: bool) -> int:
+def logs(options: Options, job: str | None, lines: int, follow: bool) -> int:
     with connected(options) as chain:
         if job is None:
             jobs = chain.jobs()
