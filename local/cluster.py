@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from remote_agent import endpoint, layout, slurm
@@ -233,7 +234,9 @@ class Chain:
             return jobs[0].job_id, False
         self.agent("reset")
         self.on_slurm()
-        result = self.site.run(slurm.sbatch_argv(self.spec()), elsewhere=_failed_here)
+        script = Path(self.options.local_hpc_script_dir) / "slurm.sbatch"
+        text = script.read_text() if script.is_file() else ""
+        result = self.site.run(slurm.sbatch_argv(self.spec(), script=text), elsewhere=_failed_here)
         try:
             job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         except slurm.SlurmUnknown as exc:

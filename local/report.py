@@ -83,6 +83,7 @@ class Report:
     url: str = "-"
     forwarder: str = "not running"
     reason: str = "-"
+    maintenance: str = "-"
     jobs: list = field(default_factory=list)  # of JobLine
 
     def text(self, now: float | None = None) -> str:

@@ -220,6 +220,8 @@ def status(options: Options) -> Report:
         # Nothing serves: is it the home? (A job that cannot write its record
         # is invisible otherwise.) One write check, no SLURM call.
         home = chain.home() if chain.serving(jobs, snap) is None else None
+        said = chain.site.run(slurm.reservations_argv())
+        reservations = slurm.parse_reservations(said.stdout) if said.returncode == 0 else []
     if snap.chain.stopped:
         chain_text = f"stopped: {snap.chain.reason}"
     current = chain.serving(jobs, snap)
@@ -237,9 +239,21 @@ def status(options: Options) -> Report:
         url=f"http://127.0.0.1:{options.local_port}/" if pid else "-",
         forwarder=_forwarder(pid, local),
         reason=_reason(home, local if pid else None),
+        maintenance=_maintenance(reservations),
         jobs=[JobLine.of(j, snap.endpoints.get(j.job_id), options.overlap_minutes,
                          options.warn_seconds) for j in jobs],
     )
+
+
+def _maintenance(reservations: list[slurm.Reservation]) -> str:
+    """A maintenance reservation ahead (7 days) or now: the gap it makes."""
+    now = time.time()
+    ahead = sorted((r for r in reservations if r.maintenance and now < r.end
+                    and r.start < now + 7 * 86400), key=lambda r: r.start)
+    return "; ".join(f"{r.name} {clock(r.start)} to {clock(r.end)}: the service has a gap of "
+                     f"{duration(r.end - max(r.start, now))} unless its job runs on nodes the "
+                     "reservation leaves free (jobs are shortened to end before it)"
+                     for r in ahead) or "-"
 
 
 def _forwarder(pid: int | None, local) -> str:

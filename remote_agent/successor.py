@@ -10,6 +10,7 @@ before any second try, since it may have gone through.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import chain, endpoint, layout, slurm
@@ -111,8 +112,14 @@ class Successor:
         return slurm.interpret_squeue(rc, out, err)
 
     async def _sbatch(self, dependency: str) -> str:
-        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency))
+        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency, self._script()))
         return slurm.parse_sbatch(rc, out, err)
+
+    def _script(self) -> str:
+        try:
+            return (Path(self.spec.app_dir) / self.spec.script).read_text()
+        except OSError:  # then no --time-min: the job is submitted as before
+            return ""
 
     async def slurm(self, argv: List[str]):
         try:

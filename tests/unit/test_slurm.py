@@ -199,3 +199,16 @@ def test_an_option_on_the_command_line_wins_over_the_script():
     assert slurm.requested([], script, "time") == "00:30:00"
     assert slurm.requested(["--time=2:00:00"], script, "time") == "2:00:00"
     assert slurm.requested([], script, "partition") is None  # ## is a comment
+
+
+def test_a_job_may_be_shortened_to_fit_before_a_maintenance_but_not_below_use():
+    script = "#!/bin/bash\n#SBATCH --time=00:30:00\n"
+    argv = slurm.sbatch_argv(spec(), script=script)
+    assert "--time-min=3" in argv  # a 90 s warning plus a minute, rounded up
+    overlapping = slurm.sbatch_argv(spec(overlap_minutes=10), script=script)
+    assert "--time-min=11" in overlapping
+    short = slurm.sbatch_argv(spec(sbatch_options=["--time=2"]), script=script)
+    assert not any(a.startswith("--time-min") for a in short)  # no room to shorten
+    assert not any(a.startswith("--time-min") for a in slurm.sbatch_argv(spec(), script=""))
+    own = slurm.sbatch_argv(spec(sbatch_options=["--time-min=20"]), script=script)
+    assert [a for a in own if a.startswith("--time-min")] == ["--time-min=20"]
