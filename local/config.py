@@ -124,10 +124,24 @@ class Options:
     on_event: str = opt("", "command run (no shell) with one JSON event on stdin: serving, "
                         "switched, waiting, chain-stopped, time-limit-near; e.g. "
                         "\"curl -sd @- URL\"", FORWARD)
+    local_socket: str | None = opt(None, "serve on this Unix socket (mode 0600) instead of "
+                                      "127.0.0.1:PORT: on a machine shared with other users, "
+                                      "loopback is open to all of them", FORWARD)
     metrics_port: int = opt(0, "serve Prometheus metrics on 127.0.0.1:PORT (default 0: none)",
                             FORWARD)
     waiting_alert_seconds: float = opt(300.0, "an outage this long sends the waiting event "
                                        "(default 300)", FORWARD)
+
+    @property
+    def address(self) -> str:
+        """Where the service appears here, for logs and messages."""
+        return f"unix:{self.local_socket}" if self.local_socket else f"127.0.0.1:{self.local_port}"
+
+    @property
+    def url(self) -> str:
+        if self.local_socket:
+            return f"unix:{self.local_socket} (curl --unix-socket {self.local_socket} http://x/)"
+        return f"http://127.0.0.1:{self.local_port}/"
 
     @property
     def login_nodes(self) -> list[str]:
@@ -262,6 +276,13 @@ def validate(options: Options, directory: Path) -> None:
         shlex.split(options.on_event)
     except ValueError as exc:
         raise ConfigError(f"on-event {options.on_event!r}: {exc}") from None
+    if options.local_socket is not None:
+        where = Path(options.local_socket).expanduser()
+        if not where.parent.is_dir():
+            raise ConfigError(f"local-socket {options.local_socket}: no such directory "
+                              f"{where.parent}")
+        if len(str(where)) > 100:  # sun_path holds 108 bytes
+            raise ConfigError(f"local-socket {options.local_socket}: longer than 100 characters")
     if options.ssh_config and not Path(options.ssh_config).expanduser().is_file():
         raise ConfigError(f"ssh-config {options.ssh_config}: no such file")
 

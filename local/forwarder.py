@@ -93,15 +93,14 @@ class Forwarder:
         budget = Budget.of_this_process()
         log.info("nofile_soft=%d->%d nofile_hard=%d connections_max=%d", before, soft, hard,
                  budget.connections)
-        port = self.options.local_port
-        sockets = sockets or local_sockets.bind(port)
+        sockets = sockets or local_sockets.bind(self.options.local_port, self.options.local_socket)
         # A client costs two descriptors here (its socket, the ssh forward's).
         room = lambda: budget.room(2 * self.clients.count)  # noqa: E731
         for sock in sockets:
             listener = Listener(sock, self.clients.serve, self.events, room)
             listener.start()
             self._listeners.append(listener)
-        log.info("listen=127.0.0.1 port=%d state=open", port)
+        log.info("listen=%s state=open", self.options.address)
         if self.options.metrics_port:
             try:
                 self.metrics.serve(self.options.metrics_port)
@@ -148,8 +147,7 @@ class Forwarder:
         route = self.route
         if route is not None and await self._probe(session):
             if not self.healthy.is_set():
-                log.info("%s state=serving local=127.0.0.1:%d", route.describe(),
-                         self.options.local_port)
+                log.info("%s state=serving local=%s", route.describe(), self.options.address)
                 self._set_status("serving")
             self.healthy.set()
             target = await self.handover.later_serving(route.endpoint)
@@ -228,7 +226,7 @@ class Forwarder:
         self.served.served()
         self.conditions.backoff.reset()
         self._set_status("serving")
-        log.info("%s state=serving local=127.0.0.1:%d", route.describe(), self.options.local_port)
+        log.info("%s state=serving local=%s", route.describe(), self.options.address)
         return True
 
     async def _pause(self, seconds: float) -> None:

@@ -89,7 +89,7 @@ def up(options: Options) -> int:
     passed = local_sockets.from_systemd()  # socket activation: the port is bound already
     pid = daemon.running_pid(options.name)
     if pid:
-        print(f"{options.name}: already forwarding on http://127.0.0.1:{options.local_port}/ "
+        print(f"{options.name}: already forwarding on {options.url} "
               f"(pid {pid}); `slurm-persist down` stops it")
         return 0
     if not locked:
@@ -104,7 +104,7 @@ def up(options: Options) -> int:
 
 def prepare(options: Options, port_check: bool = True) -> None:
     """Everything before forwarding: a free port, the files, one chain."""
-    if port_check:
+    if port_check and not options.local_socket:
         check_port_free(options.local_port)
     with connected(options) as chain:
         if options.copy:
@@ -119,7 +119,7 @@ async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
         try:
             await forwarder.listen(sockets)
         except OSError as exc:  # another forwarder took the port since prepare() looked
-            raise ConfigError(f"local-port {options.local_port}: {exc.strerror}; "
+            raise ConfigError(f"{options.address}: {exc.strerror}; "
                               "another forwarder serves it (`slurm-persist status`)") from None
         await forwarder.run()
     finally:
@@ -163,7 +163,7 @@ def _start_daemon(options: Options) -> int:
     while time.monotonic() < deadline:
         status = read_status(options.name)
         if status and pid in (status.pid, status.supervisor) and status.state == "serving":
-            print(f"{options.name}: serving on http://127.0.0.1:{options.local_port}/ "
+            print(f"{options.name}: serving on {options.url} "
                   f"(job {status.job_id} on {status.node}; forwarder pid {pid}, "
                   f"log {daemon.log_path(options.name)})")
             return 0
@@ -181,9 +181,9 @@ def _supervised(options: Options) -> int:
     daemon.write_pid(options.name)
     try:
         try:
-            listening = local_sockets.bind(options.local_port)
+            listening = local_sockets.bind(options.local_port, options.local_socket)
         except OSError as exc:
-            raise ConfigError(f"local-port {options.local_port}: {exc.strerror}") from None
+            raise ConfigError(f"{options.address}: {exc.strerror}") from None
         supervisor = os.getpid()
         return supervise(listening, lambda socks: _worker(options, socks, supervisor))
     finally:
@@ -220,8 +220,8 @@ def status(options: Options) -> Report:
         # Nothing serves: is it the home? (A job that cannot write its record
         # is invisible otherwise.) One write check, no SLURM call.
         home = chain.home() if chain.serving(jobs, snap) is None else None
-        said = chain.site.run(slurm.reservations_argv())
-        reservations = slurm.parse_reservations(said.stdout) if said.returncode == 0 else []
+        shown = chain.site.run(slurm.reservations_argv())
+        reservations = slurm.parse_reservations(shown.stdout) if shown.returncode == 0 else []
     if snap.chain.stopped:
         chain_text = f"stopped: {snap.chain.reason}"
     current = chain.serving(jobs, snap)
@@ -236,7 +236,7 @@ def status(options: Options) -> Report:
         state=current.state if current else (running.state.lower() if running else "-"),
         uptime=_age(current.started) if current else "-",
         restarts=str(current.restarts) if current else "-",
-        url=f"http://127.0.0.1:{options.local_port}/" if pid else "-",
+        url=options.url if pid else "-",
         forwarder=_forwarder(pid, local),
         reason=_reason(home, local if pid else None),
         maintenance=_maintenance(reservations),

@@ -10,11 +10,13 @@ refused.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+from pathlib import Path
 
-from remote_agent.listener import tcp_socket
+from remote_agent.listener import tcp_socket, unix_socket
 
 log = logging.getLogger("slurm_persist.sockets")
 
@@ -22,14 +24,39 @@ log = logging.getLogger("slurm_persist.sockets")
 SD_LISTEN_FDS_START = 3
 
 
-def bind(port: int) -> list[socket.socket]:
-    """127.0.0.1:port, and ::1:port where the host has IPv6."""
+def bind(port: int, path: str | None = None) -> list[socket.socket]:
+    """127.0.0.1:port, and ::1:port where the host has IPv6; or, with path,
+    a Unix socket only its owner may use."""
+    if path:
+        return [private_unix_socket(path)]
     sockets = [tcp_socket("127.0.0.1", port)]
     try:
         sockets.append(tcp_socket("::1", port))
     except OSError as exc:
         log.info("listen=::1 port=%d state=skipped reason=%r", port, exc.strerror)
     return sockets
+
+
+def private_unix_socket(path: str) -> socket.socket:
+    """Mode 0600 from the start (the umask while binding), so no other user
+    ever connects, not even in a race. A socket left by a forwarder that
+    died is replaced; one that answers is another forwarder's: refused."""
+    where = Path(path).expanduser()
+    if where.is_socket():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(where))
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE), str(where))
+        except ConnectionRefusedError:
+            where.unlink()  # nobody listens: a dead forwarder's
+        finally:
+            probe.close()
+    mask = os.umask(0o177)
+    try:
+        sock = unix_socket(str(where))
+    finally:
+        os.umask(mask)
+    return sock
 
 
 def from_systemd(environ: dict | None = None) -> list[socket.socket]:

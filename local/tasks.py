@@ -92,7 +92,8 @@ def up(c, options):
     return service.up(options)
 
 
-@service_task(*CONNECT, "local_port", help={"json": "print one JSON object instead of the table"})
+@service_task(*CONNECT, "local_port", "local_socket",
+              help={"json": "print one JSON object instead of the table"})
 def status(c, options, json=False):
     """Show the chain job by job, the serving job, the local forwarder, and why
     nothing serves when nothing does."""

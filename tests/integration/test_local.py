@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -246,3 +247,38 @@ def test_up_on_a_socket_systemd_passes(cluster, tmp_path):
         proc.wait(timeout=30)
         client.close()
         cli("down", *site_args(cluster, "sockact"))
+
+
+def test_a_unix_socket_instead_of_a_port_for_a_shared_machine(cluster, tmp_path):
+    """Loopback is open to every user of the machine; a 0600 socket is not."""
+    import http.client
+    import stat as stat_module
+    path = tempfile.mkdtemp(prefix="sps-") + "/model.sock"
+
+    class UnixHTTP(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(30)
+            self.sock.connect(path)
+
+    def answers_on_socket() -> bool:
+        try:
+            conn = UnixHTTP("localhost")
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    args = up_args(cluster, "unixsock", free_port(), "--local-socket", path)
+    proc = subprocess.Popen([BIN, *args], stdout=(tmp_path / "up.log").open("w"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for("answers on the socket", answers_on_socket, timeout=120)
+        assert stat_module.S_IMODE(os.stat(path).st_mode) == 0o600
+        status = cli("status", *site_args(cluster, "unixsock"), "--local-socket", path).stdout
+        url = next(line for line in status.splitlines() if line.startswith("url"))
+        assert url.split(None, 1)[1].startswith(f"unix:{path}"), status
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        cli("down", *site_args(cluster, "unixsock"))
