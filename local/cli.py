@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from importlib import metadata
 
 from invoke import Program
 
-from . import tasks
+from . import config, tasks
 
 
 def version() -> str:
@@ -35,6 +36,37 @@ class SlurmPersist(Program):
         self.print_columns([(flags, text) for flags, text in self.initial_context.help_tuples()
                             if SHOWN & set(re.findall(r"--([a-z-]+)", flags))])
         self.list_tasks()
+
+    def print_task_help(self, name: str) -> None:
+        """A task's help, with each option's type from its definition:
+        invoke says STRING for every option whose default is None (so that
+        an option not given leaves the toml's value alone)."""
+        ctx = self.parser.contexts[name]
+        doc = inspect.getdoc(self.collection[name]) or ""
+        print(f"Usage: {self.binary} {name} [--options]")
+        print("")
+        for line in doc.splitlines():
+            print(self.leading_indent + line if line.strip() else "")
+        print("")
+        print("Options:")
+        self.print_columns([(typed(flags), text) for flags, text in ctx.help_tuples()])
+
+
+KINDS = {"int": "INT", "float": "SECONDS", "list[str]": "TEXT", "str | None": "TEXT",
+         "str": "TEXT"}
+
+
+def typed(flags: str) -> str:
+    """--local-port=STRING -> --local-port=INT, from the option's field."""
+    match = re.search(r"--([a-z-]+)=STRING", flags)
+    if not match:
+        return flags
+    flag = match.group(1).replace("-", "_")
+    field = config.FIELDS.get(config.cli_table()["field_of"].get(flag, flag))
+    kind = KINDS.get(str(field.type), "TEXT") if field is not None else "TEXT"
+    if field is not None and field.name in ("local_port", "metrics_port"):
+        kind = "PORT"
+    return flags.replace("=STRING", f"={kind}")
 
 
 program = SlurmPersist(namespace=tasks.ns, name="slurm-persist", binary="slurm-persist",
