@@ -62,7 +62,7 @@ def typed(flags: str) -> str:
     if not match:
         return flags
     flag = match.group(1).replace("-", "_")
-    field = config.FIELDS.get(config.cli_table()["field_of"].get(flag, flag))
+    field = config.FIELDS.get(tasks.cli_table()["field_of"].get(flag, flag))
     kind = KINDS.get(str(field.type), "TEXT") if field is not None else "TEXT"
     if field is not None and field.name in ("local_port", "metrics_port"):
         kind = "PORT"

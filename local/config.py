@@ -159,26 +159,6 @@ class Options:
 FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 
 
-def flag_name(f: dataclasses.Field) -> str:
-    return f.metadata["flag"] or f.name
-
-
-def flags(group: str) -> tuple[str, ...]:
-    """The flags (as parameter names) of the options a group of tasks takes."""
-    return tuple(flag_name(f) for f in FIELDS.values() if f.metadata["group"] == group)
-
-
-def cli_table() -> dict[str, Any]:
-    """What the command line needs of the options, from their one definition."""
-    flagged = [f for f in FIELDS.values() if f.metadata["group"]]
-    return {
-        "help": {flag_name(f): f.metadata["help"] for f in flagged},
-        "lists": tuple(flag_name(f) for f in flagged if f.type.startswith("list")),
-        "switches": {flag_name(f): f.default for f in flagged if f.type == "bool"},
-        "field_of": {flag_name(f): f.name for f in flagged if f.metadata["flag"]},
-    }
-
-
 def load(cli: Mapping[str, Any], directory: Path = Path(".")) -> Options:
     """Merge defaults < slurm-persist.toml < command line, then validate."""
     values: dict[str, Any] = {}

@@ -230,20 +230,8 @@ class Forwarder:
         return True
 
     async def _pause(self, seconds: float) -> None:
-        """Between two looks at the cluster. While a job runs that does not
-        serve yet, its record is read every RECORD_POLL seconds (no SLURM
-        call): `up` answered 5 s after the job served, at the next look."""
-        deadline = time.monotonic() + seconds
-        while self._starting and time.monotonic() < deadline:
-            await self._sleep(min(RECORD_POLL, deadline - time.monotonic()))
-            try:
-                snap = await asyncio.to_thread(self.chain.snapshot)
-            except (Unreachable, RuntimeError):
-                continue
-            if any(e.state == "serving" for e in snap.endpoints.values()
-                   if e.job_id in self._starting):
-                return
-        await self._sleep(max(0.0, deadline - time.monotonic()))
+        """Between two looks at the cluster (handover.until_serving)."""
+        await self.handover.until_serving(self._starting, seconds, self._sleep, RECORD_POLL)
 
     async def _sleep(self, seconds: float) -> None:
         self._kick.clear()

@@ -60,6 +60,22 @@ class Handover:
         log.info("job=%s state=%s to_job=%s", mine, reason, target.job_id)
         return target
 
+    async def until_serving(self, starting: set, seconds: float, sleep, every: float) -> None:
+        """Sleep seconds; but while a job runs that does not serve yet, read
+        its record every `every` s (no SLURM call) and end as soon as it
+        serves: `up` answered 5 s after the job served, at the next look."""
+        deadline = time.monotonic() + seconds
+        while starting and time.monotonic() < deadline:
+            await sleep(min(every, deadline - time.monotonic()))
+            try:
+                snap = await asyncio.to_thread(self.chain.snapshot)
+            except (Unreachable, RuntimeError):
+                continue
+            if any(e.state == "serving" for e in snap.endpoints.values()
+                   if e.job_id in starting):
+                return
+        await sleep(max(0.0, deadline - time.monotonic()))
+
     async def warn_near_end(self, current: Endpoint) -> None:
         """The job ends within its warning time plus NEAR_END_MARGIN and
         SLURM knows no later job of the chain: once per job, one squeue."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from remote_agent import slurm
 
-from . import daemon, paths
+from . import daemon
 from . import sockets as local_sockets
 from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
@@ -289,33 +289,3 @@ def logs(options: Options, job: str | None, lines: int, follow: bool) -> int:
             job = running[-1].job_id
         argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), chain.log_path(job)]
         return chain.site.stream(argv)
-
-
-def list_services(options: Options) -> str:
-    """Every service of this user: forwarders in the local state folder, and
-    on the cluster the service folders and their jobs (one squeue)."""
-    local = {}
-    base = paths.state_base() / "slurm-persist" / "services"
-    for folder in sorted(base.iterdir()) if base.is_dir() else []:
-        pid = daemon.running_pid(folder.name)
-        status = read_status(folder.name)
-        local[folder.name] = (f"pid {pid} {status.state if status else ''} "
-                              f"127.0.0.1:{status.local_port if status else '?'}"
-                              if pid else "not running")
-    with connected(options) as chain:
-        home = chain.layout.home
-        folders = chain.site.run(["ls", "-1", f"{home}/.slurm-persist/services"])
-        names = folders.stdout.split() if folders.returncode == 0 else []
-        try:
-            jobs = chain.all_jobs()
-        except slurm.SlurmUnknown as exc:
-            jobs, unknown = [], f"unknown ({' | '.join(str(exc).splitlines())})"
-        else:
-            unknown = ""
-    rows = [("service", "forwarder here", "jobs on the cluster")]
-    for name in sorted(set(local) | set(names)):
-        mine = [f"{j.job_id}:{j.state}" for j in jobs if j.name == f"sp-{name}"]
-        on_cluster = unknown or " ".join(mine) or ("none" if name in names else "not deployed")
-        rows.append((name, local.get(name, "-"), on_cluster))
-    width = [max(len(r[i]) for r in rows) for i in range(2)]
-    return "\n".join(f"{r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}" for r in rows)

@@ -12,26 +12,49 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from invoke import Collection, Exit, task
 
 from remote_agent.slurm import SlurmUnknown
 
-from . import config, service
+from . import config, inventory, service
 from . import doctor as site_check
 from . import systemd as units
 from .remote import ClusterError, Unreachable
 from .sandbox import Sandbox, SandboxError
 from .tunnel import TunnelError
 
-_TABLE = config.cli_table()
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or f.name
+
+
+def flags(group: str) -> tuple[str, ...]:
+    """The flags (as parameter names) of the options a group of tasks takes."""
+    return tuple(flag_name(f) for f in config.FIELDS.values() if f.metadata["group"] == group)
+
+
+def cli_table() -> dict[str, Any]:
+    """What the command line needs of the options, from their one definition."""
+    flagged = [f for f in config.FIELDS.values() if f.metadata["group"]]
+    return {
+        "help": {flag_name(f): f.metadata["help"] for f in flagged},
+        "lists": tuple(flag_name(f) for f in flagged if f.type.startswith("list")),
+        "switches": {flag_name(f): f.default for f in flagged if f.type == "bool"},
+        "field_of": {flag_name(f): f.name for f in flagged if f.metadata["flag"]},
+    }
+
+
+_TABLE = cli_table()
 OPTION_HELP = _TABLE["help"]
-CONNECT, SPEC, FORWARD = (config.flags(g) for g in (config.CONNECT, config.SPEC, config.FORWARD))
+CONNECT, SPEC, FORWARD = (flags(g) for g in (config.CONNECT, config.SPEC, config.FORWARD))
 LISTS = _TABLE["lists"]
 FLAGS = _TABLE["switches"]
 FIELD_OF = _TABLE["field_of"]
@@ -115,7 +138,7 @@ def doctor(c, options):
 @service_task(*CONNECT, name="list")
 def list_services(c, options):
     """Every service of yours: its forwarder here, its folder and jobs on the cluster."""
-    print(service.list_services(options))
+    print(inventory.list_services(options))
 
 
 @service_task(*CONNECT, "local_port", help={
