@@ -149,10 +149,25 @@ async def _until_signal(options: Options, sockets, supervisor: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
+    adopting = asyncio.ensure_future(_adopt_if_orphaned(options, supervisor)) if supervisor \
+        else None
     try:
         await task
     except asyncio.CancelledError:
         pass
+    finally:
+        if adopting is not None:
+            adopting.cancel()
+
+
+async def _adopt_if_orphaned(options: Options, supervisor: int) -> None:
+    """The supervisor was killed (kill -9, OOM): this worker serves on, and
+    writes its own pid, so that status sees it and down stops it."""
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event tells of a parent gone
+        await asyncio.sleep(1)
+    daemon.write_pid(options.name)
+    log.warning("service=%s supervisor=%d state=gone worker=%d state=adopted-pid-file",
+                options.name, supervisor, os.getpid())
 
 
 def _start_daemon(options: Options) -> int:

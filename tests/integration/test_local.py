@@ -71,7 +71,9 @@ def test_munged_dead_on_login1_slurm_answers_from_login2(start_up, cluster, alic
     status = cli("status", *site_args(cluster, "munge"))
     assert status.returncode == 0, status.stderr
     rows = dict(line.split(None, 1) for line in status.stdout.splitlines())
-    assert rows["chain"] == " ".join(sorted(f"{i}:{s}" for s, i in jobs.items())), rows
+    # Oldest first, by number: job 99 before job 100.
+    assert rows["chain"] == " ".join(f"{i}:{s}" for s, i in sorted(
+        jobs.items(), key=lambda item: int(item[1]))), rows
     assert "login=login1 state=command-failed-here command=squeue" in status.stderr
     cancelled = time.monotonic()
     cluster.exec("slurmctld", "scancel", jobs["RUNNING"])
@@ -113,7 +115,8 @@ def test_up_is_idempotent_and_down_cleans_up(cluster, alice, tmp_path):
 
     pid = int((Path(os.environ["XDG_STATE_HOME"]) / "slurm-persist/services/idem/forwarder.pid")
               .read_text())
-    os.kill(pid, signal.SIGKILL)
+    # The whole daemon, supervisor and worker (its own session and process group).
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
     wait_for("the forwarder gone", lambda: not Path(f"/proc/{pid}").exists() or
              "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), timeout=10)
     restarted = cli(*args)
