@@ -138,30 +138,26 @@ class Chain:
 
     def jobs(self) -> list[slurm.Job]:
         """Active jobs of this chain, oldest first; SlurmUnknown when unsure."""
-        if not self._user:
-            self._user = self.site.run(["id", "-un"]).stdout.strip()
-        self.on_slurm()
-        result = self.site.run(slurm.squeue_argv(self._user, job_name=self.options.job_name),
-                               elsewhere=_failed_here)
+        result = self._squeue(job_name=self.options.job_name)
         jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
         return sorted(jobs, key=lambda j: int(j.job_id))
 
     def all_jobs(self) -> list[slurm.Job]:
         """Every active job of this user (for `list`); SlurmUnknown when unsure."""
-        if not self._user:
-            self._user = self.site.run(["id", "-un"]).stdout.strip()
-        self.on_slurm()
-        result = self.site.run(slurm.squeue_argv(self._user), elsewhere=_failed_here)
+        result = self._squeue()
         return slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
 
     def ended(self, job_id: str) -> slurm.Job | None:
-        """SLURM's last record of a job that may have ended; None once forgotten."""
+        """SLURM's last record of a job, ended or not; None once forgotten."""
+        result = self._squeue(job_id=job_id, ended=True)
+        return slurm.interpret_ended(result.returncode, result.stdout, result.stderr)
+
+    def _squeue(self, **query) -> Result:
+        """squeue for this user, counted, on the next login node when this one fails it."""
         if not self._user:
             self._user = self.site.run(["id", "-un"]).stdout.strip()
         self.on_slurm()
-        result = self.site.run(slurm.squeue_argv(self._user, job_id=job_id, ended=True),
-                               elsewhere=_failed_here)
-        return slurm.interpret_ended(result.returncode, result.stdout, result.stderr)
+        return self.site.run(slurm.squeue_argv(self._user, **query), elsewhere=_failed_here)
 
     def home(self) -> Home | None:
         """Can jobs write in the service dir? None when the check could not run."""
