@@ -106,9 +106,8 @@ def _probe(chain: Chain, options: Options, partition: str | None) -> list[Check]
     chain.site.run(["touch", token])
     wrap = shlex.join(["python3", "-c", Path(probe.__file__).read_text(), token,
                        ",".join(options.login_nodes)])
-    argv = ["sbatch", "--parsable", "--job-name=sp-doctor", f"--output={folder}/%j.out",
-            "--time=5", *([f"--partition={partition}"] if partition else []), "--wrap", wrap]
-    submitted = chain.site.run(argv)
+    submitted = chain.site.run(slurm.wrap_argv("sp-doctor", f"{folder}/%j.out", 5, partition,
+                                               wrap))
     try:
         job = slurm.parse_sbatch(submitted.returncode, submitted.stdout, submitted.stderr)
     except slurm.SlurmUnknown as exc:
@@ -127,11 +126,13 @@ def _read_probe(chain: Chain, options: Options, output: str, job: str) -> list[C
         time.sleep(1)
         text = chain.site.run(["cat", output]).stdout
     if "PORT " not in text:
-        why = chain.site.run(["squeue", "-h", "-j", job, "-o", "%T %r"]).stdout.strip()
+        record = chain.ended(job)
+        why = f"{record.state} {record.reason}" if record else ""
         return [Check("a job runs", False, f"not started within {JOB_START_TIMEOUT:.0f} s "
                       f"({why or 'gone'})", "see why with squeue --start")]
     port = int(text.split("PORT ", 1)[1].split()[0])
-    node = chain.site.run(["squeue", "-h", "-j", job, "-o", "%N"]).stdout.strip()
+    record = chain.ended(job)
+    node = record.node if record else ""
     reach = chain.site.run(["python3", "-c", "import socket,sys; socket.create_connection("
                             "(sys.argv[1], int(sys.argv[2])), 5)", node, str(port)])
     while "{" not in text and time.monotonic() < deadline + 90:

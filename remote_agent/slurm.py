@@ -171,6 +171,14 @@ def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "") 
     return argv
 
 
+def wrap_argv(job_name: str, output: str, minutes: int, partition: Optional[str],
+              command: str) -> List[str]:
+    """A one-off job running a shell command line (doctor's probe)."""
+    return ["sbatch", "--parsable", f"--job-name={job_name}", f"--output={output}",
+            f"--time={minutes}", *([f"--partition={partition}"] if partition else []),
+            "--wrap", command]
+
+
 def parse_sbatch(returncode: int, stdout: str, stderr: str) -> str:
     """The new job id; SlurmUnknown when sbatch failed or said something odd."""
     if returncode != 0:
