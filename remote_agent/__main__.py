@@ -20,7 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import chain, endpoint, home, joblog, layout, limits, private, spec
+from . import chain, endpoint, home, joblog, layout, limits, private, slots, spec
 from . import lock as locking
 from .agent import Agent
 
@@ -48,13 +48,19 @@ def job(service_dir: Path) -> int:
         return 2
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     user = os.environ.get("SLURM_JOB_USER") or os.environ.get("USER", "")
-    return asyncio.run(_run_agent(service, job_id, node, user))
+    name = os.environ.get("SLURM_JOB_NAME", service.job_name)
+    slot = slots.slot_of(service.job_name, name)
+    if slot is None:  # a --job-name of the user's own: the chain cannot find its jobs
+        logging.error("job=%s state=failed reason=%r", job_id, f"job name {name!r} is not "
+                      f"{service.job_name!r} or a replica's; drop --job-name from the options")
+        return 2
+    return asyncio.run(_run_agent(service, job_id, node, user, slot))
 
 
-async def _run_agent(service: spec.Spec, job_id: str, node: str, user: str) -> int:
+async def _run_agent(service: spec.Spec, job_id: str, node: str, user: str, slot: int) -> int:
     # Built here, in the running loop: on 3.8/3.9 its asyncio.Event binds
     # the loop current at construction.
-    return await Agent(service, job_id, node, user).run()
+    return await Agent(service, job_id, node, user, slot).run()
 
 
 def show(service_dir: Path) -> int:

@@ -37,9 +37,10 @@ SIGNALLED = (CANCELLED, TIME_LIMIT_NEAR)
 
 
 class Agent:
-    def __init__(self, spec: Spec, job_id: str, node: str, user: str):
+    def __init__(self, spec: Spec, job_id: str, node: str, user: str, slot: int = 0):
         self.spec = spec
         self.job_id = job_id
+        self.slot = slot
         self.node = node
         self.user = user
         self.service_dir = spec.service_path
@@ -54,13 +55,14 @@ class Agent:
         self.entry = Entry(self.gate, Reverse(spec, job_id, self._private / "gate.sock", self.say)
                            if spec.mode == "reverse" else None)
         self.ends_at: Optional[float] = None
-        self.keeper = Successor(spec, job_id, user, self.say, self.events)
+        self.keeper = Successor(spec, job_id, user, slot, self.say, self.events)
         self.record: Optional[Endpoint] = None
         self.stop_reason: Optional[str] = None
         self._wake = asyncio.Event()
 
     def say(self, message: str, *args) -> None:
-        log.info(f"job={self.job_id} node={self.node} " + message, *args)
+        slot = f" slot={self.slot}" if self.spec.replicas > 1 else ""
+        log.info(f"job={self.job_id} node={self.node}{slot} " + message, *args)
 
     # -- the job's life --------------------------------------------------
 
@@ -218,7 +220,7 @@ class Agent:
             self.record = Endpoint(
                 service=self.spec.name, job_id=self.job_id, node=self.node, host=self.node,
                 state=state, started=time.time(), ends_at=self.ends_at, secret=self.secret,
-                **self.entry.route())
+                slot=self.slot, app=self.spec.app, **self.entry.route())
         self.record = self.record.with_state(state, restarts=self.server.restarts,
                                              **self.entry.route())
         self.publisher.publish(self.record)

@@ -23,6 +23,9 @@ Format 1, a JSON object:
 ``secret``     hex; a connection must present it before any byte reaches
                the service (see :mod:`remote_agent.gate`)
 ``restarts``   how many times the agent restarted the server in this job
+``slot``       which replica's chain the job belongs to (remote_agent.slots);
+               0 when absent (records of agents before replicas)
+``app``        a hash of the service files the job runs ("" when unknown)
 =============  ==========================================================
 
 A reader trusts a record only for the job SLURM says is running, and only
@@ -46,6 +49,10 @@ STATES = ("starting", "serving", "draining", "stopped")
 ENDPOINTS_DIR = layout.ENDPOINTS
 
 
+# Added to format 1 later: a record without them still reads.
+OPTIONAL = {"slot": 0, "app": ""}
+
+
 class EndpointError(ValueError):
     """A record that is missing, truncated, of another format or malformed."""
 
@@ -64,6 +71,8 @@ class Endpoint:
     ends_at: Optional[float]
     secret: str
     restarts: int = 0
+    slot: int = 0
+    app: str = ""
     format: int = FORMAT
 
     def with_state(self, state: str, **changes) -> Endpoint:
@@ -84,6 +93,7 @@ _TYPES: Dict[str, Union[type, Tuple[type, ...]]] = {
     "service": str, "job_id": str, "node": str, "host": str, "state": str, "secret": str,
     "port": (int, type(None)), "socket": (str, type(None)), "login_node": (str, type(None)),
     "started": (int, float), "ends_at": (int, float, type(None)), "restarts": int, "format": int,
+    "slot": int, "app": str,
 }
 
 
@@ -97,6 +107,7 @@ def loads(text: str) -> Endpoint:
     if data.get("format") != FORMAT:
         raise EndpointError(f"format {data.get('format')!r}, this version reads {FORMAT}")
     known = {f.name for f in fields(Endpoint)}
+    data = {**OPTIONAL, **data}
     missing = known - set(data)
     if missing:
         raise EndpointError(f"missing {', '.join(sorted(missing))}")

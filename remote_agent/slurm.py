@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from . import layout
+from . import layout, slots
 from .spec import Spec
 
 ACTIVE_STATES = frozenset({
@@ -131,28 +131,31 @@ def failed_on_node(returncode: int, stderr: str) -> bool:
     return returncode != 0 and (returncode == NOT_FOUND or bool(_NOT_ACTED_ON.search(stderr)))
 
 
-def time_min(spec: Spec, script: str) -> Optional[int]:
+def time_min(spec: Spec, script: str, limit: Optional[int] = None) -> Optional[int]:
     """--time-min for a job of this chain, or None. With it, the scheduler
     may start a job with a shorter limit rather than not at all: a job
     whose limit would cross a maintenance reservation is otherwise held
     until after it, and the chain's gap grows by the whole wait. Shorter
     than its warning plus a minute (or the overlap plus one) a job is of no
     use, and a limit SLURM does not know (the site's default) is left alone."""
-    wanted = parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
+    wanted = limit or parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
     floor = max(2, -(-spec.warn_seconds // 60) + 1, spec.overlap_minutes + 1)
     return floor if wanted is not None and floor < wanted else None
 
 
-def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "") -> List[str]:
+def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "", slot: int = 0,
+                limit: Optional[int] = None) -> List[str]:
     """The job's paths go in sbatch's own environment, which --export=ALL
     copies as it is. Written into --export's list instead, a quote or a
     comma in a path makes sbatch drop the variables, and the job fails.
-    script: the job script's text, for the --time it asks for."""
+    script: the job script's text, for the --time it asks for; slot: the
+    replica's chain (remote_agent.slots); limit: minutes, a staggered first
+    job's shorter --time (given last, it is the one sbatch keeps)."""
     argv = [
         "env", f"SLURM_PERSIST_SERVICE_DIR={spec.service_dir}",
         f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
         "sbatch", "--parsable", "--export=ALL",
-        f"--job-name={spec.job_name}",
+        f"--job-name={slots.job_name(spec.job_name, slot)}",
         # A file name pattern: a '%' of the path itself must be '%%'.
         f"--output={layout.log_pattern(spec.service_dir)}",
         f"--chdir={spec.app_dir}",
@@ -162,7 +165,9 @@ def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "") 
         "--no-requeue",
         *spec.sbatch_options,
     ]
-    shortest = time_min(spec, script)
+    if limit is not None:
+        argv.append(f"--time={limit}")
+    shortest = time_min(spec, script, limit)
     if shortest is not None and not any(o.startswith("--time-min") for o in spec.sbatch_options):
         argv.append(f"--time-min={shortest}")
     if dependency:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import List
 
-from . import layout
+from . import layout, slots
 
 FORMAT = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -74,6 +74,10 @@ class Spec:
     drain_seconds: float = 30.0
     max_restarts: int = 3
     crash_loop_jobs: int = 3
+    replicas: int = 1
+    # A hash of the service files deploy sent ("" when it sent none): each
+    # job's record carries it, so status tells old code from new.
+    app: str = ""
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class Spec:
         for option in self.sbatch_options:
             if not option.startswith("--") or "\n" in option:
                 raise SpecError(f"sbatch option {option!r}: write it as --name=value")
+        if not 1 <= self.replicas <= slots.MAX_REPLICAS:
+            raise SpecError(f"replicas {self.replicas}: choose 1 to {slots.MAX_REPLICAS}")
         if self.mode == "reverse":
             self._check_reverse()
 

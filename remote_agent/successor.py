@@ -13,19 +13,21 @@ import asyncio
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from . import chain, endpoint, layout, slurm
+from . import chain, endpoint, layout, slots, slurm
 from .joblog import Summariser
 from .publisher import describe
-from .spec import Spec
+from .spec import Spec, SpecError
+from .spec import load as load_spec
 
 # Overlap: how often to look for a successor's serving record.
 OVERLAP_POLL = 2.0
 
 
 class Successor:
-    def __init__(self, spec: Spec, job_id: str, user: str, say: Callable[..., None],
+    def __init__(self, spec: Spec, job_id: str, user: str, slot: int, say: Callable[..., None],
                  events: Summariser):
         self.spec, self.job_id, self.user, self.say, self.events = spec, job_id, user, say, events
+        self.slot = slot
         self.service_dir = spec.service_path
 
     async def own_job(self) -> Optional[slurm.Job]:
@@ -43,9 +45,13 @@ class Successor:
             try:
                 if chain.load(self.service_dir).stopped:
                     return None
-                jobs = await self._squeue(job_name=self.spec.job_name)
-                self.clean_stale(jobs)
-                later = [j.job_id for j in jobs if int(j.job_id) > int(self.job_id)]
+                family = await self._family()
+                self.clean_stale(family)
+                if self.slot >= self._replicas():
+                    self.say("successor=none reason=%r", "replicas reduced below this slot")
+                    return None
+                later = [j.job_id for j in family if int(j.job_id) > int(self.job_id)
+                         and slots.slot_of(self.spec.job_name, j.name) == self.slot]
                 if later:
                     self.say("successor=%s state=queued", ",".join(later))
                     return later[0]
@@ -58,6 +64,13 @@ class Successor:
                 self.events.note("successor=home-error", f"retry_in={delay:.0f}s {describe(exc)}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 120.0)
+
+    def _replicas(self) -> int:
+        """As deployed now: `up` with fewer replicas ends the slots above."""
+        try:
+            return load_spec(self.service_dir).replicas
+        except SpecError:
+            return self.spec.replicas
 
     def _dependency(self, own: Optional[slurm.Job]) -> str:
         limit = own.limit_minutes() if own else None
@@ -88,7 +101,7 @@ class Successor:
                     newer = endpoint.read(path)
                 except endpoint.EndpointError:
                     continue
-                if newer.state == "serving":
+                if newer.state == "serving" and newer.slot == self.slot:
                     self.say("successor=%s state=serving handover_in=%.0fs", newer.job_id,
                              self.spec.drain_seconds)
                     await asyncio.sleep(self.spec.drain_seconds)
@@ -111,8 +124,14 @@ class Successor:
         rc, out, err = await self.slurm(slurm.squeue_argv(self.user, **query))
         return slurm.interpret_squeue(rc, out, err)
 
+    async def _family(self) -> List[slurm.Job]:
+        """Every slot's jobs: a record is stale only when no slot runs its job."""
+        return [j for j in await self._squeue()
+                if slots.slot_of(self.spec.job_name, j.name) is not None]
+
     async def _sbatch(self, dependency: str) -> str:
-        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency, self._script()))
+        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency, self._script(),
+                                                          slot=self.slot))
         return slurm.parse_sbatch(rc, out, err)
 
     def _script(self) -> str:

@@ -4,6 +4,7 @@ exactly one successor, never two, and never on an unknown answer."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -45,7 +46,7 @@ def keeper(tmp_path, monkeypatch):
         spec = Spec(name="x", job_name="sp-x", service_dir=str(tmp_path),
                     app_dir=str(tmp_path / "app"), agent_dir=str(tmp_path / "agent"),
                     overlap_minutes=overlap, drain_seconds=0.01)
-        made = Successor(spec, "20", "alice", lambda *a: None, Summariser(lambda line: None))
+        made = Successor(spec, "20", "alice", 0, lambda *a: None, Summariser(lambda line: None))
         made.slurm = FakeSlurm(**answers)
         return made
     # The keeper's backoff (5 s, doubling) is its own business: not waited here.
@@ -136,4 +137,57 @@ async def test_the_overlap_watch_returns_once_a_later_job_serves(keeper, tmp_pat
         await asyncio.sleep(0)
     assert not watching.done()  # starting is not serving
     endpoint.write(tmp_path, newer)
+    await asyncio.wait_for(watching, 5)
+
+
+def slot_line(job: str, slot: int, state: str = "RUNNING") -> str:
+    return line(job, state).replace("|sp-x|", f"|sp-x+{slot}|" if slot else "|sp-x|")
+
+
+@pytest.fixture
+def second_slot(keeper):
+    def make(**answers) -> Successor:
+        k = keeper(**answers)
+        k.slot, k.spec = 1, dataclasses.replace(k.spec, replicas=2)
+        return k
+    return make
+
+
+async def test_another_slot_s_later_job_is_not_this_slot_s_successor(second_slot):
+    k = second_slot(squeue=[(0, "\n".join([slot_line("20", 1), slot_line("21", 0, "PENDING"),
+                                           line("30", "PENDING").replace("sp-x", "sp-other")]),
+                             "")], sbatch=[(0, "22\n", "")])
+    assert await k.keep(None) == "22"
+    submitted = next(argv for argv in k.slurm.calls if "sbatch" in argv)
+    assert "--job-name=sp-x+1" in submitted and "--dependency=afterany:20" in submitted
+
+
+async def test_records_of_other_slots_jobs_are_not_stale(second_slot, tmp_path):
+    folder = tmp_path / endpoint.ENDPOINTS_DIR
+    folder.mkdir()
+    for name in ("12.json", "19.json", "20.json"):
+        (folder / name).write_text("{}")
+    k = second_slot(squeue=[(0, slot_line("19", 0) + "\n" + slot_line("20", 1) + "\n"
+                             + slot_line("21", 1, "PENDING"), "")])
+    assert await k.keep(None) == "21"
+    assert sorted(p.name for p in folder.iterdir()) == ["19.json", "20.json"]
+
+
+async def test_a_slot_above_the_deployed_replicas_submits_no_successor(second_slot, tmp_path):
+    k = second_slot(squeue=[(0, slot_line("20", 1), "")])
+    # `up` with replicas = 1 deployed since this job started:
+    (tmp_path / "spec.json").write_text(dataclasses.replace(k.spec, replicas=1).dumps())
+    assert await k.keep(None) is None and k.slurm.ran("sbatch") == 0
+
+
+async def test_the_overlap_watch_ignores_another_slot_serving(keeper, tmp_path):
+    k = keeper(overlap=10)
+    watching = asyncio.ensure_future(k.watch_for_serving())
+    other = Endpoint(service="x", job_id="21", node="node2", host="node2", port=4001,
+                     socket=None, login_node=None, state="serving", started=0.0, ends_at=None,
+                     secret="00" * 16, slot=1)
+    endpoint.write(tmp_path, other)
+    await asyncio.sleep(0.05)
+    assert not watching.done()
+    endpoint.write(tmp_path, dataclasses.replace(other, job_id="22", slot=0))
     await asyncio.wait_for(watching, 5)
