@@ -8,33 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from remote_agent import endpoint, layout, slurm
-from remote_agent.chain import ChainState
+from remote_agent import layout, slots, slurm
 from remote_agent.endpoint import Endpoint
-from remote_agent.lock import WAIT as LOCK_WAIT
 from remote_agent.spec import Spec, check_cluster_path
 
 from .conditions import Home
 from .config import Options
 from .remote import COMMAND_TIMEOUT, ClusterError, Result, Site
+from .snapshot import Snapshot, parse_show
 
 log = logging.getLogger("slurm_persist.cluster")
-
-# remote.Site's status for a command it cut off (as timeout(1) does).
-TIMED_OUT = 124
-
-
-class SubmitUnknown(slurm.SlurmUnknown):
-    """sbatch was cut off: the chain may or may not have been submitted."""
 
 
 @dataclass(frozen=True)
@@ -58,39 +46,6 @@ class Layout:
         check_cluster_path("hpc-script-dir", app_dir)
         base = f"{home}/.slurm-persist"
         return cls(home, f"{base}/agent", service_dir, app_dir, f"{base}/reverse")
-
-
-@dataclass
-class Snapshot:
-    """What the service dir says: chain state and records by job id."""
-
-    chain: ChainState
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-
-_CHAIN_TYPES = {"failed_jobs": int, "stopped": bool, "reason": str}
-
-
-def _parse_show(data: dict) -> Snapshot:
-    """The JSON of `python3 -m remote_agent show`, every type checked: a
-    stopped mark of "false" must not read as true. A bad record is an error
-    for that record only."""
-    chain, raws, errors = data["chain"], data["endpoints"], data["errors"]
-    for key, kind in _CHAIN_TYPES.items():
-        if not isinstance(chain[key], kind):
-            raise TypeError(f"chain {key} is a {type(chain[key]).__name__}")
-    if not isinstance(raws, list) or not isinstance(errors, dict):
-        raise TypeError("endpoints is not a list or errors not an object")
-    state = ChainState(**{key: chain[key] for key in _CHAIN_TYPES})
-    records, errors = {}, {str(k): str(v) for k, v in errors.items()}
-    for raw in raws:
-        try:
-            record = endpoint.loads(json.dumps(raw))
-            records[record.job_id] = record
-        except endpoint.EndpointError as exc:
-            errors[str(raw.get("job_id") if isinstance(raw, dict) else raw)[:40]] = str(exc)
-    return Snapshot(state, records, errors)
 
 
 def _failed_here(result: Result) -> bool:
@@ -125,6 +80,7 @@ class Chain:
                     health_timeout=o.health_timeout, max_restarts=o.max_restarts,
                     crash_loop_jobs=o.crash_loop_jobs, overlap_minutes=o.overlap_minutes,
                     warn_seconds=o.warn_seconds, listen=o.listen, mode=o.mode,
+                    replicas=o.replicas,
                     drain_seconds=max(30.0, 3 * o.heartbeat_time), **self._reverse_paths())
 
     def _reverse_paths(self) -> dict[str, Any]:
@@ -137,10 +93,14 @@ class Chain:
     # -- reading ---------------------------------------------------------
 
     def jobs(self) -> list[slurm.Job]:
-        """Active jobs of this chain, oldest first; SlurmUnknown when unsure."""
-        result = self._squeue(job_name=self.options.job_name)
-        jobs = slurm.interpret_squeue(result.returncode, result.stdout, result.stderr)
+        """Active jobs of every slot of this service, oldest first (slots
+        above the replica count too: `down` must find them); SlurmUnknown
+        when unsure."""
+        jobs = [j for j in self.all_jobs() if self.slot(j) is not None]
         return sorted(jobs, key=lambda j: int(j.job_id))
+
+    def slot(self, job: slurm.Job) -> int | None:
+        return slots.slot_of(self.options.job_name, job.name)
 
     def all_jobs(self) -> list[slurm.Job]:
         """Every active job of this user (for `list`); SlurmUnknown when unsure."""
@@ -156,8 +116,12 @@ class Chain:
         """squeue for this user, counted, on the next login node when this one fails it."""
         if not self._user:
             self._user = self.site.run(["id", "-un"]).stdout.strip()
+        return self.run_slurm(slurm.squeue_argv(self._user, **query))
+
+    def run_slurm(self, argv: list[str]) -> Result:
+        """A SLURM command, counted, on the next login node when this one fails it."""
         self.on_slurm()
-        return self.site.run(slurm.squeue_argv(self._user, **query), elsewhere=_failed_here)
+        return self.site.run(argv, elsewhere=_failed_here)
 
     def home(self) -> Home | None:
         """Can jobs write in the service dir? None when the check could not run."""
@@ -175,18 +139,21 @@ class Chain:
             data = json.loads(result.stdout)
             if result.returncode == 3:
                 raise ClusterError("refusing the service dir: " + "; ".join(data["unsafe"]))
-            return _parse_show(data)
+            return parse_show(data)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # An older agent or a broken file: a ClusterError is waited out
             # by the forwarder, anything else would end it.
             raise ClusterError(f"unexpected output of the agent's show on {result.host} "
                                f"({type(exc).__name__}: {exc}); deploy again") from None
 
-    def serving(self, jobs: list[slurm.Job], snap: Snapshot) -> Endpoint | None:
-        """The newest record that is serving *and* whose job SLURM runs."""
+    def serving(self, jobs: list[slurm.Job], snap: Snapshot) -> dict[int, Endpoint]:
+        """Per slot, the newest record that is serving *and* whose job SLURM runs."""
         running = {j.job_id for j in jobs if j.running}
-        live = [e for e in snap.endpoints.values() if e.job_id in running and e.state == "serving"]
-        return max(live, key=lambda e: int(e.job_id)) if live else None
+        found: dict[int, Endpoint] = {}
+        for e in sorted(snap.endpoints.values(), key=lambda e: int(e.job_id)):
+            if e.job_id in running and e.state == "serving":
+                found[e.slot] = e
+        return found
 
     def agent(self, command: str, *extra: str, timeout: float = COMMAND_TIMEOUT):
         lay = self.layout
@@ -195,52 +162,11 @@ class Chain:
 
     # -- acting ----------------------------------------------------------
 
-    def ensure(self) -> tuple[str, bool]:
-        """The chain's oldest active job, starting a chain only when SLURM
-        says for certain that none exists (SlurmUnknown propagates). Under
-        the service dir's lock, so that concurrent `up`s start one chain."""
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # The lock waits up to LOCK_WAIT for another up: the command may too.
-        locked = self.agent("lock", owner, timeout=LOCK_WAIT + COMMAND_TIMEOUT)
-        if locked.returncode == 3:
-            raise ClusterError(f"another `up` of {self.options.name} held its lock on the "
-                               f"cluster for 60 s; try again")
-        if locked.returncode != 0:
-            said = locked.stderr.strip().splitlines()[-1:] or [f"exit {locked.returncode}"]
-            raise ClusterError(f"taking the lock of {self.options.name} on the cluster "
-                               f"failed: {said[0][:300]}")
-        try:
-            found = self._find_or_start()
-        except SubmitUnknown:
-            # That sbatch may still go through: the lock is left to go stale
-            # (lock.STALE, 120 s) rather than let another up submit meanwhile.
-            log.warning("service=%s state=lock-kept reason=%r", self.options.name,
-                        "sbatch gave no answer; the lock goes stale in 2 minutes")
-            raise
-        except BaseException:
-            self.agent("unlock", owner)
-            raise
-        self.agent("unlock", owner)
-        return found
-
-    def _find_or_start(self) -> tuple[str, bool]:
-        jobs = self.jobs()
-        if jobs:
-            log.info("service=%s job=%s state=chain-found", self.options.name, jobs[0].job_id)
-            return jobs[0].job_id, False
-        self.agent("reset")
-        self.on_slurm()
-        script = Path(self.options.local_hpc_script_dir) / "slurm.sbatch"
-        text = script.read_text() if script.is_file() else ""
-        result = self.site.run(slurm.sbatch_argv(self.spec(), script=text), elsewhere=_failed_here)
-        try:
-            job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
-        except slurm.SlurmUnknown as exc:
-            if result.returncode in (TIMED_OUT, -1):  # cut off: it may have gone through
-                raise SubmitUnknown(str(exc)) from None
-            raise
-        log.info("service=%s job=%s state=chain-started", self.options.name, job_id)
-        return job_id, True
+    def ensure(self, only: list[int] | None = None) -> tuple[str, bool]:
+        """The chain's oldest active job, every slot (or those of `only`)
+        started if SLURM says for certain it has none (local.launch)."""
+        from .launch import Launch  # launch builds on Chain
+        return Launch(self).ensure(only)
 
     def cancel_all(self, timeout: float = 60) -> list[str]:
         """Stop the chain: mark it stopped first, so no agent submits or
@@ -256,7 +182,7 @@ class Chain:
                      + [j.job_id for j in jobs if j.running])
             fresh = [j for j in order if j not in cancelled]
             if fresh:
-                self.site.run(slurm.scancel_argv(fresh), elsewhere=_failed_here)
+                self.run_slurm(slurm.scancel_argv(fresh))
                 cancelled += fresh
             time.sleep(1)
         raise ClusterError(f"jobs still queued after {timeout:.0f} s: "

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remote_agent.slots import MAX_REPLICAS
 from remote_agent.spec import MODES, Spec, SpecError, check_name
 
 if sys.version_info >= (3, 11):
@@ -106,6 +107,9 @@ class Options:
     overlap_minutes: int = opt(_SPEC["overlap_minutes"], "start each successor this many "
                                "minutes before its predecessor's time limit, for handovers "
                                "without a gap", SPEC)
+    replicas: int = opt(_SPEC["replicas"], "chains serving side by side, their rollovers "
+                        "staggered; new connections go to the one with fewest open "
+                        f"(1-{MAX_REPLICAS}, default 1)", SPEC)
     health_path: str = opt(_SPEC["health_path"], "the server's health route (default /health)")
     mode: str = opt(_SPEC["mode"], "direct: login nodes connect to the job's port (default); "
                     "reverse: the job connects to a login node and serves on a private socket "
@@ -236,6 +240,8 @@ def validate(options: Options, directory: Path) -> None:
                 "max_restarts"):
         if getattr(options, key) < 0:
             raise ConfigError(f"{key.replace('_', '-')} must not be negative")
+    if not 1 <= options.replicas <= MAX_REPLICAS:
+        raise ConfigError(f"replicas {options.replicas}: choose 1-{MAX_REPLICAS}")
     for key in ("heartbeat_time", "delay_between_server_and_port", "hold_seconds",
                 "health_timeout", "crash_loop_jobs", "waiting_alert_seconds"):
         if getattr(options, key) <= 0:

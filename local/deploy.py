@@ -60,8 +60,11 @@ def deploy(chain: Chain, script_dir: Path) -> Report:
     dirs = {f"{lay.home}/.slurm-persist", lay.agent_dir, lay.service_dir,
             f"{lay.service_dir}/logs", f"{lay.service_dir}/endpoints"}
     sent = unchanged = 0
+    app = ""
     for local_root, remote_root in trees:
         files = local_files(local_root)
+        if remote_root == lay.app_dir:
+            app = app_hash(files)
         dirs |= {_parent(remote_root, rel) for rel in files}
         site.run(["mkdir", "-p", *sorted(dirs)])
         site.run(["chmod", "700", *sorted(dirs)])
@@ -75,8 +78,17 @@ def deploy(chain: Chain, script_dir: Path) -> Report:
             log.info("deploy=sent file=%s/%s", remote_root, rel)
             sent += 1
     hops = reverse.prepare(chain, spec) if spec.mode == "reverse" else []
-    write_spec(chain, dataclasses.replace(spec, login_nodes=hops))
+    write_spec(chain, dataclasses.replace(spec, login_nodes=hops, app=app))
     return Report(sent, unchanged)
+
+
+def app_hash(files: dict[str, Path]) -> str:
+    """One hash of the service's files, names included: what `status` shows
+    per job, so old code can be told from new after a deploy."""
+    digest = hashlib.sha256()
+    for rel, path in sorted(files.items()):
+        digest.update(f"{rel}\0{sha256(path)}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _parent(root: str, rel: str) -> str:

@@ -29,8 +29,6 @@ import aiohttp
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
 from remote_agent.joblog import Summariser, flush_every
-from remote_agent.limits import Budget, raise_nofile
-from remote_agent.listener import Listener
 
 from . import sockets as local_sockets
 from .clients import Clients
@@ -41,6 +39,7 @@ from .handover import Handover
 from .hooks import Announcer, Hooks
 from .metrics import STATES, Metrics
 from .paths import runtime_dir
+from .refill import Refill
 from .remote import Unreachable
 from .route import Route
 from .router import Router
@@ -50,6 +49,9 @@ log = logging.getLogger("slurm_persist.forwarder")
 
 # While a running job does not serve yet: how often to read its record.
 RECORD_POLL = 0.5
+# While other routes serve: how long before a job whose route did not
+# answer is tried again (a stopped node's record serves on for minutes).
+CANDIDATE_RETRY = 30.0
 
 
 class NeverServed(Exception):
@@ -64,10 +66,10 @@ class Forwarder:
         self.router = Router(options, chain.site, runtime_dir(options.name))
         self.healthy = asyncio.Event()
         self._kick = asyncio.Event()
-        self._listeners: list[Listener] = []
         self.events = Summariser(log.warning)
         self.served = Served()
         self._starting: set[str] = set()  # running jobs whose record does not serve yet
+        self._retry_at: dict[str, float] = {}  # candidates that did not answer, while others serve
         self.hooks = Hooks(options.on_event, options.name)
         self.starter = Starter(options, chain, self.served, self.hooks)
         self.conditions = self.starter.conditions
@@ -75,9 +77,10 @@ class Forwarder:
         chain.on_slurm = self.metrics.slurm_calls.inc
         self.announce = Announcer(self.hooks, options.waiting_alert_seconds)
         self.handover = Handover(options, chain, self.hooks)
+        self.refill = Refill(options, chain)
         self.status_file = StatusFile(options.name, options.local_port, supervisor, self.events)
-        self.clients = Clients(options.hold_seconds, self.healthy, lambda: self.route,
-                               self._kick.set, self.metrics, self.events, self._wake_listeners)
+        self.clients = Clients(options.hold_seconds, self.healthy, self.router.pick,
+                               self._kick.set, self.metrics, self.events)
         self.status = self.status_file.status
 
     @property
@@ -89,17 +92,8 @@ class Forwarder:
     async def listen(self, sockets: list[socket.socket] | None = None) -> None:
         """Accept on sockets already listening (a supervisor's, systemd's), or
         bind the local port on loopback only; fails if it is taken."""
-        before, soft, hard = raise_nofile()
-        budget = Budget.of_this_process()
-        log.info("nofile_soft=%d->%d nofile_hard=%d connections_max=%d", before, soft, hard,
-                 budget.connections)
-        sockets = sockets or local_sockets.bind(self.options.local_port, self.options.local_socket)
-        # A client costs two descriptors here (its socket, the ssh forward's).
-        room = lambda: budget.room(2 * self.clients.count)  # noqa: E731
-        for sock in sockets:
-            listener = Listener(sock, self.clients.serve, self.events, room)
-            listener.start()
-            self._listeners.append(listener)
+        self.clients.listen(sockets or local_sockets.bind(self.options.local_port,
+                                                          self.options.local_socket))
         log.info("listen=%s state=open", self.options.address)
         if self.options.metrics_port:
             try:
@@ -111,7 +105,7 @@ class Forwarder:
 
     async def run(self) -> None:
         """Serve until cancelled; the local port never closes in between."""
-        if not self._listeners:
+        if not self.clients.listeners:
             await self.listen()
         flushing = asyncio.ensure_future(flush_every(self.events))
         try:
@@ -125,8 +119,7 @@ class Forwarder:
             await self.close()
 
     async def close(self) -> None:
-        for listener in self._listeners:
-            listener.close()
+        self.clients.close()
         await self.router.close()
         await self.hooks.close()
         self.metrics.close()
@@ -135,31 +128,48 @@ class Forwarder:
 
     # -- the loop --------------------------------------------------------
 
-    async def _probe(self, session: aiohttp.ClientSession) -> bool:
-        if not self.route:
-            return False
+    async def _probe(self, route: Route, session: aiohttp.ClientSession) -> bool:
         started = time.monotonic()
-        ok = await self.route.probe(session, self.options.health_path)
+        ok = await route.probe(session, self.options.health_path)
         self.metrics.probe.observe(time.monotonic() - started)
         return ok
 
     async def _heartbeat(self, session: aiohttp.ClientSession) -> None:
-        route = self.route
-        if route is not None and await self._probe(session):
+        routes = list(self.router.routes.values())
+        answers = await asyncio.gather(*(self._probe(r, session) for r in routes))
+        for route, ok in zip(routes, answers, strict=True):
+            route.suspect = route.suspect and not ok  # a good probe clears it
+            if not ok:
+                self._drop(route)
+        first = self.route
+        if first is not None:
             if not self.healthy.is_set():
-                log.info("%s state=serving local=%s", route.describe(), self.options.address)
+                log.info("%s state=serving local=%s", first.describe(), self.options.address)
                 self._set_status("serving")
             self.healthy.set()
-            target = await self.handover.later_serving(route.endpoint)
-            if target is not None:
-                await self._switch(target, session)
-            await self.handover.warn_near_end(route.endpoint)
+            current = {slot: r.endpoint for slot, r in self.router.routes.items()}
+            for target in await self.handover.later_serving(current, self.options.replicas):
+                if time.monotonic() >= self._retry_at.get(target.job_id, 0) and \
+                        not await self._switch(target, session):
+                    # Its probe may take PROBE_TIMEOUT: not every heartbeat.
+                    self._retry_at[target.job_id] = time.monotonic() + CANDIDATE_RETRY
+            await self.refill.look(len(self.router.routes))
+            for route in list(self.router.routes.values()):
+                await self.handover.warn_near_end(route.endpoint)
             await self._sleep(self.options.heartbeat_time)
             return
-        if self.route:
-            log.warning("%s state=probe-failed", self.route.describe())
         self.healthy.clear()
         await self._recover(session)
+
+    def _drop(self, route: Route) -> None:
+        """A route that failed its probe is out at once; a lost tunnel puts
+        its login node last for the next route."""
+        log.warning("%s state=probe-failed", route.describe())
+        if route.tunnel.lost:
+            self.chain.site.failed(route.tunnel.login)
+        self.router.drop(route)
+        if not self.router.routes:
+            self.healthy.clear()
 
     async def _recover(self, session: aiohttp.ClientSession) -> None:
         self.served.attempts += 1
@@ -177,21 +187,21 @@ class Forwarder:
                               f"see: slurm-persist logs --name {self.options.name}")
 
     async def _recover_once(self, session: aiohttp.ClientSession) -> None:
-        if self.route and self.route.tunnel.lost:
-            self.chain.site.failed(self.route.tunnel.login)
-        jobs, snap = await asyncio.to_thread(self._read_cluster)
+        jobs, snap = await asyncio.to_thread(lambda: (self.chain.jobs(), self.chain.snapshot()))
         if snap.chain.stopped:
             self._set_status("stopped", snap.chain.reason)
             log.error("service=%s state=chain-stopped reason=%r", self.options.name,
                       snap.chain.reason)
             self.hooks.emit("chain-stopped", reason=snap.chain.reason)
             raise ChainStopped(f"the chain is stopped: {snap.chain.reason}")
-        target = self.chain.serving(jobs, snap)
-        if target and await self._switch(target, session):
+        serving = self.chain.serving(jobs, snap)
+        if any([await self._switch(target, session) for slot, target in sorted(serving.items())
+                if slot < self.options.replicas]):
             return
         if not jobs:
             await self._start_chain()
             return
+        await self.refill.start_missing(jobs)
         self._starting = {j.job_id for j in jobs if j.running} - {
             e.job_id for e in snap.endpoints.values() if e.state == "serving"}
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
@@ -204,18 +214,16 @@ class Forwarder:
         self._set_status("waiting", waiting)
         log.info("service=%s state=waiting %s", self.options.name, waiting)
 
-    def _read_cluster(self):
-        return self.chain.jobs(), self.chain.snapshot()
-
     async def _start_chain(self) -> None:
         await self.starter.start(self._set_status)
 
     async def _switch(self, target: Endpoint, session: aiohttp.ClientSession) -> bool:
-        """Build a route to target and take it once it answers the probe."""
+        """Build a route to target and take it (for its slot) once it answers the probe."""
         route = await self.router.candidate(target, session)
         if route is None:
             return False
         old = self.router.take(route)
+        self.refill.served(target.slot)
         self.announce.served(old.endpoint.job_id if old else None, target.job_id, target.node,
                              route.tunnel.login)
         self.metrics.on_job(target.job_id, target.node, route.tunnel.login, target.ends_at)
@@ -239,10 +247,6 @@ class Forwarder:
             await asyncio.wait_for(self._kick.wait(), seconds)
         except asyncio.TimeoutError:
             pass
-
-    def _wake_listeners(self) -> None:
-        for listener in self._listeners:
-            listener.wake()
 
     def _set_status(self, state: str, message: str = "") -> None:
         if state in STATES:

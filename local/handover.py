@@ -36,29 +36,41 @@ class Handover:
         self._not_running: set[str] = set()
         self._told_near_end: set[str] = set()
 
-    async def later_serving(self, current: Endpoint) -> Endpoint | None:
-        """A later job's record that serves, once SLURM confirms it runs."""
+    async def later_serving(self, current: dict[int, Endpoint],
+                            replicas: int = 1) -> list[Endpoint]:
+        """Records to move to, once SLURM confirms their jobs run: per slot,
+        a later job than the current one that serves; with replicas, also a
+        serving job of a slot that has no route."""
         try:
             snap = await asyncio.to_thread(self.chain.snapshot)
         except (Unreachable, RuntimeError):
-            return None
-        mine = int(current.job_id)
-        newer = [e for e in snap.endpoints.values() if int(e.job_id) > mine
-                 and e.state == "serving" and e.job_id not in self._not_running]
+            return []
+
+        def after(e: Endpoint) -> int:
+            mine = current.get(e.slot)
+            return int(mine.job_id) if mine else -1
+        newer = [e for e in snap.endpoints.values() if e.slot < replicas
+                 and int(e.job_id) > after(e) and e.state == "serving"
+                 and e.job_id not in self._not_running]
         if not newer:
-            return None
+            return []
         try:
             jobs = await asyncio.to_thread(self.chain.jobs)
         except (slurm.SlurmUnknown, Unreachable, RuntimeError):
-            return None  # unknown: keep the route that answers
+            return []  # unknown: keep the routes that answer
         running = {j.job_id for j in jobs if j.running}
         self._not_running.update(e.job_id for e in newer if e.job_id not in running)
-        target = self.chain.serving(jobs, snap)
-        if target is None or int(target.job_id) <= mine:
-            return None
-        reason = "handover" if current.job_id in running else "current-job-gone"
-        log.info("job=%s state=%s to_job=%s", mine, reason, target.job_id)
-        return target
+        targets = []
+        for slot, target in sorted(self.chain.serving(jobs, snap).items()):
+            if slot >= replicas or int(target.job_id) <= after(target):
+                continue
+            mine = current.get(slot)
+            reason = ("replica-serving" if mine is None else
+                      "handover" if mine.job_id in running else "current-job-gone")
+            log.info("slot=%d job=%s state=%s to_job=%s", slot, mine.job_id if mine else "-",
+                     reason, target.job_id)
+            targets.append(target)
+        return targets
 
     async def until_serving(self, starting: set, seconds: float, sleep, every: float) -> None:
         """Sleep seconds; but while a job runs that does not serve yet, read

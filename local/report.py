@@ -38,11 +38,14 @@ class JobLine:
     rollover_at: float | None = None
     reason: str = ""              # SLURM's, for a pending job
     estimated_start: float | None = None
+    app: str = ""                 # the hash of the service files its record carries
+    slot: int = 0                 # the replica's chain (remote_agent.slots)
 
     @classmethod
     def of(cls, job: slurm.Job, record: Endpoint | None, overlap_minutes: int,
-           warn_seconds: int) -> JobLine:
-        line = cls(job.job_id, job.state, job.node or "-", record.state if record else "-")
+           warn_seconds: int, slot: int = 0) -> JobLine:
+        line = cls(job.job_id, job.state, job.node or "-", record.state if record else "-",
+                   app=record.app if record else "", slot=slot)
         if job.running:
             line.ends_at = job.end_epoch()
             if line.ends_at is not None:
@@ -53,8 +56,9 @@ class JobLine:
             line.estimated_start = job.start_epoch()
         return line
 
-    def describe(self, now: float) -> str:
-        text = f"{self.job}:{self.state}"
+    def describe(self, now: float, slots: bool = False) -> str:
+        text = f"slot {self.slot}: " if slots else ""
+        text += f"{self.job}:{self.state}"
         if self.node != "-":
             text += f" on {self.node}"
         if self.record != "-":
@@ -68,6 +72,8 @@ class JobLine:
             text += f", waiting: {self.reason}"
         if self.estimated_start is not None:
             text += f", SLURM expects it to start {clock(self.estimated_start)}"
+        if self.app:
+            text += f", app {self.app[:12]}"
         return text
 
 
@@ -89,7 +95,9 @@ class Report:
     def text(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         rows = [(k, v) for k, v in asdict(self).items() if k != "jobs"]
-        lines = [job.describe(now) for job in self.jobs] or ["none"]
+        slots = any(job.slot for job in self.jobs)
+        jobs = sorted(self.jobs, key=lambda job: (job.slot, int(job.job)))
+        lines = [job.describe(now, slots) for job in jobs] or ["none"]
         rows += [("jobs", lines[0])] + [("", line) for line in lines[1:]]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -70,6 +70,9 @@ class Route:
         self.setup_slots = asyncio.Semaphore(SETUP_CONCURRENCY)
         self.idle = asyncio.Event()
         self.idle.set()
+        # A connection failed on it since its last good probe: with replicas,
+        # new connections go elsewhere until the probe clears it.
+        self.suspect = False
 
     @property
     def tunnel(self) -> Tunnel:

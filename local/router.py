@@ -1,6 +1,10 @@
 """The routes to a service's jobs: one ssh master per login node, a route
 built through the best of them to an endpoint and taken once it answers
 its probe, and the route it replaces retired once its last connection ends.
+
+One route per slot (remote_agent.slots): with replicas, new connections go
+to the route with the fewest open, and a route that just failed a
+connection (suspect) gets none while another one is clear.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ log = logging.getLogger("slurm_persist.router")
 class Router:
     def __init__(self, options: Options, site: Site, runtime: Path):
         self.options, self.site, self.runtime = options, site, runtime
-        self.route: Route | None = None
+        self.routes: dict[int, Route] = {}
+        self._turn = 0
         self._tunnels: dict[str, Tunnel] = {}
         self._retiring: set[asyncio.Future] = set()
         self._routes_retiring: set[Route] = set()
@@ -53,12 +58,38 @@ class Router:
             self._retire(route)
         return None
 
+    @property
+    def route(self) -> Route | None:
+        """The lowest slot's route: the one status and logs name."""
+        return self.routes[min(self.routes)] if self.routes else None
+
     def take(self, route: Route) -> Route | None:
-        """Make route the current one; the old one (returned) retires."""
-        old, self.route = self.route, route
+        """Make route its slot's current one; the old one (returned) retires."""
+        slot = route.endpoint.slot
+        old = self.routes.get(slot)
+        self.routes[slot] = route
         if old is not None:
             self._retire(old)
         return old
+
+    def drop(self, route: Route) -> None:
+        """A route that failed its probe: out at once, retired."""
+        if self.routes.get(route.endpoint.slot) is route:
+            del self.routes[route.endpoint.slot]
+            self._retire(route)
+
+    def pick(self, tried: set[Route]) -> Route | None:
+        """Where a new connection goes: fewest open connections, among the
+        routes not yet tried for it, clear ones before suspect ones."""
+        left = [r for r in self.routes.values() if r not in tried]
+        if not left:
+            return None
+        best = min((r.suspect, r.connections) for r in left)
+        ties = [r for r in left if (r.suspect, r.connections) == best]
+        # In turn among equals: short requests leave every route at 0 open
+        # connections, and the first would get them all.
+        self._turn += 1
+        return ties[self._turn % len(ties)]
 
     def _retire(self, route: Route) -> None:
         """Once its last connection ends, its forwards go (route.retire)."""
@@ -79,7 +110,8 @@ class Router:
                       f"its socket is on {target.login_node}, which is not one of this "
                       f"service's login nodes ({', '.join(nodes)}): deploy again")
             return []
-        current = self.route.tunnel.login if self.route and self.route.tunnel.alive else None
+        alive = [r.tunnel.login for r in self.routes.values() if r.tunnel.alive]
+        current = alive[0] if alive else None
         order = self.site.order()
         return [current] + [n for n in order if n != current] if current else order
 
@@ -106,7 +138,7 @@ class Router:
         return tunnel
 
     async def close(self) -> None:
-        routes = [self.route, *self._routes_retiring] if self.route else list(self._routes_retiring)
+        routes = [*self.routes.values(), *self._routes_retiring]
         for retiring in self._retiring:
             retiring.cancel()
         for route in routes:

@@ -234,12 +234,13 @@ def status(options: Options) -> Report:
         snap = chain.snapshot()
         # Nothing serves: is it the home? (A job that cannot write its record
         # is invisible otherwise.) One write check, no SLURM call.
-        home = chain.home() if chain.serving(jobs, snap) is None else None
+        home = chain.home() if not chain.serving(jobs, snap) else None
         shown = chain.site.run(slurm.reservations_argv())
         reservations = slurm.parse_reservations(shown.stdout) if shown.returncode == 0 else []
     if snap.chain.stopped:
         chain_text = f"stopped: {snap.chain.reason}"
-    current = chain.serving(jobs, snap)
+    serving = chain.serving(jobs, snap)
+    current = serving[min(serving)] if serving else None
     running = next((j for j in jobs if j.running), None)
     local = read_status(options.name)
     pid = daemon.running_pid(options.name)
@@ -256,7 +257,7 @@ def status(options: Options) -> Report:
         reason=_reason(home, local if pid else None),
         maintenance=_maintenance(reservations),
         jobs=[JobLine.of(j, snap.endpoints.get(j.job_id), options.overlap_minutes,
-                         options.warn_seconds) for j in jobs],
+                         options.warn_seconds, chain.slot(j) or 0) for j in jobs],
     )
 
 

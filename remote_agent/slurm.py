@@ -144,13 +144,14 @@ def time_min(spec: Spec, script: str, limit: Optional[int] = None) -> Optional[i
 
 
 def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "", slot: int = 0,
-                limit: Optional[int] = None) -> List[str]:
+                limit: Optional[int] = None, exclude: Sequence[str] = ()) -> List[str]:
     """The job's paths go in sbatch's own environment, which --export=ALL
     copies as it is. Written into --export's list instead, a quote or a
     comma in a path makes sbatch drop the variables, and the job fails.
     script: the job script's text, for the --time it asks for; slot: the
     replica's chain (remote_agent.slots); limit: minutes, a staggered first
-    job's shorter --time (given last, it is the one sbatch keeps)."""
+    job's shorter --time (given last, it is the one sbatch keeps); exclude:
+    nodes to keep off (other replicas')."""
     argv = [
         "env", f"SLURM_PERSIST_SERVICE_DIR={spec.service_dir}",
         f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
@@ -167,6 +168,8 @@ def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "", 
     ]
     if limit is not None:
         argv.append(f"--time={limit}")
+    if exclude:
+        argv.append(f"--exclude={','.join(exclude)}")
     shortest = time_min(spec, script, limit)
     if shortest is not None and not any(o.startswith("--time-min") for o in spec.sbatch_options):
         argv.append(f"--time-min={shortest}")
@@ -260,6 +263,26 @@ def parse_partitions(text: str) -> Dict[str, Optional[int]]:
         name, _, limit = line.strip().partition("|")
         limits[name.rstrip("*")] = parse_duration_minutes(limit)
     return limits
+
+
+def nodes_argv(partition: Optional[str] = None) -> List[str]:
+    return ["sinfo", "--noheader", "--Node", "--format=%N|%C|%t",
+            *([f"--partition={partition}"] if partition else [])]
+
+
+def parse_idle_cpus(text: str) -> Dict[str, int]:
+    """Node -> idle CPUs, for nodes that take jobs now: idle or mixed, with
+    no suffix (not responding '*', powered off '~', reserved '$', ...)."""
+    idle: Dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 3 or parts[1].count("/") != 3:
+            continue
+        node, cpus, state = parts
+        counts = cpus.split("/")
+        if state in ("idle", "mix") and counts[1].isdigit():
+            idle[node] = int(counts[1])
+    return idle
 
 
 def default_partition(text: str) -> Optional[str]:

@@ -183,9 +183,50 @@ async def test_a_client_gone_before_the_ack_is_not_sent_again():
     healthy = asyncio.Event()
     healthy.set()
     gone, metrics = GoneRoute(), Metrics("x")
-    clients = Clients(5, healthy, lambda: gone, lambda: None, metrics, forwarder.Summariser(
-        lambda line: None), lambda: None)
+    clients = Clients(5, healthy, lambda tried: gone, lambda: None, metrics, forwarder.Summariser(
+        lambda line: None))
     reader = asyncio.StreamReader()
     reader.feed_data(b"POST /order HTTP/1.1\r\n\r\n")
     await asyncio.wait_for(clients.serve(reader, Upstream()), 2)
     assert gone.entered == 1 and metrics.failed._value.get() == 1
+
+
+async def test_a_connection_failing_on_one_replica_goes_to_the_other_at_once():
+    """Not yet acknowledged, its bytes cannot have reached a server: replayed
+    on the other replica, with no RETRY_PAUSE, and the failed one is suspect."""
+    from local.clients import RETRY_PAUSE, Clients
+    from local.metrics import Metrics
+    from local.router import Router
+
+    class Replica:
+        def __init__(self, slot, fails):
+            self.slot, self.fails, self.got = slot, fails, []
+            self.suspect, self.connections = False, 0
+
+        async def enter(self, client, sent):
+            self.got.append(bytes(sent))
+            if self.fails:
+                raise ConnectionRefusedError("the node is gone")
+            return "upstream", "lane"
+
+        async def carry(self, client, upstream, lane, counts):
+            pass
+
+        def describe(self):
+            return f"slot={self.slot}"
+
+    dead, live = Replica(0, fails=True), Replica(1, fails=False)
+
+    class Two:
+        routes, _turn = {0: dead, 1: live}, 1
+        pick = Router.pick
+    healthy = asyncio.Event()
+    healthy.set()
+    clients = Clients(5, healthy, Two().pick, lambda: None, Metrics("x"),
+                      forwarder.Summariser(lambda line: None))
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"GET / HTTP/1.1\r\n\r\n")
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(clients.serve(reader, Upstream()), 2)
+    assert dead.got == live.got == [b"GET / HTTP/1.1\r\n\r\n"] and dead.suspect
+    assert asyncio.get_running_loop().time() - started < RETRY_PAUSE

@@ -7,26 +7,32 @@ import asyncio
 
 import pytest
 
-from local.cluster import Snapshot
+from local.cluster import Chain
 from local.conditions import ChainStopped, Home
 from local.config import Options
 from local.forwarder import Forwarder, NeverServed
+from local.router import Router
+from local.snapshot import Snapshot
+from remote_agent import slots
 from remote_agent.chain import ChainState
 from remote_agent.endpoint import Endpoint
 from remote_agent.slurm import Job, SlurmUnknown
 
 
-def record(job: str, state: str = "serving") -> Endpoint:
+def record(job: str, state: str = "serving", slot: int = 0) -> Endpoint:
     return Endpoint(service="x", job_id=job, node="node1", host="node1", port=4000, socket=None,
-                    login_node=None, state=state, started=0.0, ends_at=None, secret="00" * 16)
+                    login_node=None, state=state, started=0.0, ends_at=None, secret="00" * 16,
+                    slot=slot)
 
 
-def running(job: str) -> Job:
-    return Job(job, "sp-x", "RUNNING", "node1", "None", "30:00", "N/A", "N/A")
+def running(job: str, slot: int = 0) -> Job:
+    return Job(job, slots.job_name("sp-x", slot), "RUNNING", "node1", "None", "30:00", "N/A",
+               "N/A")
 
 
-def pending(job: str) -> Job:
-    return Job(job, "sp-x", "PENDING", "", "Dependency", "30:00", "N/A", "N/A")
+def pending(job: str, slot: int = 0) -> Job:
+    return Job(job, slots.job_name("sp-x", slot), "PENDING", "", "Dependency", "30:00", "N/A",
+               "N/A")
 
 
 class FakeSite:
@@ -60,14 +66,15 @@ class FakeChain:
     def snapshot(self) -> Snapshot:
         return Snapshot(ChainState(stopped=bool(self.stopped), reason=self.stopped), self.records)
 
-    def serving(self, jobs, snap):
-        live = [e for e in snap.endpoints.values()
-                if e.state == "serving" and any(j.job_id == e.job_id and j.running for j in jobs)]
-        return max(live, key=lambda e: int(e.job_id)) if live else None
+    serving = Chain.serving  # what serves is the real rule, read from fake answers
 
-    def ensure(self):
-        self.started.append(str(100 + len(self.started)))
-        self.job_list = [pending(self.started[-1])]
+    def slot(self, job):
+        return slots.slot_of("sp-x", job.name)
+
+    def ensure(self, only=None):
+        for slot in [0] if only is None else only:
+            self.started.append(str(100 + len(self.started)))
+            self.job_list.append(pending(self.started[-1], slot))
         return self.started[-1], True
 
     def home(self):
@@ -88,6 +95,10 @@ class FakeTunnel:
 class FakeRoute:
     def __init__(self, endpoint: Endpoint, login: str = "login1", lost: bool = False):
         self.endpoint, self.tunnel = endpoint, FakeTunnel(login, lost)
+        self.suspect, self.connections, self.answers = False, 0, True
+
+    async def probe(self, session, path):
+        return self.answers
 
     def describe(self) -> str:
         return f"job={self.endpoint.job_id}"
@@ -98,16 +109,24 @@ class FakeRouter:
 
     def __init__(self, answering=()):
         self.answering = set(answering)
-        self.route = None
+        self.routes: dict[int, FakeRoute] = {}
         self.taken: list[str] = []
+        self._turn = 0
+
+    route = Router.route
+    pick = Router.pick
 
     async def candidate(self, target, session):
         return FakeRoute(target) if target.job_id in self.answering else None
 
     def take(self, route):
-        old, self.route = self.route, route
+        old = self.routes.get(route.endpoint.slot)
+        self.routes[route.endpoint.slot] = route
         self.taken.append(route.endpoint.job_id)
         return old
+
+    def drop(self, route):
+        self.routes.pop(route.endpoint.slot, None)
 
     async def close(self):
         pass
@@ -171,7 +190,9 @@ async def test_a_stopped_chain_ends_the_forwarder_with_its_reason(make):
 async def test_a_lost_tunnel_puts_its_login_node_last(make):
     chain = FakeChain([running("7")], [record("7")])
     fwd = make(chain, answering={"7"})
-    fwd.router.route = FakeRoute(record("7"), login="login1", lost=True)
+    lost = FakeRoute(record("7"), login="login1", lost=True)
+    fwd.router.routes[0] = lost
+    fwd._drop(lost)  # its probe failed
     await recover(fwd)
     assert chain.site.failed_logins == ["login1"] and fwd.router.taken == ["7"]
 
@@ -199,15 +220,15 @@ async def test_a_running_job_without_a_record_on_a_full_home_says_so(make):
 async def test_a_later_job_serving_is_taken_while_the_current_one_still_answers(make):
     chain = FakeChain([running("8")], [record("7"), record("8")])
     fwd = make(chain, answering={"7", "8"})
-    fwd.router.route = FakeRoute(record("7"))
+    fwd.router.routes[0] = FakeRoute(record("7"))
 
     async def look():
-        return await fwd.handover.later_serving(fwd.route.endpoint)
-    assert (await look()).job_id == "8"  # 7 is gone from SLURM: NODE_FAIL
+        return await fwd.handover.later_serving({0: fwd.route.endpoint})
+    assert [e.job_id for e in await look()] == ["8"]  # 7 is gone from SLURM: NODE_FAIL
     chain.job_list = [running("7")]
-    assert (await look()) is None  # 8's record serves, SLURM runs no 8: asked once
+    assert (await look()) == []  # 8's record serves, SLURM runs no 8: asked once
     chain.unknown = True
-    assert (await look()) is None  # and never again: no SLURM call
+    assert (await look()) == []  # and never again: no SLURM call
 
 
 async def test_a_starting_job_is_followed_as_soon_as_its_record_serves(make, monkeypatch):
@@ -226,3 +247,69 @@ async def test_a_starting_job_is_followed_as_soon_as_its_record_serves(make, mon
     started = asyncio.get_running_loop().time()
     await asyncio.gather(fwd._pause(30), serve_soon())
     assert asyncio.get_running_loop().time() - started < 1
+
+
+# -- replicas: one route per slot ------------------------------------------
+
+async def test_every_slot_serving_gets_a_route(make):
+    chain = FakeChain([running("7"), running("8", 1)], [record("7"), record("8", slot=1)])
+    fwd = make(chain, answering={"7", "8"}, replicas=2)
+    await recover(fwd)
+    assert sorted(fwd.router.routes) == [0, 1] and fwd.healthy.is_set()
+
+
+async def test_a_replica_failing_its_probe_is_out_at_once_and_the_other_serves_on(make):
+    chain = FakeChain([running("7"), running("8", 1)], [record("7"), record("8", slot=1)])
+    fwd = make(chain, answering={"7", "8"}, replicas=2, heartbeat_time=0.01)
+    await recover(fwd)
+    fwd.router.routes[1].answers = False  # its node stopped: the record serves on
+    fwd.router.answering.discard("8")
+    await fwd._heartbeat(None)
+    assert list(fwd.router.routes) == [0] and fwd.healthy.is_set()
+    assert fwd.status.state == "serving"
+    fwd.router.answering.add("8")
+    await fwd._heartbeat(None)  # not tried again at once: a probe can take 10 s
+    assert list(fwd.router.routes) == [0]
+
+
+async def test_a_replica_serving_again_is_taken_back_while_the_other_serves(make):
+    chain = FakeChain([running("7"), running("9", 1)], [record("7"), record("9", slot=1)])
+    fwd = make(chain, answering={"7", "9"}, replicas=2, heartbeat_time=0.01)
+    fwd.router.routes[0] = FakeRoute(record("7"))
+    fwd.healthy.set()
+    await fwd._heartbeat(None)
+    assert sorted(fwd.router.routes) == [0, 1] and fwd.router.taken == ["9"]
+
+
+async def test_a_slot_with_no_job_left_is_started_again_then_given_up(make, monkeypatch):
+    from local import refill
+    monkeypatch.setattr(refill, "LOOK_EVERY", 0)
+    chain = FakeChain([running("7")], [record("7")])
+    fwd = make(chain, answering={"7"}, replicas=2, heartbeat_time=0.01)
+    fwd.router.routes[0] = FakeRoute(record("7"))
+    for _ in range(5):  # slot 1's jobs die before serving, each time
+        await fwd._heartbeat(None)
+        chain.job_list = [running("7")]
+    assert len(chain.started) == 3 and fwd.refill.given_up == {1}
+    assert list(fwd.router.routes) == [0]
+
+
+async def test_a_later_job_of_another_slot_is_no_handover(make):
+    chain = FakeChain([running("7"), running("8", 1)], [record("7"), record("8", slot=1)])
+    fwd = make(chain, answering={"7", "8"}, replicas=2)
+    targets = await fwd.handover.later_serving({0: record("7"), 1: record("8", slot=1)}, 2)
+    assert targets == []
+
+
+def test_new_connections_go_to_the_least_loaded_clear_route():
+    router = FakeRouter()
+    a, b = FakeRoute(record("7")), FakeRoute(record("8", slot=1))
+    router.routes = {0: a, 1: b}
+    a.connections, b.connections = 3, 1
+    assert router.pick(set()) is b
+    b.suspect = True  # a connection just failed on it
+    assert router.pick(set()) is a
+    assert router.pick({a}) is b and router.pick({a, b}) is None
+    a.connections = b.connections = 0
+    b.suspect = False
+    assert {router.pick(set()), router.pick(set())} == {a, b}  # equals take turns

@@ -74,3 +74,16 @@ def test_a_record_of_an_agent_before_replicas_still_reads_as_slot_0():
     old = record.dumps().replace(', "slot": 1', "").replace('"app": "abc", ', "")
     assert '"slot"' not in old and '"app"' not in old
     assert (loads(old).slot, loads(old).app) == (0, "")
+
+
+def test_idle_cpus_count_only_nodes_that_take_jobs_now():
+    text = ("node1|4/0/0/4|alloc\nnode2|1/3/0/4|mix\nnode3|0/4/0/4|idle\n"
+            "node4|0/4/0/4|idle*\nnode5|0/0/4/4|drain\nnode6|0/4/0/4|idle~\n")
+    assert slurm.parse_idle_cpus(text) == {"node2": 3, "node3": 4}
+
+
+def test_excluded_nodes_go_last_on_sbatch_s_command_line():
+    spec = Spec(name="x", job_name="sp-x", service_dir="/h/s", app_dir="/h/s/app",
+                agent_dir="/h/a", replicas=2)
+    argv = slurm.sbatch_argv(spec, slot=1, exclude=["node1", "node3"])
+    assert "--exclude=node1,node3" in argv and argv[-1] == "/h/s/app/slurm.sbatch"
