@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from importlib import metadata
@@ -86,7 +87,11 @@ def normalize(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    program.run(["slurm-persist", *normalize(sys.argv[1:])])
+    try:
+        program.run(["slurm-persist", *normalize(sys.argv[1:])])
+    except BrokenPipeError:  # `slurm-persist --help | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ class Launch:
         taken = {j.node for j in jobs if j.running and j.node}
         started = []
         for slot in wanting:
-            started.append(self._start_slot(slot, ends, self._spread(taken)))
+            started.append(self.start_slot(slot, ends, self._spread(taken)))
             if slot != wanting[-1]:
                 taken |= self._node_soon(started[-1])
         return (jobs[0].job_id if jobs else started[0]), True
@@ -138,7 +138,7 @@ class Launch:
         script = Path(self.options.local_hpc_script_dir) / "slurm.sbatch"
         return script.read_text() if script.is_file() else ""
 
-    def _start_slot(self, slot: int, ends: list[float], exclude: list[str]) -> str:
+    def start_slot(self, slot: int, ends: list[float], exclude: list[str]) -> str:
         """sbatch a slot's first job, its limit staggered against the other
         slots' ends (minutes from now; this slot's is added to them)."""
         text, spec = self._script(), self.chain.spec()

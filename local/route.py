@@ -20,13 +20,14 @@ from pathlib import Path
 import aiohttp
 
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK_TIMEOUT, CHUNK, expect_ack, preamble, relay
+from remote_agent.gate import ACK_TIMEOUT, CHUNK, NotAcknowledged, expect_ack, preamble, relay
 
 from .tunnel import Tunnel, TunnelError
 
 log = logging.getLogger("slurm_persist.route")
 
 PROBE_TIMEOUT = 10.0
+ACK_SUSPECT = 1.0
 # Client bytes kept for a retry until the gate acknowledges; past this, the
 # client waits for the acknowledgement before sending more.
 REPLAY_LIMIT = 1 << 20
@@ -73,6 +74,9 @@ class Route:
         # A connection failed on it since its last good probe: with replicas,
         # new connections go elsewhere until the probe clears it.
         self.suspect = False
+        # Set when the route is dropped (its probe failed): connections still
+        # waiting for the gate's ack give up and go to another route.
+        self.abandoned = asyncio.Event()
 
     @property
     def tunnel(self) -> Tunnel:
@@ -91,15 +95,33 @@ class Route:
             self._widen_soon()
         lane.connections += 1
         self.idle.clear()
+        # A gate acks in milliseconds; one that has not within ACK_SUSPECT
+        # makes this route suspect, and new connections go to other replicas.
+        # (A stopped node's address answers nothing for ~30 s: seen on the sandbox.)
+        slow = asyncio.get_running_loop().call_later(ACK_SUSPECT, self._mark_suspect)
         try:
             async with self.setup_slots:
+                if self.abandoned.is_set():
+                    raise NotAcknowledged("route dropped")
                 reader, writer = await asyncio.open_unix_connection(str(lane.socket_path))
                 writer.write(preamble(self.endpoint.secret) + bytes(sent))
-                await until_ack(client, (reader, writer), sent)
+                await until_ack(client, (reader, writer), sent, self.abandoned)
         except BaseException:
             self._left(lane)
             raise
+        finally:
+            slow.cancel()
         return (reader, writer), lane
+
+    def _mark_suspect(self) -> None:
+        if not self.suspect:
+            self.suspect = True
+            log.debug("%s state=suspect reason=%r", self.describe(),
+                        f"no ack within {ACK_SUSPECT:.0f} s")
+
+    def abandon(self) -> None:
+        """Dropped: connections waiting for an ack on it go elsewhere."""
+        self.abandoned.set()
 
     async def carry(self, client, upstream, lane: Lane, counts=(None, None)) -> None:
         """Relay one entered connection, counted so the route knows when it is
@@ -203,17 +225,21 @@ class ClientGone(Exception):
     (Not an OSError: those mean the route failed, and are retried.)"""
 
 
-async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> None:
+async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray,
+                    abandoned: asyncio.Event | None = None) -> None:
     """Pass client bytes on (keeping a copy) while waiting for the ack."""
     up_reader, up_writer = upstream
     ack = asyncio.ensure_future(expect_ack(up_reader, up_writer, ACK_TIMEOUT))
+    dropped = asyncio.ensure_future((abandoned or asyncio.Event()).wait())
     more: asyncio.Future | None = None
     try:
         while not ack.done():
             if more is None and len(sent) < REPLAY_LIMIT and not client.at_eof():
                 more = asyncio.ensure_future(client.read(CHUNK))
-            await asyncio.wait([f for f in (ack, more) if f], timeout=ACK_TIMEOUT,
+            await asyncio.wait([f for f in (ack, more, dropped) if f], timeout=ACK_TIMEOUT,
                                return_when=asyncio.FIRST_COMPLETED)
+            if dropped.done() and not ack.done():
+                raise NotAcknowledged("route dropped before the gate answered")
             if not ack.done() and (more is None or not more.done()):
                 raise asyncio.TimeoutError("no acknowledgement from the gate")
             if more is not None and more.done():
@@ -229,5 +255,6 @@ async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray) -> 
         raise
     finally:
         ack.cancel()
+        dropped.cancel()
         if more is not None:
             more.cancel()

@@ -76,6 +76,8 @@ class Router:
         """A route that failed its probe: out at once, retired."""
         if self.routes.get(route.endpoint.slot) is route:
             del self.routes[route.endpoint.slot]
+            if self.routes:  # with another replica serving, its waiting clients go there
+                route.abandon()
             self._retire(route)
 
     def pick(self, tried: set[Route]) -> Route | None:

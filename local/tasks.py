@@ -28,6 +28,7 @@ from . import config, inventory, service
 from . import doctor as site_check
 from . import systemd as units
 from .remote import ClusterError, Unreachable
+from .rollout import rollout as rollout_flow
 from .sandbox import Sandbox, SandboxError
 from .tunnel import TunnelError
 
@@ -115,19 +116,32 @@ def up(c, options):
     return service.up(options)
 
 
+@service_task(*CONNECT, *SPEC)
+def rollout(c, options):
+    """Deploy, then move every slot to the new files with no downtime.
+
+    Slot by slot, a new job starts beside the old one, serves, and the old one
+    drains and ends (with one replica, a blue-green switch)."""
+    print(rollout_flow(options, service.connected))
+
+
 @service_task(*CONNECT, "local_port", "local_socket",
               help={"json": "print one JSON object instead of the table"})
 def status(c, options, json=False):
-    """Show the chain job by job, the serving job, the local forwarder, and why
-    nothing serves when nothing does."""
+    """Show every job of every slot, the local forwarder, and why nothing serves.
+
+    Per job: state, node, time left, next rollover, app hash; for a pending
+    job, SLURM's reason and estimated start."""
     report = service.status(options)
     print(report.json() if json else report.text())
 
 
 @service_task(*CONNECT, "local_hpc_script_dir", "sbatch_option", "mode")
 def doctor(c, options):
-    """Check the site before the first up: login nodes, SLURM, time limits, maintenance,
-    and one tiny job (shared home, sbatch from jobs, descriptors, who reaches whom)."""
+    """Check the site before the first up, and say how to fix what fails.
+
+    Login nodes, SLURM, time limits, maintenance, and one tiny job (shared
+    home, sbatch from jobs, descriptors, who reaches whom)."""
     with service.connected(options) as chain:
         checks = site_check.run(chain, options)
     print(site_check.table(checks))
@@ -144,8 +158,9 @@ def list_services(c, options):
 @service_task(*CONNECT, "local_port", help={
     "unit_dir": "where to write the units (default ~/.config/systemd/user)"})
 def systemd(c, options, unit_dir=None):
-    """Write a user .socket and .service unit that keep this service forwarded
-    (systemd holds the port; `up` runs in this directory, so its toml applies)."""
+    """Write systemd user units (.socket, .service) that keep this service forwarded.
+
+    systemd holds the port; `up` runs in this directory, so its toml applies."""
     target = Path(unit_dir).expanduser() if unit_dir else Path.home() / ".config/systemd/user"
     script = Path(sys.executable).parent / "slurm-persist"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "local.cli"]
@@ -194,4 +209,5 @@ def sandbox_down(c):
 sandbox = Collection("sandbox")
 sandbox.add_task(sandbox_up, "up")  # type: ignore[arg-type]  # @task made them Tasks
 sandbox.add_task(sandbox_down, "down")  # type: ignore[arg-type]
-ns = Collection(deploy, up, status, logs, down, list_services, doctor, systemd, sandbox)
+ns = Collection(deploy, up, rollout, status, logs, down, list_services, doctor, systemd,
+                sandbox)

@@ -213,6 +213,13 @@ def scancel_argv(job_ids: Sequence[str]) -> List[str]:
     return ["scancel", *job_ids]
 
 
+def drain_argv(job_id: str) -> List[str]:
+    """SIGTERM to the batch shell only (the agent): it drains its open
+    connections and ends the job itself; a plain scancel kills it after
+    KillWait (10 s on the sandbox), before a 30 s drain is over."""
+    return ["scancel", "--batch", "--signal=TERM", *scancel_argv([job_id])[1:]]
+
+
 def release_argv(job_id: str) -> List[str]:
     """Drop a pending job's dependency so it may start at once."""
     return ["scontrol", "update", f"JobId={job_id}", "Dependency="]

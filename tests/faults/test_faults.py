@@ -391,3 +391,41 @@ def clock(text: str) -> float:
     """Seconds of the day of an HH:MM:SS stamp (first field of a line)."""
     h, m, s = (int(x) for x in text.split()[0].split(":"))
     return h * 3600 + m * 60 + s
+
+
+def test_compute_node_lost_with_two_replicas(serve, alice, faults, report):
+    """The other replica serves on: nothing to wait for, not even a new job."""
+    up = serve("f-rep", "--replicas", "2")
+    nodes = wait_for("both replicas running, on two nodes", lambda: (
+        n if len(n := set(alice.out("squeue -h -u alice -n sp-f-rep,sp-f-rep+1 -t RUNNING "
+                                    "-o %N").split())) == 2 else None), timeout=120)
+    wait_for("both replicas answering", lambda: len(set(load_jobs(up.port))) == 2, timeout=60)
+    with Load(up.port, timeout=120) as load:
+        time.sleep(3)
+        old = alice.out("squeue -h -n sp-f-rep -t RUNNING -o %i")
+        node = alice.out(f"squeue -h -j {old} -o %N")
+        t0 = time.time()
+        faults.stop(node)
+        time.sleep(20)
+    after = [r for r in load.results if r[0] >= t0]
+    # From then on every new request was answered within a second.
+    slow = [start for start, end, _, _ in after if end - start > 1.0]
+    settled = max(slow) - t0 if slow else 0.0
+    print(f"two-replicas node-lost: settled_after={settled:.2f}s nodes={sorted(nodes)} "
+          f"stopped={node} "
+          f"requests_after={len(after)} failed={len(load.failures())} "
+          f"longest_wait={load.outage_after(t0):.2f}s")
+    assert not load.failures() and after and all(r[2] != old for r in after[-20:])
+    report("compute node stopped, replicas = 2", "the other replica serves on; the lost "
+           "slot's successor starts elsewhere", load.outage_after(t0), load)
+    faults.restore()
+    wait_for("one chain per slot", lambda: sorted(alice.out(
+        "squeue -h -u alice -n sp-f-rep,sp-f-rep+1 -o %j:%T").split()) == [
+        "sp-f-rep+1:PENDING", "sp-f-rep+1:RUNNING", "sp-f-rep:PENDING", "sp-f-rep:RUNNING"],
+        timeout=240)
+
+
+def load_jobs(port: int) -> list[str]:
+    with Load(port, every=0.05) as load:
+        time.sleep(1)
+    return load.jobs()

@@ -230,3 +230,19 @@ async def test_a_connection_failing_on_one_replica_goes_to_the_other_at_once():
     await asyncio.wait_for(clients.serve(reader, Upstream()), 2)
     assert dead.got == live.got == [b"GET / HTTP/1.1\r\n\r\n"] and dead.suspect
     assert asyncio.get_running_loop().time() - started < RETRY_PAUSE
+
+
+async def test_a_connection_waiting_on_a_dropped_route_goes_elsewhere_at_once():
+    """No ack yet, and the route's probe failed while another replica serves."""
+    class Silent(Upstream):
+        pass
+    abandoned = asyncio.Event()
+    client = asyncio.StreamReader()
+    client.feed_data(b"GET / HTTP/1.1\r\n\r\n")
+    waiting = asyncio.ensure_future(route.until_ack(client, (asyncio.StreamReader(), Silent()),
+                                                    bytearray(), abandoned))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    abandoned.set()
+    with pytest.raises(route.NotAcknowledged):
+        await asyncio.wait_for(waiting, 1)
