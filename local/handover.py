@@ -100,7 +100,8 @@ class Handover:
         except (slurm.SlurmUnknown, Unreachable, RuntimeError):
             return
         self._told_near_end.add(current.job_id)
-        if not any(int(j.job_id) > int(current.job_id) for j in jobs):
+        if not any(int(j.job_id) > int(current.job_id) and self.chain.slot(j) == current.slot
+                   for j in jobs):
             log.warning("job=%s state=time-limit-near successor=none", current.job_id)
             self.hooks.emit("time-limit-near", job=current.job_id,
                             seconds_left=round(current.ends_at - time.time()))

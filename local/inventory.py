@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from remote_agent import slurm
+from remote_agent import slots, slurm
 
 from . import daemon, paths
 from .config import Options
@@ -33,7 +33,8 @@ def list_services(options: Options) -> str:
             unknown = ""
     rows = [("service", "forwarder here", "jobs on the cluster")]
     for name in sorted(set(local) | set(names)):
-        mine = [f"{j.job_id}:{j.state}" for j in jobs if j.name == f"sp-{name}"]
+        mine = [f"{j.job_id}:{j.state}" for j in jobs
+                if slots.slot_of(f"sp-{name}", j.name) is not None]
         on_cluster = unknown or " ".join(mine) or ("none" if name in names else "not deployed")
         rows.append((name, local.get(name, "-"), on_cluster))
     width = [max(len(r[i]) for r in rows) for i in range(2)]

@@ -4,11 +4,13 @@ chain per slot, and the service up while one replica waits in a busy queue."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import pytest
 
-from helpers import Load, cli, site_args, wait_for
+from helpers import HPC, Load, cli, site_args, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -77,7 +79,9 @@ def test_a_busy_queue_empties_one_replica_not_two(start_up, cluster, alice, mall
     idle = int(alice.out("sinfo -h -o %C").split("/")[1])
     fill = "sbatch --parsable -J bob-fill --wrap 'sleep 900'"
     bob = [mallory.out(fill) for _ in range(idle + 6)]
-    cluster.exec("slurmctld", "scontrol", "update", f"JobId={','.join(bob)}", "Priority=100000000")
+    # priority/basic counts down from 4294901759 in submission order: above that.
+    for job in bob:
+        cluster.exec("slurmctld", "scontrol", "update", f"JobId={job}", "Priority=4294967000")
     t0 = time.time()
     waits: dict[str, float] = {}
     try:
@@ -107,3 +111,43 @@ def test_a_busy_queue_empties_one_replica_not_two(start_up, cluster, alice, mall
     assert not load2.failures()
     assert gap1 >= 60 or load1.failures()  # the premise: one replica alone was down
     one_chain_per_slot(alice, "busy2")
+
+
+def test_rollout_moves_every_slot_to_the_new_code_without_a_failed_request(
+        start_up, cluster, alice, tmp_path):
+    app = tmp_path / "hpc"
+    shutil.copytree(HPC, app, ignore=shutil.ignore_patterns("__pycache__"))
+    up = start_up("roll", "--replicas", "2", "--local-hpc-script-dir", str(app))
+    up.wait_serving()
+    wait_for("both slots running", lambda: len(running(alice, "roll")) == 2, timeout=120)
+    before = {job for jobs in slots(alice, "roll").values() for job, *_ in jobs}
+    old_hash = app_hashes(cluster, up)
+    with (app / "hpc.py").open("a") as code:
+        code.write("\n# version 2\n")
+    with Load(up.port, every=0.05, timeout=120) as load:
+        done = cli("rollout", *site_args(cluster, "roll"), "--replicas", "2",
+                   "--local-hpc-script-dir", str(app), timeout=600)
+        ended = time.time()
+        time.sleep(5)
+    print(done.stdout, done.stderr[-2000:])
+    assert done.returncode == 0, done.stderr
+    after = [r for r in load.results if r[0] >= ended]
+    now = {job for jobs in slots(alice, "roll").values() for job, *_ in jobs}
+    new_hash = app_hashes(cluster, up)
+    print(f"rollout: requests {len(load.results)} failed {len(load.failures())}; jobs before "
+          f"{sorted(before)} after {sorted(now)}; answered after the end by {load_jobs(after)}; "
+          f"app {old_hash} -> {new_hash}")
+    assert not load.failures() and after
+    assert not before & now  # every old job is gone, pending successors included
+    assert not before & set(load_jobs(after))
+    assert len(old_hash) == len(new_hash) == 1 and old_hash != new_hash
+    one_chain_per_slot(alice, "roll")
+
+
+def app_hashes(cluster, up) -> set[str]:
+    report = json.loads(cli("status", *site_args(cluster, up.name), "--json").stdout)
+    return {job["app"] for job in report["jobs"] if job["state"] == "RUNNING"}
+
+
+def load_jobs(results) -> list[str]:
+    return sorted({job for _, _, job, _ in results if job})
