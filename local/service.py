@@ -41,7 +41,7 @@ def resolve(options: Options, project_dir: Path = Path("."),
     Only `up` and `deploy` start the sandbox: `status` or `down` must not
     build a cluster just to report on it."""
     changes: dict[str, Any] = {
-        "local_hpc_script_dir": str((project_dir / options.local_hpc_script_dir).resolve())}
+        "app_dir": str((project_dir / options.app_dir).resolve())}
     if options.ssh_config:
         changes["ssh_config"] = str(Path(options.ssh_config).expanduser().resolve())
     if options.uses_sandbox:
@@ -50,11 +50,11 @@ def resolve(options: Options, project_dir: Path = Path("."),
             if not start_sandbox:
                 raise ConfigError("no cluster named, and the docker sandbox is not running: "
                                   "`slurm-persist sandbox.up` starts it, or name a login node "
-                                  "with --hpc-system-url")
+                                  "with --login-node")
             log.info("no cluster named: starting the docker sandbox (first time: a few minutes)")
             box.up()
-        changes.update(hpc_system_url=LOGIN_NODES[0], fallback_system_url=list(LOGIN_NODES[1:]),
-                       jumphost_url=JUMP_ALIAS, jumphost_username=JUMP_USER,
+        changes.update(login_node=LOGIN_NODES[0], fallback_login_nodes=list(LOGIN_NODES[1:]),
+                       jumphost=JUMP_ALIAS, jumphost_username=JUMP_USER,
                        username="alice", ssh_config=str(box.ssh_config))
     return dataclasses.replace(options, **changes)
 
@@ -75,7 +75,7 @@ def connected(options: Options) -> Iterator[Chain]:
 
 def deploy(options: Options) -> str:
     with connected(options) as chain:
-        report = deploy_files(chain, Path(options.local_hpc_script_dir))
+        report = deploy_files(chain, Path(options.app_dir))
     return (f"deployed {options.name} to {chain.layout.service_dir} on "
             f"{chain.site.current or '?'}: {report.sent} files sent, "
             f"{report.unchanged} unchanged")
@@ -108,7 +108,7 @@ def prepare(options: Options, port_check: bool = True) -> None:
         check_port_free(options.local_port)
     with connected(options) as chain:
         if options.copy:
-            deploy_files(chain, Path(options.local_hpc_script_dir))
+            deploy_files(chain, Path(options.app_dir))
         chain.ensure()
 
 
@@ -173,7 +173,7 @@ async def _adopt_if_orphaned(options: Options, supervisor: int) -> None:
 def _start_daemon(options: Options) -> int:
     """Detach the forwarder; come back once it serves, or say why not."""
     pid = daemon.daemonize(options.name, lambda: _supervised(options))
-    limit = options.max_attempts_get_server_and_port * options.delay_between_server_and_port
+    limit = options.max_looks * options.look_interval
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         status = read_status(options.name)
