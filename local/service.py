@@ -27,7 +27,7 @@ from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
 from .remote import Site
-from .report import JobLine, Report, clock, duration
+from .report import JobLine, Report, age, forwarder_line, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
 from .supervisor import supervise
@@ -250,49 +250,15 @@ def status(options: Options) -> Report:
         job=current.job_id if current else (running.job_id if running else "-"),
         node=current.node if current else (running.node if running else "-"),
         state=current.state if current else (running.state.lower() if running else "-"),
-        uptime=_age(current.started) if current else "-",
+        uptime=age(current.started) if current else "-",
         restarts=str(current.restarts) if current else "-",
         url=options.url if pid else "-",
-        forwarder=_forwarder(pid, local),
-        reason=_reason(home, local if pid else None),
-        maintenance=_maintenance(reservations),
+        forwarder=forwarder_line(pid, local),
+        reason=reason(home, local if pid else None),
+        maintenance=maintenance(reservations),
         jobs=[JobLine.of(j, snap.endpoints.get(j.job_id), options.overlap_minutes,
                          options.warn_seconds, chain.slot(j) or 0) for j in jobs],
     )
-
-
-def _maintenance(reservations: list[slurm.Reservation]) -> str:
-    """A maintenance reservation ahead (7 days) or now: the gap it makes."""
-    now = time.time()
-    ahead = sorted((r for r in reservations if r.maintenance and now < r.end
-                    and r.start < now + 7 * 86400), key=lambda r: r.start)
-    return "; ".join(f"{r.name} {clock(r.start)} to {clock(r.end)}: the service has a gap of "
-                     f"{duration(r.end - max(r.start, now))} unless its job runs on nodes the "
-                     "reservation leaves free (jobs are shortened to end before it)"
-                     for r in ahead) or "-"
-
-
-def _forwarder(pid: int | None, local) -> str:
-    if not pid:
-        return "not running"
-    if local is None or pid not in (local.pid, local.supervisor):
-        return f"pid {pid}"
-    worker = f" (worker pid {local.pid}, restarted by its supervisor)" if local.supervisor else ""
-    return (f"pid {pid} {local.state} since {clock(local.since)}, port {local.local_port}, "
-            f"{local.switches} switches{worker}")
-
-
-def _reason(home, local) -> str:
-    """Why it does not serve, when it does not: never an empty answer."""
-    if home is not None and not home.writable:
-        return home.describe()
-    if local is not None and local.state != "serving" and local.message:
-        return local.message
-    return "-"
-
-
-def _age(since: float) -> str:
-    return duration(time.time() - since)
 
 
 def logs(options: Options, job: str | None, lines: int, follow: bool) -> int:
