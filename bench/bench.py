@@ -67,11 +67,11 @@ class Bench:
 
     def site_args(self, name: str) -> list[str]:
         o = self.options
-        args = ["--name", name, "--hpc-system-url", o.hpc_system_url, "--jumphost-url",
-                o.jumphost_url, "--jumphost-username", o.jumphost_username,
+        args = ["--name", name, "--login-node", o.login_node, "--jumphost",
+                o.jumphost, "--jumphost-username", o.jumphost_username,
                 "--username", o.username, "--ssh-config", o.ssh_config]
-        for fallback in o.fallback_system_url:
-            args += ["--fallback-system-url", fallback]
+        for fallback in o.fallback_login_nodes:
+            args += ["--fallback-login-node", fallback]
         return args
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -86,8 +86,8 @@ class Bench:
         port = port or self.port
         start = time.monotonic()
         self.cli("up", *self.site_args(name), "--local-port", str(port), "--daemonize",
-                 "--local-hpc-script-dir", str(HPC), "--heartbeat-time", "2",
-                 "--delay-between-server-and-port", "1", *extra)
+                 "--app-dir", str(HPC), "--heartbeat-time", "2",
+                 "--look-interval", "1", *extra)
         client.latencies("127.0.0.1", port, 1, keepalive=False)
         return time.monotonic() - start
 
@@ -95,7 +95,7 @@ class Bench:
         self.cli("down", *self.site_args(name), check=False)
 
     def on_login(self, command: str, stdin: str | None = None) -> str:
-        argv = [*ssh_base(self.options), self.options.hpc_system_url, command]
+        argv = [*ssh_base(self.options), self.options.login_node, command]
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=True,
                               timeout=600).stdout
 
@@ -139,7 +139,7 @@ class Bench:
         local = free_port()
         tunnel = subprocess.Popen([*ssh_base(self.options), "-N", "-o", "ExitOnForwardFailure=yes",
                                    "-L", f"127.0.0.1:{local}:{node}:{port}",
-                                   self.options.hpc_system_url], stdin=subprocess.DEVNULL)
+                                   self.options.login_node], stdin=subprocess.DEVNULL)
         try:
             client.wait_port("127.0.0.1", local)
             rows["ssh -L (baseline)"] = client.measure("127.0.0.1", local, *args)

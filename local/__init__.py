@@ -4,9 +4,12 @@ jobs reachable on 127.0.0.1:PORT.
 From Python, with the command line's options as keyword arguments::
 
     from local import run_sync
-    run_sync(hpc_system_url="login1.example.org", local_port=8642, username="alice",
-             local_hpc_script_dir="hpc", jumphost_url="jump.example.org",
-             jumphost_username="alice", retries=3)
+    run_sync(login_node="login1.example.org", local_port=8642, username="alice",
+             app_dir="hpc", jumphost="jump.example.org", jumphost_username="alice",
+             retries=3)
+
+The original tool's names (hpc_system_url=, local_hpc_script_dir=, ...) are
+accepted too, as on the command line and in slurm-persist.toml.
 
 `run_sync` blocks while forwarding (like `slurm-persist up`); `run` is the
 same for an asyncio program and returns when the task running it is cancelled.

@@ -6,9 +6,12 @@ import inspect
 import os
 import re
 import sys
+import textwrap
+from collections.abc import Sequence
 from importlib import metadata
 
 from invoke import Program
+from invoke.terminals import pty_size
 
 from . import config, tasks
 
@@ -38,6 +41,17 @@ class SlurmPersist(Program):
                             if SHOWN & set(re.findall(r"--([a-z-]+)", flags))])
         self.list_tasks()
 
+    def print_columns(self, tuples: Sequence[tuple[str, str | None]]) -> None:
+        """invoke's two columns, but a flag named in a help text (an option's
+        old name) is not broken at its hyphens."""
+        width = max(len(name) for name, _ in tuples)
+        for name, text in tuples:
+            head = f"{self.leading_indent}{name:<{width}}{' ' * self.col_padding}"
+            lines = textwrap.wrap(text or "", width=pty_size()[0] - 1, initial_indent=head,
+                                  subsequent_indent=" " * len(head), break_on_hyphens=False)
+            print("\n".join(lines) if lines else head.rstrip())
+        print("")
+
     def print_task_help(self, name: str) -> None:
         """A task's help, with each option's type from its definition:
         invoke says STRING for every option whose default is None (so that
@@ -50,11 +64,18 @@ class SlurmPersist(Program):
             print(self.leading_indent + line if line.strip() else "")
         print("")
         print("Options:")
-        self.print_columns([(typed(flags), text) for flags, text in ctx.help_tuples()])
+        self.print_columns([(typed(flags), text) for flags, text in ctx.help_tuples()
+                            if not old_name(flags)])
 
 
 KINDS = {"int": "INT", "float": "SECONDS", "list[str]": "TEXT", "str | None": "TEXT",
          "str": "TEXT"}
+
+
+def old_name(flags: str) -> bool:
+    """The original tool's flag: accepted, and named once in its new flag's help."""
+    match = re.search(r"--([a-z-]+)", flags)
+    return match is not None and match.group(1).replace("-", "_") in tasks.OLD_FLAGS
 
 
 def typed(flags: str) -> str:

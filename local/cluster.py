@@ -39,11 +39,11 @@ class Layout:
     def of(cls, options: Options, home: str) -> Layout:
         def expand(path: str) -> str:
             return home + path[1:] if path.startswith("~") else path
-        service_dir = expand(options.server_and_port_file
+        service_dir = expand(options.service_dir
                              or f"~/.slurm-persist/services/{options.name}")
-        app_dir = expand(options.hpc_script_dir or layout.app(service_dir))
-        check_cluster_path("server-and-port-file", service_dir)
-        check_cluster_path("hpc-script-dir", app_dir)
+        app_dir = expand(options.cluster_app_dir or layout.app(service_dir))
+        check_cluster_path("service-dir", service_dir)
+        check_cluster_path("cluster-app-dir", app_dir)
         base = f"{home}/.slurm-persist"
         return cls(home, f"{base}/agent", service_dir, app_dir, f"{base}/reverse")
 

@@ -1,20 +1,21 @@
-"""Options of a service: one dataclass, filled from slurm-persist.toml and
-the command line (the original tool's flags, same names and meanings).
+"""Options of a service: one dataclass, filled from slurm-persist.toml, the
+command line and run_sync's keywords.
 
 ``slurm-persist.toml`` in the project directory::
 
     [defaults]                      # shared by every service below
-    hpc_system_url = "login1.example.org"
-    fallback_system_url = ["login2.example.org"]
-    jumphost_url = "jump.example.org"
+    login_node = "login1.example.org"
+    fallback_login_nodes = ["login2.example.org"]
+    jumphost = "jump.example.org"
     username = "alice"
 
     [services.model]                # one table per service
-    local_hpc_script_dir = "hpc"
+    app_dir = "hpc"
     local_port = 8642
 
-Keys are the flags' names with underscores. Command-line flags win over
-the file; the file wins over the defaults here. Every problem is a
+Keys are the fields' names; the original tool's (hpc_system_url, ...) are
+accepted too, at this edge only (a field's `legacy`). Command-line flags win
+over the file; the file wins over the defaults here. Every problem is a
 :class:`ConfigError` with a one-line message.
 """
 
@@ -51,11 +52,12 @@ class ConfigError(ValueError):
 CONNECT, SPEC, FORWARD = "connect", "spec", "forward"
 
 
-def opt(default: Any, help: str, group: str | None = None, flag: str | None = None):
+def opt(default: Any, help: str, group: str | None = None, flag: str | None = None,
+        legacy: str | None = None):
     """One option, defined once: its default, its help (the CLI's), which
-    tasks take it as a flag, and the flag's name where it is not the
-    field's (the original tool's spellings live here, at the edge)."""
-    meta = {"help": help, "group": group, "flag": flag or None}
+    tasks take it as a flag, the flag's name where it is not the field's,
+    and the original tool's name for it (a toml key, a flag, a keyword)."""
+    meta = {"help": help, "group": group, "flag": flag or None, "legacy": legacy}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -67,25 +69,27 @@ class Options:
 
     name: str = opt(DEFAULT_SERVICE, "service: a [services.NAME] table in slurm-persist.toml "
                     "(default: hpc)", CONNECT)
-    hpc_system_url: str | None = opt(None, "login node to use first (default: the docker "
-                                        "sandbox's login1)", CONNECT)
-    fallback_system_url: list[str] = opt([], "login node to use when the one before fails; "
-                                         "repeat for more", CONNECT)
-    jumphost_url: str | None = opt(None, "jumphost (bastion) between you and the login nodes",
-                                      CONNECT)
+    login_node: str | None = opt(None, "login node to use first (default: the docker "
+                                 "sandbox's login1)", CONNECT, legacy="hpc_system_url")
+    fallback_login_nodes: list[str] = opt([], "login node to use when the one before fails; "
+                                          "repeat for more", CONNECT, flag="fallback_login_node",
+                                          legacy="fallback_system_url")
+    jumphost: str | None = opt(None, "jumphost (bastion) between you and the login nodes",
+                               CONNECT, legacy="jumphost_url")
     username: str | None = opt(None, "your user name on the login nodes", CONNECT)
     jumphost_username: str | None = opt(None, "your user name on the jumphost", CONNECT)
     ssh_config: str | None = opt(None, "ssh_config file to use instead of ~/.ssh/config",
                                     CONNECT)
-    local_hpc_script_dir: str = opt("hpc", "local folder with slurm.sbatch, run and your server "
-                                    "(default: hpc)", SPEC)
-    hpc_script_dir: str | None = opt(None, "cluster folder for those files "
-                                        "(default ~/.slurm-persist/services/NAME/app)", CONNECT)
-    server_and_port_file: str | None = opt(None, "cluster folder for the per-job endpoint "
-                                              "records, logs and spec (default "
-                                              "~/.slurm-persist/services/NAME)", CONNECT)
-    copy: bool = opt(True, "copy local-hpc-script-dir to the cluster (on by default; --no-copy "
-                     "to skip)", SPEC)
+    app_dir: str = opt("hpc", "local folder with slurm.sbatch, run and your server "
+                       "(default: hpc)", SPEC, legacy="local_hpc_script_dir")
+    cluster_app_dir: str | None = opt(None, "cluster folder for those files (default "
+                                      "~/.slurm-persist/services/NAME/app)", CONNECT,
+                                      legacy="hpc_script_dir")
+    service_dir: str | None = opt(None, "cluster folder for the per-job endpoint records, "
+                                  "logs and spec (default ~/.slurm-persist/services/NAME)",
+                                  CONNECT, legacy="server_and_port_file")
+    copy: bool = opt(True, "copy app-dir to the cluster (on by default; --no-copy to skip)",
+                     SPEC)
     debug: bool = opt(False, "log debug detail, SSH included", CONNECT)
     retries: int = opt(3, "more rounds over all login nodes, with backoff, when none answers "
                        "(default 3)", CONNECT)
@@ -93,12 +97,12 @@ class Options:
                           FORWARD)
     heartbeat_time: float = opt(10.0, "seconds between health probes of the service "
                                 "(default 10)", SPEC)
-    hpc_job_name: str | None = opt(None, "SLURM job name shared by the chain's jobs "
-                                      "(default sp-NAME)", CONNECT)
-    max_attempts_get_server_and_port: int = opt(120, "looks for a serving job before `up` "
-                                                "gives up (default 120)", FORWARD)
-    delay_between_server_and_port: float = opt(5.0, "seconds between those looks (default 5)",
-                                               FORWARD)
+    slurm_job_name: str | None = opt(None, "SLURM job name shared by the chain's jobs "
+                                     "(default sp-NAME)", CONNECT, legacy="hpc_job_name")
+    max_looks: int = opt(120, "looks for a serving job before `up` gives up (default 120)",
+                         FORWARD, legacy="max_attempts_get_server_and_port")
+    look_interval: float = opt(5.0, "seconds between those looks (default 5)", FORWARD,
+                               legacy="delay_between_server_and_port")
     daemonize: bool = opt(False, "run the forwarder in the background, under a supervisor "
                           "that restarts it (pid and log in ~/.local/state)", FORWARD)
     sbatch_options: list[str] = opt([], "extra sbatch option such as "
@@ -149,18 +153,32 @@ class Options:
 
     @property
     def login_nodes(self) -> list[str]:
-        return [self.hpc_system_url, *self.fallback_system_url] if self.hpc_system_url else []
+        return [self.login_node, *self.fallback_login_nodes] if self.login_node else []
 
     @property
     def job_name(self) -> str:
-        return self.hpc_job_name or f"sp-{self.name}"
+        return self.slurm_job_name or f"sp-{self.name}"
 
     @property
     def uses_sandbox(self) -> bool:
-        return self.hpc_system_url is None
+        return self.login_node is None
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Options)}
+# The original tool's names, old -> field: the edge's (toml, flags, run_sync) only.
+LEGACY = {f.metadata["legacy"]: f.name for f in FIELDS.values() if f.metadata["legacy"]}
+
+
+def modern(values: Mapping[str, Any], where: str = "", spell=str) -> dict[str, Any]:
+    """`values` with the original tool's names replaced by the fields';
+    an option given under both names is an error (`spell` names a key)."""
+    out = {k: v for k, v in values.items() if k not in LEGACY}
+    for old, new in ((o, n) for o, n in LEGACY.items() if o in values):
+        if new in out:
+            raise ConfigError(f"{where}{spell(old)} is the old name of {spell(new)}: "
+                              "give one of them, not both")
+        out[new] = values[old]
+    return out
 
 
 def load(cli: Mapping[str, Any], directory: Path = Path(".")) -> Options:
@@ -177,7 +195,7 @@ def load(cli: Mapping[str, Any], directory: Path = Path(".")) -> Options:
         if cli.get("name") is not None and name not in services and services:
             raise ConfigError(f"{path}: no [services.{name}] (known: {', '.join(services)})")
         values.update(_section(services, name, path) if name in services else {})
-    values.update({k: v for k, v in cli.items() if v is not None and v != []})
+    values.update(modern({k: v for k, v in cli.items() if v is not None and v != []}))
     values["name"] = name
     options = Options(**{k: _coerce(k, v) for k, v in values.items()})
     validate(options, directory)
@@ -197,19 +215,17 @@ def _section(table: Mapping[str, Any], key: str, path: Path) -> dict:
     section = table.get(key, {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [{key}] must be a table")
-    unknown = set(section) - set(FIELDS) - {"name"}
+    unknown = set(section) - set(FIELDS) - set(LEGACY) - {"name"}
     if unknown:
         raise ConfigError(f"{path}: [{key}] has unknown keys: {', '.join(sorted(unknown))}")
-    return dict(section)
+    return modern(section, f"{path}: [{key}] ")
 
 
 def _coerce(key: str, value: Any) -> Any:
     """Strings from a command line become the field's type; wrong types fail."""
     kind = FIELDS[key].type
     try:
-        if kind in ("int", "float"):
-            if isinstance(value, bool):
-                raise ValueError
+        if kind in ("int", "float") and not isinstance(value, bool):
             return int(value) if kind == "int" else float(value)
         if kind == "bool":
             if isinstance(value, str):
@@ -236,17 +252,16 @@ def validate(options: Options, directory: Path) -> None:
     if not 0 <= options.metrics_port <= 65535 or options.metrics_port == options.local_port:
         raise ConfigError(f"metrics-port {options.metrics_port}: choose 1-65535, not the "
                           "local port (0: no metrics)")
-    for key in ("retries", "max_attempts_get_server_and_port", "overlap_minutes",
-                "max_restarts"):
+    for key in ("retries", "max_looks", "overlap_minutes", "max_restarts"):
         if getattr(options, key) < 0:
             raise ConfigError(f"{key.replace('_', '-')} must not be negative")
     if not 1 <= options.replicas <= MAX_REPLICAS:
         raise ConfigError(f"replicas {options.replicas}: choose 1-{MAX_REPLICAS}")
-    for key in ("heartbeat_time", "delay_between_server_and_port", "hold_seconds",
+    for key in ("heartbeat_time", "look_interval", "hold_seconds",
                 "health_timeout", "crash_loop_jobs", "waiting_alert_seconds"):
         if getattr(options, key) <= 0:
             raise ConfigError(f"{key.replace('_', '-')} must be positive")
-    for host in filter(None, [*options.login_nodes, options.jumphost_url]):
+    for host in filter(None, [*options.login_nodes, options.jumphost]):
         if not host.strip() or any(c.isspace() for c in host) or host.startswith("-"):
             raise ConfigError(f"host {host!r} is not a host name")
     if options.mode not in MODES:
@@ -275,8 +290,7 @@ def validate(options: Options, directory: Path) -> None:
 
 def check_script_dir(path: Path) -> None:
     if not (path / "slurm.sbatch").is_file():
-        raise ConfigError(f"local-hpc-script-dir {path}: no slurm.sbatch there "
-                          "(start from the hpc/ example)")
+        raise ConfigError(f"app-dir {path}: no slurm.sbatch there (start from the hpc/ example)")
 
 
 def check_port_free(port: int) -> None:

@@ -50,7 +50,7 @@ def run(chain: Chain, options: Options) -> list[Check]:
         checks.append(Check("SLURM answers", False, str(exc)[:200],
                             "ask the site: squeue fails on the login nodes"))
         return checks
-    script = (Path(options.local_hpc_script_dir) / "slurm.sbatch")
+    script = (Path(options.app_dir) / "slurm.sbatch")
     text = script.read_text() if script.is_file() else ""
     checks += _time_limits(chain, options, text)
     checks += _probe(chain, options, slurm.requested(options.sbatch_options, text, "partition"))

@@ -181,8 +181,8 @@ class Forwarder:
             log.warning("slurm=unknown action=wait error=%r", str(exc)[:300])
         if not self.healthy.is_set():
             if self.served.ever or \
-                    self.served.attempts < self.options.max_attempts_get_server_and_port:
-                return await self._pause(self.options.delay_between_server_and_port)
+                    self.served.attempts < self.options.max_looks:
+                return await self._pause(self.options.look_interval)
             raise NeverServed(f"no healthy endpoint after {self.served.attempts} attempts; "
                               f"see: slurm-persist logs --name {self.options.name}")
 

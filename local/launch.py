@@ -135,7 +135,7 @@ class Launch:
         return set()
 
     def _script(self) -> str:
-        script = Path(self.options.local_hpc_script_dir) / "slurm.sbatch"
+        script = Path(self.options.app_dir) / "slurm.sbatch"
         return script.read_text() if script.is_file() else ""
 
     def start_slot(self, slot: int, ends: list[float], exclude: list[str]) -> str:

@@ -224,9 +224,9 @@ class Site:
         return self._connections[host]
 
     def _gateway(self) -> Connection | None:
-        if not self.options.jumphost_url:
+        if not self.options.jumphost:
             return None
-        gateway = self._make(self.options.jumphost_url, self.options.jumphost_username)
+        gateway = self._make(self.options.jumphost, self.options.jumphost_username)
         gateway.open()
         # The jumphost's connect to a login node that vanished waits for the
         # kernel's TCP time-out (2 min here); paramiko's default is an hour.

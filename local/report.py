@@ -1,7 +1,7 @@
 """What `status` shows: the chain job by job, the local forwarder, and
 why nothing serves when nothing does. Built from what was read (SLURM's
-jobs, the records, the forwarder's status file); printed as aligned
-`key  value` lines, or as JSON with --json.
+jobs, the records, the forwarder's status file) by service.status, worded
+here; printed as aligned `key  value` lines, or as JSON with --json.
 
 Seen before: `chain 22:PENDING` and nothing more while a successor waited
 70 minutes behind other users' jobs, and a URL printed after `down`.
@@ -104,3 +104,38 @@ class Report:
 
     def json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def maintenance(reservations: list[slurm.Reservation]) -> str:
+    """A maintenance reservation ahead (7 days) or now: the gap it makes."""
+    now = time.time()
+    ahead = sorted((r for r in reservations if r.maintenance and now < r.end
+                    and r.start < now + 7 * 86400), key=lambda r: r.start)
+    return "; ".join(f"{r.name} {clock(r.start)} to {clock(r.end)}: the service has a gap of "
+                     f"{duration(r.end - max(r.start, now))} unless its job runs on nodes the "
+                     "reservation leaves free (jobs are shortened to end before it)"
+                     for r in ahead) or "-"
+
+
+def forwarder_line(pid: int | None, local) -> str:
+    """The local forwarder as its pid file and status file tell it."""
+    if not pid:
+        return "not running"
+    if local is None or pid not in (local.pid, local.supervisor):
+        return f"pid {pid}"
+    worker = f" (worker pid {local.pid}, restarted by its supervisor)" if local.supervisor else ""
+    return (f"pid {pid} {local.state} since {clock(local.since)}, port {local.local_port}, "
+            f"{local.switches} switches{worker}")
+
+
+def reason(home, local) -> str:
+    """Why it does not serve, when it does not: never an empty answer."""
+    if home is not None and not home.writable:
+        return home.describe()
+    if local is not None and local.state != "serving" and local.message:
+        return local.message
+    return "-"
+
+
+def age(since: float) -> str:
+    return duration(time.time() - since)

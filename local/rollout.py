@@ -107,7 +107,7 @@ def rollout(options: Options, connected) -> str:
     if not options.copy:
         raise ConfigError("rollout deploys the service folder: drop --no-copy")
     with connected(options) as chain:
-        report = deploy_files(chain, Path(options.local_hpc_script_dir))
+        report = deploy_files(chain, Path(options.app_dir))
         print(f"{options.name}: deployed, {report.sent} files sent, {report.unchanged} unchanged",
               flush=True)
         lines = Rollout(chain, lambda line: print(f"{options.name}: {line}", flush=True)).run()

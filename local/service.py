@@ -27,7 +27,7 @@ from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
 from .remote import Site
-from .report import JobLine, Report, clock, duration
+from .report import JobLine, Report, age, forwarder_line, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
 from .supervisor import supervise
@@ -41,7 +41,7 @@ def resolve(options: Options, project_dir: Path = Path("."),
     Only `up` and `deploy` start the sandbox: `status` or `down` must not
     build a cluster just to report on it."""
     changes: dict[str, Any] = {
-        "local_hpc_script_dir": str((project_dir / options.local_hpc_script_dir).resolve())}
+        "app_dir": str((project_dir / options.app_dir).resolve())}
     if options.ssh_config:
         changes["ssh_config"] = str(Path(options.ssh_config).expanduser().resolve())
     if options.uses_sandbox:
@@ -50,11 +50,11 @@ def resolve(options: Options, project_dir: Path = Path("."),
             if not start_sandbox:
                 raise ConfigError("no cluster named, and the docker sandbox is not running: "
                                   "`slurm-persist sandbox.up` starts it, or name a login node "
-                                  "with --hpc-system-url")
+                                  "with --login-node")
             log.info("no cluster named: starting the docker sandbox (first time: a few minutes)")
             box.up()
-        changes.update(hpc_system_url=LOGIN_NODES[0], fallback_system_url=list(LOGIN_NODES[1:]),
-                       jumphost_url=JUMP_ALIAS, jumphost_username=JUMP_USER,
+        changes.update(login_node=LOGIN_NODES[0], fallback_login_nodes=list(LOGIN_NODES[1:]),
+                       jumphost=JUMP_ALIAS, jumphost_username=JUMP_USER,
                        username="alice", ssh_config=str(box.ssh_config))
     return dataclasses.replace(options, **changes)
 
@@ -75,7 +75,7 @@ def connected(options: Options) -> Iterator[Chain]:
 
 def deploy(options: Options) -> str:
     with connected(options) as chain:
-        report = deploy_files(chain, Path(options.local_hpc_script_dir))
+        report = deploy_files(chain, Path(options.app_dir))
     return (f"deployed {options.name} to {chain.layout.service_dir} on "
             f"{chain.site.current or '?'}: {report.sent} files sent, "
             f"{report.unchanged} unchanged")
@@ -108,7 +108,7 @@ def prepare(options: Options, port_check: bool = True) -> None:
         check_port_free(options.local_port)
     with connected(options) as chain:
         if options.copy:
-            deploy_files(chain, Path(options.local_hpc_script_dir))
+            deploy_files(chain, Path(options.app_dir))
         chain.ensure()
 
 
@@ -173,7 +173,7 @@ async def _adopt_if_orphaned(options: Options, supervisor: int) -> None:
 def _start_daemon(options: Options) -> int:
     """Detach the forwarder; come back once it serves, or say why not."""
     pid = daemon.daemonize(options.name, lambda: _supervised(options))
-    limit = options.max_attempts_get_server_and_port * options.delay_between_server_and_port
+    limit = options.max_looks * options.look_interval
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         status = read_status(options.name)
@@ -250,49 +250,15 @@ def status(options: Options) -> Report:
         job=current.job_id if current else (running.job_id if running else "-"),
         node=current.node if current else (running.node if running else "-"),
         state=current.state if current else (running.state.lower() if running else "-"),
-        uptime=_age(current.started) if current else "-",
+        uptime=age(current.started) if current else "-",
         restarts=str(current.restarts) if current else "-",
         url=options.url if pid else "-",
-        forwarder=_forwarder(pid, local),
-        reason=_reason(home, local if pid else None),
-        maintenance=_maintenance(reservations),
+        forwarder=forwarder_line(pid, local),
+        reason=reason(home, local if pid else None),
+        maintenance=maintenance(reservations),
         jobs=[JobLine.of(j, snap.endpoints.get(j.job_id), options.overlap_minutes,
                          options.warn_seconds, chain.slot(j) or 0) for j in jobs],
     )
-
-
-def _maintenance(reservations: list[slurm.Reservation]) -> str:
-    """A maintenance reservation ahead (7 days) or now: the gap it makes."""
-    now = time.time()
-    ahead = sorted((r for r in reservations if r.maintenance and now < r.end
-                    and r.start < now + 7 * 86400), key=lambda r: r.start)
-    return "; ".join(f"{r.name} {clock(r.start)} to {clock(r.end)}: the service has a gap of "
-                     f"{duration(r.end - max(r.start, now))} unless its job runs on nodes the "
-                     "reservation leaves free (jobs are shortened to end before it)"
-                     for r in ahead) or "-"
-
-
-def _forwarder(pid: int | None, local) -> str:
-    if not pid:
-        return "not running"
-    if local is None or pid not in (local.pid, local.supervisor):
-        return f"pid {pid}"
-    worker = f" (worker pid {local.pid}, restarted by its supervisor)" if local.supervisor else ""
-    return (f"pid {pid} {local.state} since {clock(local.since)}, port {local.local_port}, "
-            f"{local.switches} switches{worker}")
-
-
-def _reason(home, local) -> str:
-    """Why it does not serve, when it does not: never an empty answer."""
-    if home is not None and not home.writable:
-        return home.describe()
-    if local is not None and local.state != "serving" and local.message:
-        return local.message
-    return "-"
-
-
-def _age(since: float) -> str:
-    return duration(time.time() - since)
 
 
 def logs(options: Options, job: str | None, lines: int, follow: bool) -> int:

@@ -42,14 +42,31 @@ def flags(group: str) -> tuple[str, ...]:
     return tuple(flag_name(f) for f in config.FIELDS.values() if f.metadata["group"] == group)
 
 
+def as_flag(key: str) -> str:
+    """A field's or an old name's spelling on the command line: --login-node."""
+    f = config.FIELDS.get(key)
+    return "--" + (flag_name(f) if f else key).replace("_", "-")
+
+
+def _help(f: dataclasses.Field) -> str:
+    old = f.metadata["legacy"]
+    return f"{f.metadata['help']} (old name: {as_flag(old)})" if old else f.metadata["help"]
+
+
 def cli_table() -> dict[str, Any]:
-    """What the command line needs of the options, from their one definition."""
+    """What the command line needs of the options, from their one definition.
+    The original tool's names are flags too ("old": old name -> new flag),
+    named once in the new flag's help; config.modern maps them to fields."""
     flagged = [f for f in config.FIELDS.values() if f.metadata["group"]]
+    old = {f.metadata["legacy"]: flag_name(f) for f in flagged if f.metadata["legacy"]}
     return {
-        "help": {flag_name(f): f.metadata["help"] for f in flagged},
-        "lists": tuple(flag_name(f) for f in flagged if f.type.startswith("list")),
+        "help": {**{flag_name(f): _help(f) for f in flagged},
+                 **{o: f"old name of {as_flag(n)}" for o, n in old.items()}},
+        "lists": tuple(n for f in flagged if f.type.startswith("list")
+                       for n in (flag_name(f), f.metadata["legacy"]) if n),
         "switches": {flag_name(f): f.default for f in flagged if f.type == "bool"},
         "field_of": {flag_name(f): f.name for f in flagged if f.metadata["flag"]},
+        "old": old,
     }
 
 
@@ -59,6 +76,7 @@ CONNECT, SPEC, FORWARD = (flags(g) for g in (config.CONNECT, config.SPEC, config
 LISTS = _TABLE["lists"]
 FLAGS = _TABLE["switches"]
 FIELD_OF = _TABLE["field_of"]
+OLD_FLAGS = _TABLE["old"]
 USER_ERRORS = (config.ConfigError, Unreachable, ClusterError, SlurmUnknown, TunnelError,
                SandboxError)
 
@@ -68,7 +86,8 @@ def service_task(*names: str, help: dict | None = None, start_sandbox: bool = Fa
     """A task taking the connection options `names` (all by default) next to
     its own; the body gets (c, options, **own). start_sandbox: may start the
     docker sandbox when no cluster is named."""
-    names = names or tuple(OPTION_HELP)
+    names = names or tuple(n for n in OPTION_HELP if n not in OLD_FLAGS)
+    names = (*names, *(old for old, new in OLD_FLAGS.items() if new in names))
 
     def wrap(body):
         own = list(inspect.signature(body).parameters.values())[2:]
@@ -77,10 +96,11 @@ def service_task(*names: str, help: dict | None = None, start_sandbox: bool = Fa
 
         @functools.wraps(body)
         def run(c, **kwargs):
-            cli = {FIELD_OF.get(n, n): kwargs.pop(n) for n in names}
-            cli = {k: v for k, v in cli.items() if v is not None and FLAGS.get(k) != v}
+            given = {n: kwargs.pop(n, None) for n in names}  # an old name is its own key
+            cli = {FIELD_OF.get(n, n): v for n, v in given.items()
+                   if v is not None and v != [] and FLAGS.get(n) != v}
             try:
-                options = config.load(cli)
+                options = config.load(config.modern(cli, spell=as_flag))
                 _logging(options.debug)  # the flag or the toml; before resolve logs
                 options = service.resolve(options, start_sandbox=start_sandbox)
                 return body(c, options, **kwargs)
@@ -136,7 +156,7 @@ def status(c, options, json=False):
     print(report.json() if json else report.text())
 
 
-@service_task(*CONNECT, "local_hpc_script_dir", "sbatch_option", "mode")
+@service_task(*CONNECT, "app_dir", "sbatch_option", "mode")
 def doctor(c, options):
     """Check the site before the first up, and say how to fix what fails.
 

@@ -28,8 +28,8 @@ def ssh_base(options: Options) -> list[str]:
     argv = ["ssh"]
     if options.ssh_config:
         argv += ["-F", str(Path(options.ssh_config).expanduser())]
-    if options.jumphost_url:
-        jump = options.jumphost_url
+    if options.jumphost:
+        jump = options.jumphost
         argv += ["-J", f"{options.jumphost_username}@{jump}" if options.jumphost_username else jump]
     if options.username:
         argv += ["-l", options.username]

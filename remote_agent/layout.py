@@ -1,7 +1,7 @@
 """The service dir on the cluster: the one place that names its files.
 
 A service dir (``~/.slurm-persist/services/<name>/`` unless the
-server-and-port-file option names another)::
+service_dir option names another)::
 
     spec.json          what deploy tells every job (remote_agent.spec)
     chain.json         the chain's own state (remote_agent.chain)

@@ -235,26 +235,16 @@ def parse_timestamp(text: str) -> Optional[float]:
 
 def parse_duration_minutes(text: str) -> Optional[int]:
     """SLURM durations: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; None for UNLIMITED."""
-    text = text.strip()
-    if "-" in text:
-        head, _, text = text.partition("-")
-        if not head.isdigit():
-            return None
-        days = int(head)
-        parts = text.split(":")
-        if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
-            return None
-        hours, minutes = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-        return days * 1440 + hours * 60 + minutes
-    parts = text.split(":")
-    if not text or not all(p.isdigit() for p in parts) or len(parts) > 3:
+    days, dash, rest = text.strip().partition("-")
+    if not dash:
+        days, rest = "0", days
+    parts = rest.split(":")
+    if not days.isdigit() or not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
         return None
-    nums = [int(p) for p in parts]
-    if len(nums) == 1:
-        return nums[0]
-    if len(nums) == 2:
-        return nums[0]
-    return nums[0] * 60 + nums[1]
+    nums = [int(p) for p in parts] + [0]
+    # With days the first number is hours; without, minutes unless there are three.
+    hours, minutes = nums[:2] if dash or len(parts) == 3 else (0, nums[0])
+    return int(days) * 1440 + hours * 60 + minutes
 
 
 def partitions_argv() -> List[str]:

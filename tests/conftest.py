@@ -177,7 +177,7 @@ def make_service(cluster: Sandbox, tmp_path):
             (app / "run").rename(app / "run-example")
             (app / "run").write_text(run)
             (app / "run").chmod(0o755)
-        options = site_options(cluster, name=name, local_hpc_script_dir=str(app), **changes)
+        options = site_options(cluster, name=name, app_dir=str(app), **changes)
         chain = Chain(Site(options), options)
         deploy(chain, app)
         chains.append(chain)

@@ -132,10 +132,10 @@ class Up:
 
 def site_options(cluster: Sandbox, **changes) -> Options:
     """Options that reach the test cluster the way a user's would."""
-    values = dict(hpc_system_url="login1", fallback_system_url=["login2"],
-                  jumphost_url=JUMP_ALIAS, jumphost_username=JUMP_USER, username="alice",
+    values = dict(login_node="login1", fallback_login_nodes=["login2"],
+                  jumphost=JUMP_ALIAS, jumphost_username=JUMP_USER, username="alice",
                   ssh_config=str(cluster.ssh_config), retries=1, heartbeat_time=2.0,
-                  delay_between_server_and_port=1.0)
+                  look_interval=1.0)
     values.update(changes)
     return Options(**values)
 

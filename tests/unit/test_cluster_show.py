@@ -28,7 +28,7 @@ class FakeSite:
 
 
 def snapshot(stdout: str, returncode: int = 0):
-    return Chain(FakeSite(stdout, returncode), Options(hpc_system_url="login1")).snapshot()
+    return Chain(FakeSite(stdout, returncode), Options(login_node="login1")).snapshot()
 
 
 def test_show_output_becomes_a_snapshot():

@@ -52,7 +52,7 @@ def forwarder(tmp_path, monkeypatch):
     monkeypatch.setattr(conditions, "HOME_RECHECK", 0.01)
 
     def make(chain: FakeChain) -> Forwarder:
-        fwd = Forwarder(Options(name="x", hpc_system_url="login1", crash_loop_jobs=3), chain)
+        fwd = Forwarder(Options(name="x", login_node="login1", crash_loop_jobs=3), chain)
         fwd.conditions.backoff = conditions.Backoff(first=0.01, cap=0.04)
         return fwd
     return make

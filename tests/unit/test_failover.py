@@ -12,7 +12,7 @@ from remote_agent import slurm
 @pytest.fixture
 def site(monkeypatch):
     monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
-    return remote.Site(Options(hpc_system_url="login1", fallback_system_url=["login2", "login3"],
+    return remote.Site(Options(login_node="login1", fallback_login_nodes=["login2", "login3"],
                                retries=2))
 
 
@@ -98,8 +98,8 @@ class FakeConnection:
 @pytest.fixture
 def jumped(monkeypatch):
     monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
-    site = remote.Site(Options(hpc_system_url="login1", fallback_system_url=["login2"],
-                               jumphost_url="jump", retries=0))
+    site = remote.Site(Options(login_node="login1", fallback_login_nodes=["login2"],
+                               jumphost="jump", retries=0))
     opened = []
     monkeypatch.setattr(site, "_make", lambda host, user, gateway=None: FakeConnection(
         host, opened, gateway, refuse=host == "login1"))

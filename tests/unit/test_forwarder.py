@@ -52,7 +52,7 @@ def target() -> Endpoint:
 
 
 def test_a_candidate_that_fails_its_probe_leaves_no_forward_behind(tmp_path, monkeypatch):
-    fwd = forwarder.Forwarder(Options(hpc_system_url="login1", fallback_system_url=["login2"]),
+    fwd = forwarder.Forwarder(Options(login_node="login1", fallback_login_nodes=["login2"]),
                               type("Chain", (), {"site": FakeSite()})())
     tunnels = {}
 

@@ -138,8 +138,8 @@ def make(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
 
     def build(chain: FakeChain, answering=(), **options) -> Forwarder:
-        values = dict(name="x", hpc_system_url="login1", crash_loop_jobs=3,
-                      delay_between_server_and_port=0.01, max_attempts_get_server_and_port=3)
+        values = dict(name="x", login_node="login1", crash_loop_jobs=3,
+                      look_interval=0.01, max_looks=3)
         values.update(options)
         fwd = Forwarder(Options(**values), chain)
         fwd.router = FakeRouter(answering)
@@ -236,7 +236,7 @@ async def test_a_starting_job_is_followed_as_soon_as_its_record_serves(make, mon
     from local import forwarder
     monkeypatch.setattr(forwarder, "RECORD_POLL", 0.01)
     chain = FakeChain([running("7")], [record("7", "starting")])
-    fwd = make(chain, answering={"7"}, delay_between_server_and_port=30)
+    fwd = make(chain, answering={"7"}, look_interval=30)
     await fwd._recover_once(None)
     assert fwd._starting == {"7"}
     chain.unknown = True  # any SLURM call now would fail the wait

@@ -24,7 +24,7 @@ def test_runtime_dir_others_can_enter_is_refused(tmp_path, monkeypatch):
 
 
 def test_ssh_command_keeps_host_key_checking():
-    argv = tunnel.ssh_base(Options(hpc_system_url="login1", jumphost_url="jump",
+    argv = tunnel.ssh_base(Options(login_node="login1", jumphost="jump",
                                    jumphost_username="svc", username="alice",
                                    ssh_config="/etc/ssh/ssh_config"))
     assert argv == ["ssh", "-F", "/etc/ssh/ssh_config", "-J", "svc@jump", "-l", "alice",
