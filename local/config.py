@@ -1,17 +1,6 @@
-"""Options of a service: one dataclass, filled from slurm-persist.toml, the
-command line and run_sync's keywords.
-
-``slurm-persist.toml`` in the project directory::
-
-    [defaults]                      # shared by every service below
-    login_node = "login1.example.org"
-    fallback_login_nodes = ["login2.example.org"]
-    jumphost = "jump.example.org"
-    username = "alice"
-
-    [services.model]                # one table per service
-    app_dir = "hpc"
-    local_port = 8642
+"""Options of a service: one dataclass, filled from slurm-persist.toml (a
+[defaults] table, then one [services.NAME] table per service: see the
+README), the command line and run_sync's keywords.
 
 Keys are the fields' names; the original tool's (hpc_system_url, ...) are
 accepted too, at this edge only (a field's `legacy`). Command-line flags win

@@ -22,7 +22,7 @@ from .config import check_script_dir
 
 log = logging.getLogger("slurm_persist.deploy")
 
-SKIP_DIRS = {"__pycache__", ".venv", "venv", ".git", ".pytest_cache"}
+SKIP_DIRS = {"__pycache__", ".venv", "venv", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remote_agent import probe, slurm
+from remote_agent.slurm import capacity
 
 from .cluster import Chain
 from .config import Options
@@ -71,10 +72,10 @@ def _logins(chain: Chain, options: Options) -> list[Check]:
 
 
 def _time_limits(chain: Chain, options: Options, script: str) -> list[Check]:
-    sinfo = chain.site.run(slurm.partitions_argv())
-    limits = slurm.parse_partitions(sinfo.stdout)
+    sinfo = chain.site.run(capacity.partitions_argv())
+    limits = capacity.parse_partitions(sinfo.stdout)
     partition = (slurm.requested(options.sbatch_options, script, "partition")
-                 or slurm.default_partition(sinfo.stdout) or "?")
+                 or capacity.default_partition(sinfo.stdout) or "?")
     wanted = slurm.parse_duration_minutes(slurm.requested(options.sbatch_options, script, "time")
                                           or "")
     most = limits.get(partition)
@@ -89,7 +90,7 @@ def _time_limits(chain: Chain, options: Options, script: str) -> list[Check]:
         checks = [Check("partition time limit", True,
                         f"--time {wanted or 'default'} min within {partition}'s "
                         f"{'UNLIMITED' if most is None else f'{most} min'}")]
-    reservations = slurm.parse_reservations(chain.site.run(slurm.reservations_argv()).stdout)
+    reservations = capacity.parse_reservations(chain.site.run(capacity.reservations_argv()).stdout)
     ahead = [r for r in reservations if r.maintenance and time.time() < r.end
              and r.start < time.time() + MAINT_HORIZON]
     checks.append(Check("maintenance ahead", not ahead, ", ".join(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from remote_agent import slots, slurm
 from remote_agent.lock import WAIT as LOCK_WAIT
+from remote_agent.slurm import capacity
 from remote_agent.spec import Spec
 
 from .remote import COMMAND_TIMEOUT, ClusterError
@@ -115,8 +116,8 @@ class Launch:
         if not taken or any(slurm.requested(options, script, o) for o in ("exclude", "nodelist")):
             return []
         partition = slurm.requested(options, script, "partition")
-        shown = self.chain.run_slurm(slurm.nodes_argv(partition))
-        idle = slurm.parse_idle_cpus(shown.stdout) if shown.returncode == 0 else {}
+        shown = self.chain.run_slurm(capacity.nodes_argv(partition))
+        idle = capacity.parse_idle_cpus(shown.stdout) if shown.returncode == 0 else {}
         need = int(slurm.requested(options, script, "cpus-per-task") or 1)
         return sorted(taken) if any(n not in taken and c >= need for n, c in idle.items()) else []
 

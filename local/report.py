@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from remote_agent import slurm
 from remote_agent.endpoint import Endpoint
+from remote_agent.slurm import capacity
 
 
 def duration(seconds: float) -> str:
@@ -106,7 +107,7 @@ class Report:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def maintenance(reservations: list[slurm.Reservation]) -> str:
+def maintenance(reservations: list[capacity.Reservation]) -> str:
     """A maintenance reservation ahead (7 days) or now: the gap it makes."""
     now = time.time()
     ahead = sorted((r for r in reservations if r.maintenance and now < r.end

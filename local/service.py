@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from remote_agent import slurm
+from remote_agent.slurm import capacity
 
 from . import daemon
 from . import sockets as local_sockets
@@ -235,8 +236,8 @@ def status(options: Options) -> Report:
         # Nothing serves: is it the home? (A job that cannot write its record
         # is invisible otherwise.) One write check, no SLURM call.
         home = chain.home() if not chain.serving(jobs, snap) else None
-        shown = chain.site.run(slurm.reservations_argv())
-        reservations = slurm.parse_reservations(shown.stdout) if shown.returncode == 0 else []
+        shown = chain.site.run(capacity.reservations_argv())
+        reservations = capacity.parse_reservations(shown.stdout) if shown.returncode == 0 else []
     if snap.chain.stopped:
         chain_text = f"stopped: {snap.chain.reason}"
     serving = chain.serving(jobs, snap)

@@ -9,6 +9,6 @@ import pytest
 AGENT = Path(__file__).resolve().parents[2] / "remote_agent"
 
 
-@pytest.mark.parametrize("path", sorted(AGENT.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(AGENT.rglob("*.py")), ids=lambda p: p.name)
 def test_the_agent_parses_as_python_3_8(path):
     ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))

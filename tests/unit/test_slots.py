@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from remote_agent import slots, slurm
 from remote_agent.endpoint import Endpoint, loads
+from remote_agent.slurm import capacity
 from remote_agent.spec import NAME_RE, Spec, SpecError
 
 names = st.from_regex(NAME_RE, fullmatch=True)
@@ -79,7 +80,7 @@ def test_a_record_of_an_agent_before_replicas_still_reads_as_slot_0():
 def test_idle_cpus_count_only_nodes_that_take_jobs_now():
     text = ("node1|4/0/0/4|alloc\nnode2|1/3/0/4|mix\nnode3|0/4/0/4|idle\n"
             "node4|0/4/0/4|idle*\nnode5|0/0/4/4|drain\nnode6|0/4/0/4|idle~\n")
-    assert slurm.parse_idle_cpus(text) == {"node2": 3, "node3": 4}
+    assert capacity.parse_idle_cpus(text) == {"node2": 3, "node3": 4}
 
 
 def test_excluded_nodes_go_last_on_sbatch_s_command_line():

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remote_agent import slurm
-from remote_agent.slurm import SlurmUnknown
+from remote_agent.slurm import SlurmUnknown, capacity
 from remote_agent.spec import Spec, SpecError
 
 
@@ -179,8 +179,8 @@ def test_an_answer_that_succeeded_is_never_asked_again(returncode, stderr):
 
 def test_partitions_and_their_time_limits():
     text = "debug*|1-00:00:00\ngpu|4:00:00\nlong|infinite\n"
-    assert slurm.parse_partitions(text) == {"debug": 1440, "gpu": 240, "long": None}
-    assert slurm.default_partition(text) == "debug"
+    assert capacity.parse_partitions(text) == {"debug": 1440, "gpu": 240, "long": None}
+    assert capacity.default_partition(text) == "debug"
 
 
 def test_maintenance_reservations_are_told_apart():
@@ -188,10 +188,10 @@ def test_maintenance_reservations_are_told_apart():
             "Duration=04:00:00 Nodes=node[1-2] Flags=MAINT,SPEC_NODES\n"
             "ReservationName=course StartTime=2026-12-02T08:00:00 EndTime=2026-12-02T10:00:00 "
             "Flags=IGNORE_JOBS\n")
-    found = slurm.parse_reservations(text)
+    found = capacity.parse_reservations(text)
     assert [(r.name, r.maintenance) for r in found] == [("maint", True), ("course", False)]
     assert found[0].end - found[0].start == 4 * 3600
-    assert slurm.parse_reservations("No reservations in the system\n") == []
+    assert capacity.parse_reservations("No reservations in the system\n") == []
 
 
 def test_an_option_on_the_command_line_wins_over_the_script():

@@ -4,7 +4,8 @@ Builds argv lists (never shell strings: a caller that must go through a
 shell joins them with ``shlex.join``) and parses what the commands print.
 Used by the agent inside jobs and, over SSH, by the local side.
 
-Job state is three-valued: a query that succeeds says which jobs exist (an
+What the cluster offers (partitions, free nodes, reservations) is in
+slurm.capacity. Job state is three-valued: a query that succeeds says which jobs exist (an
 empty answer means *gone*); a query that fails or prints garbage raises
 :class:`SlurmUnknown`, which never counts as gone. squeue exits non-zero
 both for a vanished job id and for an unreachable controller, so chains are
@@ -16,10 +17,10 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-from . import layout, slots
-from .spec import Spec
+from .. import layout, slots
+from ..spec import Spec
 
 ACTIVE_STATES = frozenset({
     "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
@@ -245,75 +246,6 @@ def parse_duration_minutes(text: str) -> Optional[int]:
     # With days the first number is hours; without, minutes unless there are three.
     hours, minutes = nums[:2] if dash or len(parts) == 3 else (0, nums[0])
     return int(days) * 1440 + hours * 60 + minutes
-
-
-def partitions_argv() -> List[str]:
-    return ["sinfo", "--noheader", "--format=%P|%l"]
-
-
-def parse_partitions(text: str) -> Dict[str, Optional[int]]:
-    """Partition -> MaxTime in minutes (None: UNLIMITED); the default's '*' dropped."""
-    limits: Dict[str, Optional[int]] = {}
-    for line in text.splitlines():
-        if "|" not in line:
-            continue
-        name, _, limit = line.strip().partition("|")
-        limits[name.rstrip("*")] = parse_duration_minutes(limit)
-    return limits
-
-
-def nodes_argv(partition: Optional[str] = None) -> List[str]:
-    return ["sinfo", "--noheader", "--Node", "--format=%N|%C|%t",
-            *([f"--partition={partition}"] if partition else [])]
-
-
-def parse_idle_cpus(text: str) -> Dict[str, int]:
-    """Node -> idle CPUs, for nodes that take jobs now: idle or mixed, with
-    no suffix (not responding '*', powered off '~', reserved '$', ...)."""
-    idle: Dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) != 3 or parts[1].count("/") != 3:
-            continue
-        node, cpus, state = parts
-        counts = cpus.split("/")
-        if state in ("idle", "mix") and counts[1].isdigit():
-            idle[node] = int(counts[1])
-    return idle
-
-
-def default_partition(text: str) -> Optional[str]:
-    return next((line.split("|")[0].rstrip("*") for line in text.splitlines()
-                 if line.split("|")[0].endswith("*")), None)
-
-
-def reservations_argv() -> List[str]:
-    return ["scontrol", "--oneliner", "show", "reservation"]
-
-
-@dataclass(frozen=True)
-class Reservation:
-    name: str
-    start: float
-    end: float
-    flags: str
-
-    @property
-    def maintenance(self) -> bool:
-        return "MAINT" in self.flags.split(",")
-
-
-def parse_reservations(text: str) -> List[Reservation]:
-    """`scontrol --oneliner show reservation`: one reservation a line, key=value."""
-    found = []
-    for line in text.splitlines():
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        start = parse_timestamp(fields.get("StartTime", ""))
-        end = parse_timestamp(fields.get("EndTime", ""))
-        if "ReservationName" in fields and start is not None and end is not None:
-            found.append(Reservation(fields["ReservationName"], start, end,
-                                     fields.get("Flags", "")))
-    return found
 
 
 def requested(options: Sequence[str], script: str, name: str) -> Optional[str]:
