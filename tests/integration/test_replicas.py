@@ -51,6 +51,7 @@ def test_two_replicas_share_the_load_on_two_nodes_and_roll_over_apart(start_up, 
     # may give less, down to its --time-min, when that starts it sooner).
     assert first[3] == "10:00" and int(second[3].split(":")[0]) <= 5, (first, second)
     assert first[2] != second[2]  # the sandbox's two nodes were idle: one each
+    wait_for("both replicas answering", lambda: len(answered_by(up.port)) == 2, timeout=60)
     with Load(up.port, every=0.05) as load:
         time.sleep(8)
     served = {job: sum(1 for r in load.results if r[2] == job) for job in load.jobs()}
@@ -151,3 +152,9 @@ def app_hashes(cluster, up) -> set[str]:
 
 def load_jobs(results) -> list[str]:
     return sorted({job for _, _, job, _ in results if job})
+
+
+def answered_by(port: int) -> set[str]:
+    with Load(port, every=0.05) as load:
+        time.sleep(1)
+    return set(load.jobs())
