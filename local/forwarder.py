@@ -49,9 +49,6 @@ log = logging.getLogger("slurm_persist.forwarder")
 
 # While a running job does not serve yet: how often to read its record.
 RECORD_POLL = 0.5
-# While other routes serve: how long before a job whose route did not
-# answer is tried again (a stopped node's record serves on for minutes).
-CANDIDATE_RETRY = 30.0
 
 
 class NeverServed(Exception):
@@ -69,7 +66,6 @@ class Forwarder:
         self.events = Summariser(log.warning)
         self.served = Served()
         self._starting: set[str] = set()  # running jobs whose record does not serve yet
-        self._retry_at: dict[str, float] = {}  # candidates that did not answer, while others serve
         self.hooks = Hooks(options.on_event, options.name)
         self.starter = Starter(options, chain, self.served, self.hooks)
         self.conditions = self.starter.conditions
@@ -120,6 +116,7 @@ class Forwarder:
 
     async def close(self) -> None:
         self.clients.close()
+        self.refill.close()
         await self.router.close()
         await self.hooks.close()
         self.metrics.close()
@@ -149,10 +146,10 @@ class Forwarder:
             self.healthy.set()
             current = {slot: r.endpoint for slot, r in self.router.routes.items()}
             for target in await self.handover.later_serving(current, self.options.replicas):
-                if time.monotonic() >= self._retry_at.get(target.job_id, 0) and \
-                        not await self._switch(target, session):
-                    # Its probe may take PROBE_TIMEOUT: not every heartbeat.
-                    self._retry_at[target.job_id] = time.monotonic() + CANDIDATE_RETRY
+                if target.slot in self.router.routes:  # a handover within the slot
+                    await self._switch(target, session)
+                else:
+                    self.refill.adopt(target, lambda t: self._switch(t, session))
             await self.refill.look(len(self.router.routes))
             for route in list(self.router.routes.values()):
                 await self.handover.warn_near_end(route.endpoint)

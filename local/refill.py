@@ -1,4 +1,4 @@
-"""Replicas: every slot keeps a chain of its own.
+"""Replicas: every slot keeps a chain of its own, and a route once it serves.
 
 While other slots serve, a slot may lose both its jobs (a node lost with
 its queued successor, a crash in both): it is started again. SLURM is
@@ -6,6 +6,11 @@ asked at most every LOOK_EVERY seconds, and only while fewer routes serve
 than there are replicas. A slot started crash_loop_jobs times in a row
 without serving is given up (logged once) until it serves again; the other
 slots carry the service meanwhile.
+
+A slot that serves but has no route gets one built in the background: a
+stopped node's record says serving until SLURM notices (30 s on the
+sandbox, 300 s by default), its probe takes up to PROBE_TIMEOUT per login
+node, and meanwhile the heartbeat must go on probing the other replicas.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from remote_agent import slurm
+from remote_agent.endpoint import Endpoint
 
 from .cluster import Chain
 from .config import Options
@@ -25,6 +32,8 @@ log = logging.getLogger("slurm_persist.refill")
 # One squeue a minute while a slot is missing: a restarted slot waits in
 # the queue for minutes anyway, and the service is up on the others.
 LOOK_EVERY = 60.0
+# A job whose route did not answer is tried again after this.
+CANDIDATE_RETRY = 30.0
 
 
 class Refill:
@@ -33,6 +42,25 @@ class Refill:
         self._unserved_starts: dict[int, int] = {}
         self.given_up: set[int] = set()
         self._next_look = 0.0
+        self._adopting: dict[int, asyncio.Future] = {}
+        self._retry_at: dict[str, float] = {}
+
+    def adopt(self, target: Endpoint, switch: Callable[[Endpoint], Awaitable[bool]]) -> None:
+        """Build a route to a serving slot that has none, in the background."""
+        if target.slot in self._adopting or time.monotonic() < self._retry_at.get(target.job_id, 0):
+            return
+
+        async def attempt() -> None:
+            try:
+                if not await switch(target):
+                    self._retry_at[target.job_id] = time.monotonic() + CANDIDATE_RETRY
+            finally:
+                self._adopting.pop(target.slot, None)
+        self._adopting[target.slot] = asyncio.ensure_future(attempt())
+
+    def close(self) -> None:
+        for task in list(self._adopting.values()):
+            task.cancel()
 
     def served(self, slot: int) -> None:
         self._unserved_starts.pop(slot, None)

@@ -31,7 +31,11 @@ class Router:
         self.options, self.site, self.runtime = options, site, runtime
         self.routes: dict[int, Route] = {}
         self._turn = 0
-        self._tunnels: dict[str, Tunnel] = {}
+        # One master per login node and slot: sshd serves a session in one
+        # process, and a replica whose node vanished stalled it (each channel
+        # open waits on the resolver for the gone node's name), which took
+        # the other replica's probe down with it (sandbox, node stopped).
+        self._tunnels: dict[tuple[str, int], Tunnel] = {}
         self._retiring: set[asyncio.Future] = set()
         self._routes_retiring: set[Route] = set()
         self._extra_masters = 0
@@ -42,7 +46,7 @@ class Router:
         node that can carry it; None when none can."""
         for login in self.logins(target):
             try:
-                tunnel = await self.tunnel(login)
+                tunnel = await self.tunnel(login, target.slot)
                 route = Route(target, tunnel, await tunnel.forward(target.remote),
                               widen=functools.partial(self.extra_tunnel, login))
             except TunnelError as exc:
@@ -117,20 +121,20 @@ class Router:
         order = self.site.order()
         return [current] + [n for n in order if n != current] if current else order
 
-    async def tunnel(self, login: str) -> Tunnel:
-        tunnel = self._tunnels.get(login)
+    async def tunnel(self, login: str, slot: int = 0) -> Tunnel:
+        tunnel = self._tunnels.get((login, slot))
         if tunnel is None or not tunnel.alive:
-            index = self.options.login_nodes.index(login)
+            # c0, c1 ... for slot 0 as before; slot k's from k * 100 on.
+            index = slot * 100 + self.options.login_nodes.index(login)
             tunnel = Tunnel(self.options, login, index, self.runtime)
             await tunnel.start()
-            self._tunnels[login] = tunnel
+            self._tunnels[(login, slot)] = tunnel
         return tunnel
 
     async def extra_tunnel(self, login: str) -> Tunnel:
         """Another ssh master to login, for a route whose lanes are full."""
         self._extra_masters += 1
-        index = len(self.options.login_nodes) * self._extra_masters + \
-            self.options.login_nodes.index(login)
+        index = 10000 + self._extra_masters  # apart from the slots' c0, c1, c100 ...
         tunnel = Tunnel(self.options, login, index, self.runtime)
         try:
             await tunnel.start()

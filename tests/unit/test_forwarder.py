@@ -56,7 +56,7 @@ def test_a_candidate_that_fails_its_probe_leaves_no_forward_behind(tmp_path, mon
                               type("Chain", (), {"site": FakeSite()})())
     tunnels = {}
 
-    async def tunnel(login):
+    async def tunnel(login, slot=0):
         return tunnels.setdefault(login, FakeTunnel(login, tmp_path))
     monkeypatch.setattr(fwd.router, "tunnel", tunnel)
 
