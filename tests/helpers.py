@@ -80,8 +80,9 @@ def site_args(cluster, name: str, *extra: str) -> list[str]:
 
 
 def up_args(cluster, name: str, port: int, *extra: str) -> list[str]:
+    own_app = any(a in extra for a in ("--local-hpc-script-dir", "--app-dir"))
     return ["up", *site_args(cluster, name), "--local-port", str(port),
-            "--local-hpc-script-dir", HPC, "--heartbeat-time", "2",
+            *([] if own_app else ["--local-hpc-script-dir", HPC]), "--heartbeat-time", "2",
             "--delay-between-server-and-port", "1", *extra]
 
 

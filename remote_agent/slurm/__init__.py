@@ -138,10 +138,16 @@ def time_min(spec: Spec, script: str, limit: Optional[int] = None) -> Optional[i
     whose limit would cross a maintenance reservation is otherwise held
     until after it, and the chain's gap grows by the whole wait. Shorter
     than its warning plus a minute (or the overlap plus one) a job is of no
-    use, and a limit SLURM does not know (the site's default) is left alone."""
+    use, and a limit SLURM does not know (the site's default) is left alone.
+    Nor below half the limit asked: backfill starts a job at its --time-min
+    when higher-priority jobs wait, and on the sandbox every such job of a
+    chain got 3 of its 6 or 10 minutes, each one more rollover and one more
+    wait in the queue."""
     wanted = limit or parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
-    floor = max(2, -(-spec.warn_seconds // 60) + 1, spec.overlap_minutes + 1)
-    return floor if wanted is not None and floor < wanted else None
+    if wanted is None:
+        return None
+    floor = max(2, -(-spec.warn_seconds // 60) + 1, spec.overlap_minutes + 1, wanted // 2)
+    return floor if floor < wanted else None
 
 
 def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "", slot: int = 0,

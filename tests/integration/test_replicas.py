@@ -68,14 +68,15 @@ def test_two_replicas_share_the_load_on_two_nodes_and_roll_over_apart(start_up, 
 def test_a_busy_queue_empties_one_replica_not_two(start_up, cluster, alice, mallory):
     """Another user's jobs fill the nodes and outrank ours (scontrol sets
     their priority, as fair-share does for a service running 24/7): each
-    service's first rollover waits in the queue until they are cancelled.
-    The one-replica service is down meanwhile; the two-replica one, whose
-    other slot rolls over later, serves every request."""
-    two = start_up("busy2", "--replicas", "2", "--sbatch-option=--time=6")
-    one = start_up("busy1", "--sbatch-option=--time=3")
+    service's first rollover waits in the queue until they are cancelled,
+    two minutes later. The one-replica service is down meanwhile; the
+    two-replica one, whose other slot rolls over minutes later, serves every
+    request."""
+    two = start_up("busy2", "--replicas", "2", "--sbatch-option=--time=10")
+    one = start_up("busy1", "--sbatch-option=--time=4")
     two.wait_serving()
     one.wait_serving()
-    wait_for("both of busy2's slots running", lambda: len(running(alice, "busy2")) == 2,
+    wait_for("both of busy2's slots answering", lambda: len(answered_by(two.port)) == 2,
              timeout=120)
     idle = int(alice.out("sinfo -h -o %C").split("/")[1])
     fill = "sbatch --parsable -J bob-fill --wrap 'sleep 900'"
@@ -88,7 +89,11 @@ def test_a_busy_queue_empties_one_replica_not_two(start_up, cluster, alice, mall
     try:
         with Load(two.port, every=0.05, timeout=150) as load2, \
                 Load(one.port, every=0.05, timeout=150) as load1:
-            while time.time() - t0 < 240:  # the 3-minute jobs roll over 90 s in
+            # Until busy2's slot 1 (5 minutes, its warning 90 s before) has
+            # waited two minutes for its successor.
+            while time.time() - t0 < 420 and not any(
+                    k.startswith("sp-busy2+1:") and time.time() - v >= 120
+                    for k, v in waits.items()):
                 reasons: dict[str, str] = {}
                 slots(alice, "busy", reasons)
                 for job, reason in reasons.items():
@@ -97,7 +102,7 @@ def test_a_busy_queue_empties_one_replica_not_two(start_up, cluster, alice, mall
                 time.sleep(5)
             mallory.run("scancel -u mallory")
             released = time.time()
-            time.sleep(60)  # busy2's slot 0 rolls over now, its successor starts at once
+            time.sleep(30)
     finally:
         mallory.run("scancel -u mallory", check=False)
     waited = {k: round(released - v) for k, v in waits.items()}
@@ -107,7 +112,7 @@ def test_a_busy_queue_empties_one_replica_not_two(start_up, cluster, alice, mall
           f"longest {load2.outage_after(t0):.1f}s; "
           f"replicas=1 requests {len(load1.results)} failed {len(load1.failures())} "
           f"longest {gap1:.1f}s")
-    assert any(k.startswith("sp-busy2+1:") and v >= 60 for k, v in waited.items()), waited
+    assert any(k.startswith("sp-busy2+1:") and v >= 110 for k, v in waited.items()), waited
     assert any(k.startswith("sp-busy1:") and v >= 60 for k, v in waited.items()), waited
     assert not load2.failures()
     assert gap1 >= 60 or load1.failures()  # the premise: one replica alone was down

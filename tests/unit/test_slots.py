@@ -58,7 +58,7 @@ def test_sbatch_names_the_slot_and_a_staggered_limit_comes_last():
     assert "--job-name=sp-x+1" in argv
     times = [a for a in argv if a.startswith("--time=")]
     assert times == ["--time=60", "--time=30"]
-    assert argv[-2] == "--time-min=3"  # under the staggered limit, after it
+    assert argv[-2] == "--time-min=15"  # half the staggered limit, after it
 
 
 def test_replicas_out_of_range_are_refused():

@@ -204,9 +204,11 @@ def test_an_option_on_the_command_line_wins_over_the_script():
 def test_a_job_may_be_shortened_to_fit_before_a_maintenance_but_not_below_use():
     script = "#!/bin/bash\n#SBATCH --time=00:30:00\n"
     argv = slurm.sbatch_argv(spec(), script=script)
-    assert "--time-min=3" in argv  # a 90 s warning plus a minute, rounded up
-    overlapping = slurm.sbatch_argv(spec(overlap_minutes=10), script=script)
-    assert "--time-min=11" in overlapping
+    assert "--time-min=15" in argv  # half the limit asked, at least
+    overlapping = slurm.sbatch_argv(spec(overlap_minutes=20), script=script)
+    assert "--time-min=21" in overlapping  # and more than the overlap
+    five = slurm.sbatch_argv(spec(sbatch_options=["--time=5"]), script=script)
+    assert "--time-min=3" in five  # a 90 s warning plus a minute, rounded up
     short = slurm.sbatch_argv(spec(sbatch_options=["--time=2"]), script=script)
     assert not any(a.startswith("--time-min") for a in short)  # no room to shorten
     assert not any(a.startswith("--time-min") for a in slurm.sbatch_argv(spec(), script=""))
