@@ -429,3 +429,47 @@ def load_jobs(port: int) -> list[str]:
     with Load(port, every=0.05) as load:
         time.sleep(1)
     return load.jobs()
+
+
+def chains_per_slot(alice, name: str) -> list[str]:
+    return sorted(alice.out(f"squeue -h -u alice -n sp-{name},sp-{name}+1 -o %j:%T").split())
+
+
+def one_chain_per_slot(alice, name: str) -> None:
+    want = [f"sp-{name}+1:PENDING", f"sp-{name}+1:RUNNING", f"sp-{name}:PENDING",
+            f"sp-{name}:RUNNING"]
+    wait_for("one running job and one queued successor per slot",
+             lambda: chains_per_slot(alice, name) == want, timeout=240)
+
+
+TWO_REPLICA_FAULTS = {"scancel": "scancel of one replica's job", "login1": "login1 stopped",
+                      "ssh-master": "local ssh master of one replica killed"}
+
+
+@pytest.mark.parametrize("fault", list(TWO_REPLICA_FAULTS))
+def test_faults_with_two_replicas(serve, alice, faults, report, fault):
+    """The faults of one chain, with two: the other replica serves on, and
+    each slot ends with exactly one chain."""
+    name = f"f2-{fault}"
+    up = serve(name, "--replicas", "2")
+    wait_for("both replicas answering", lambda: len(set(load_jobs(up.port))) == 2, timeout=120)
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / f"slurm-persist-{os.getuid()}" / name
+    with Load(up.port, timeout=120) as load:
+        time.sleep(2)
+        t0 = time.time()
+        if fault == "scancel":
+            alice.run(f"scancel {alice.out(f'squeue -h -n sp-{name} -t RUNNING -o %i')}")
+        elif fault == "login1":
+            faults.stop("login1")
+            wait_for("serving through login2", lambda: "login=login2 state=serving"
+                     in up.log.read_text(), timeout=120)
+        else:
+            subprocess.run(["pkill", "-KILL", "-f", "--", f"-S {runtime}/c0 -N"], check=True)
+        time.sleep(15)
+    print(f"two replicas, {fault}: requests {len(load.results)} failed {len(load.failures())} "
+          f"longest {load.outage_after(t0):.2f}s served by {load.jobs()}")
+    assert not load.failures(), load.failures()[:3]
+    report(f"{TWO_REPLICA_FAULTS[fault]}, replicas = 2",
+           "the other replica serves on; the slot recovers", load.outage_after(t0), load)
+    faults.restore()
+    one_chain_per_slot(alice, name)
