@@ -65,6 +65,7 @@ def test_two_replicas_share_the_load_on_two_nodes_and_roll_over_apart(start_up, 
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 def test_a_busy_queue_empties_one_replica_not_two(start_up, cluster, alice, mallory):
     """Another user's jobs fill the nodes and outrank ours (scontrol sets
     their priority, as fair-share does for a service running 24/7): each
