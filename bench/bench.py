@@ -45,11 +45,12 @@ class Settings:
     slurm_window: float = 300.0
     idle_window: float = 30.0
     overlap: bool = True
+    busy_seconds: float = 20.0
 
     @classmethod
     def short(cls) -> Settings:
         return cls(download_bytes=20 * 10**6, requests=100, slurm_window=20.0, idle_window=5.0,
-                   overlap=False)
+                   overlap=False, busy_seconds=5.0)
 
 
 class Bench:
@@ -120,6 +121,8 @@ class Bench:
             self.step("startup warm")
             self.results["startup_warm_s"] = self.up(name)
             self.down(name)
+            self.step("replicas")
+            self.results["replicas"] = self.replicas(name)
             if self.s.overlap:
                 self.step("overlap rollover")
                 self.up(name, "--sbatch-option=--time=2", "--overlap-minutes", "1",
@@ -129,6 +132,23 @@ class Bench:
             self.down(name)
         self.step("done")
         return self.results
+
+    def replicas(self, name: str) -> dict:
+        """A CPU-bound endpoint (GET /work?ms=20) from 8 clients at once,
+        served by one replica, then by two (on the sandbox's two nodes)."""
+        rows = {}
+        for count in (1, 2):
+            service, port = f"{name}-r{count}", free_port()
+            try:
+                self.up(service, "--replicas", str(count), port=port)
+                deadline = time.monotonic() + 90
+                while (len(client.busy_rate("127.0.0.1", port, 1, 4, 1)["jobs"]) < count
+                       and time.monotonic() < deadline):
+                    time.sleep(1)
+                rows[str(count)] = client.busy_rate("127.0.0.1", port, self.s.busy_seconds, 8, 20)
+            finally:
+                self.down(service)
+        return rows
 
     def throughput(self, name: str) -> None:
         args = (self.s.download_bytes, self.s.requests)
@@ -286,6 +306,12 @@ def table(results: dict) -> str:
               f" | < 60 MB, < 1% |",
               f"| forwarder at 50 req/s | {fwd['under_load_50rps']['rss_mb']} MB RSS, "
               f"{fwd['under_load_50rps']['cpu_percent']}% CPU | |"]
+    if "replicas" in results:
+        one, two = results["replicas"]["1"], results["replicas"]["2"]
+        lines.append(f"| CPU-bound endpoint (20 ms a request, 8 clients): 1 replica, 2 replicas "
+                     f"| {one['req_per_s']} and {two['req_per_s']} req/s "
+                     f"({two['req_per_s'] / max(one['req_per_s'], 0.1):.2f}x; "
+                     f"{one['failed'] + two['failed']} failed) | close to 2x |")
     if "rollover_overlap" in results:
         roll = results["rollover_overlap"]
         lines.append(f"| rollover with overlap | {roll['failed']} of {roll['requests']} requests "

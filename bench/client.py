@@ -126,6 +126,30 @@ class Load:
         return min(times) - after if times else float("inf")
 
 
+def busy_rate(host: str, port: int, seconds: float, clients: int, ms: int) -> dict:
+    """Requests/s of GET /work?ms=ms from `clients` threads for `seconds`,
+    each on a new connection, and which jobs answered."""
+    done: list[str] = []
+    failed = [0]
+    stop = time.monotonic() + seconds
+
+    def one_client() -> None:
+        while time.monotonic() < stop:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}/work?ms={ms}",
+                                            timeout=60) as response:
+                    done.append(json.loads(response.read())["job_id"])
+            except OSError:
+                failed[0] += 1
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"req_per_s": round(len(done) / seconds, 1), "failed": failed[0],
+            "jobs": sorted(set(done))}
+
+
 def wait_port(host: str, port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -64,6 +64,16 @@ async def data(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def work(request: web.Request) -> web.Response:
+    """GET /work?ms=N computes for N ms, holding the event loop as a model's
+    forward pass holds its GPU or the GIL: a CPU-bound endpoint."""
+    until = time.perf_counter() + int(request.query.get("ms", "20")) / 1000
+    spins = 0
+    while time.perf_counter() < until:
+        spins += 1
+    return web.json_response({"spins": spins, **job_info()})
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """GET /ws echoes each message, prefixed with the job that answered."""
     ws = web.WebSocketResponse(heartbeat=None)
@@ -82,7 +92,8 @@ def app() -> web.Application:
     application = web.Application(client_max_size=1024 ** 3)
     application.add_routes([web.get("/", index), web.post("/", echo),
                             web.post("/echo", echo), web.get("/health", health),
-                            web.get("/bytes", data), web.get("/ws", websocket)])
+                            web.get("/bytes", data), web.get("/ws", websocket),
+                            web.get("/work", work)])
     return application
 
 

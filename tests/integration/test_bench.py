@@ -22,6 +22,9 @@ def test_bench_short_mode_produces_every_figure(cluster, tmp_path):
     assert results["recovery_scancel"]["seconds"] is not None
     assert results["forwarder"]["idle"]["rss_mb"] > 0
     assert "slurm_calls_per_hour" in results
+    replicas = results["replicas"]
+    assert len(replicas["1"]["jobs"]) == 1 and len(replicas["2"]["jobs"]) == 2
+    assert replicas["1"]["req_per_s"] > 0 and replicas["2"]["req_per_s"] > 0
     report = table(results)
     assert report.count("\n|") >= 12
     json.dumps(results)  # what `invoke bench` writes
