@@ -232,7 +232,11 @@ class Chain:
         self.on_slurm()
         script = Path(self.options.local_hpc_script_dir) / "slurm.sbatch"
         text = script.read_text() if script.is_file() else ""
-        result = self.site.run(slurm.sbatch_argv(self.spec(), script=text), elsewhere=_failed_here)
+        shown = self.site.run(slurm.reservations_argv())  # for --time-min (slurm.time_min)
+        reservations = slurm.parse_reservations(shown.stdout) if shown.returncode == 0 else []
+        result = self.site.run(slurm.sbatch_argv(self.spec(), script=text,
+                                                 reservations=reservations),
+                               elsewhere=_failed_here)
         try:
             job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         except slurm.SlurmUnknown as exc:

@@ -22,6 +22,7 @@ from .endpoint import Endpoint
 from .entry import Entry
 from .gate import Gate
 from .joblog import SERVER_CAP, Capped, Summariser, flush_every, write_fd
+from .maintenance import Maintenance
 from .publisher import Publisher
 from .reverse import Reverse
 from .server import Server
@@ -55,6 +56,7 @@ class Agent:
                            if spec.mode == "reverse" else None)
         self.ends_at: Optional[float] = None
         self.keeper = Successor(spec, job_id, user, self.say, self.events)
+        self.maintenance: Optional[Maintenance] = None
         self.record: Optional[Endpoint] = None
         self.stop_reason: Optional[str] = None
         self._wake = asyncio.Event()
@@ -80,6 +82,10 @@ class Agent:
     async def _live(self) -> int:
         own = await self.keeper.own_job()
         self.ends_at = self.server.ends_at = own.end_epoch() if own else None
+        if not self.spec.overlap_minutes:
+            self.maintenance = Maintenance(slurm.shortest_minutes(self.spec, self.keeper.script()),
+                                           self.ends_at, self.spec.warn_seconds,
+                                           self.keeper.slurm, self.say)
         successor_task = asyncio.ensure_future(self.keeper.keep(own))
         if not await self._open_gate():
             return await self._failed_job(successor_task)
@@ -100,7 +106,7 @@ class Agent:
         if self.spec.listen == "tcp":
             self.say("listen=tcp warning=%r", "other users' processes on this node can "
                      "reach the server's loopback port; use listen = unix if it can")
-        await self._supervise()
+        await self._supervise(successor_task)
         await self._shutdown(successor_task)
         return 0
 
@@ -139,11 +145,13 @@ class Agent:
         self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, successor_task: asyncio.Future) -> None:
         """Until a signal, a handover or restarts run out."""
         watchers: List[asyncio.Future] = [asyncio.ensure_future(self._watch_server())]
         if self.spec.overlap_minutes:
             watchers.append(asyncio.ensure_future(self._handover()))
+        if self.maintenance is not None:
+            watchers.append(asyncio.ensure_future(self._before_maintenance(successor_task)))
         if self.entry.carrying is not None:
             # Shielded: its ssh must outlive this, to carry the drain.
             watchers.append(asyncio.shield(self.entry.carrying))
@@ -191,6 +199,17 @@ class Agent:
         await self.keeper.watch_for_serving()
         self._finish("handed over")
 
+    async def _before_maintenance(self, successor_task: asyncio.Future) -> None:
+        async def release() -> bool:
+            if (not successor_task.done() or successor_task.cancelled()
+                    or successor_task.exception() is not None or not successor_task.result()):
+                return False
+            await self.keeper.release(successor_task)
+            return True
+        assert self.maintenance is not None
+        await self.maintenance.watch(release, self.keeper.watch_for_serving)
+        self._finish("handed over")
+
     # -- signals and records ---------------------------------------------
 
     def _install_signals(self) -> None:
@@ -205,6 +224,12 @@ class Agent:
         keep serving until it does (or SLURM ends this job)."""
         if self.spec.overlap_minutes:
             self.say("state=time-limit-near action=wait-for-successor")
+            return
+        ahead = self.maintenance.serves_to_end() if self.maintenance else None
+        if ahead is not None:
+            # Its successor waits until the maintenance has ended whatever
+            # this job does: serve on until SLURM ends it.
+            self.say("state=time-limit-near action=serve-to-end maintenance=%s", ahead.name)
             return
         self._finish(TIME_LIMIT_NEAR)
 

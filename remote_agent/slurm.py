@@ -131,23 +131,41 @@ def failed_on_node(returncode: int, stderr: str) -> bool:
     return returncode != 0 and (returncode == NOT_FOUND or bool(_NOT_ACTED_ON.search(stderr)))
 
 
-def time_min(spec: Spec, script: str) -> Optional[int]:
-    """--time-min for a job of this chain, or None. With it, the scheduler
-    may start a job with a shorter limit rather than not at all: a job
-    whose limit would cross a maintenance reservation is otherwise held
-    until after it, and the chain's gap grows by the whole wait. Shorter
-    than its warning plus a minute (or the overlap plus one) a job is of no
-    use, and a limit SLURM does not know (the site's default) is left alone."""
+def shortest_minutes(spec: Spec, script: str) -> Optional[int]:
+    """The shortest limit a job of this chain is of use with, or None when
+    it cannot be shortened: shorter than its warning plus a minute (or the
+    overlap plus one) a job is of no use, and a limit SLURM does not know
+    (the site's default) is left alone."""
     wanted = parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
     floor = max(2, -(-spec.warn_seconds // 60) + 1, spec.overlap_minutes + 1)
     return floor if wanted is not None and floor < wanted else None
 
 
-def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "") -> List[str]:
+def time_min(spec: Spec, script: str, reservations: Sequence[Reservation] = (),
+             start: Optional[float] = None) -> Optional[int]:
+    """--time-min for a job of this chain expected to start at `start` (now
+    by default), or None. A job whose limit would cross a maintenance
+    reservation is held until after it, and the chain's gap grows by the
+    whole wait; with --time-min the scheduler may start it with a shorter
+    limit instead. Only then: SLURM (22.05, backfill) starts every job that
+    carries --time-min with that limit, reservation or not, and a chain of
+    8-hour jobs would roll over every few minutes."""
+    shortest = shortest_minutes(spec, script)
+    wanted = parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
+    if shortest is None or wanted is None:
+        return None
+    when = time.time() if start is None else start
+    return shortest if maintenance_ahead(reservations, when, wanted) is not None else None
+
+
+def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "",
+                reservations: Sequence[Reservation] = (),
+                start: Optional[float] = None) -> List[str]:
     """The job's paths go in sbatch's own environment, which --export=ALL
     copies as it is. Written into --export's list instead, a quote or a
     comma in a path makes sbatch drop the variables, and the job fails.
-    script: the job script's text, for the --time it asks for."""
+    script: the job script's text, for the --time it asks for; reservations
+    and start: for --time-min (see time_min)."""
     argv = [
         "env", f"SLURM_PERSIST_SERVICE_DIR={spec.service_dir}",
         f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
@@ -162,7 +180,7 @@ def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "") 
         "--no-requeue",
         *spec.sbatch_options,
     ]
-    shortest = time_min(spec, script)
+    shortest = time_min(spec, script, reservations, start)
     if shortest is not None and not any(o.startswith("--time-min") for o in spec.sbatch_options):
         argv.append(f"--time-min={shortest}")
     if dependency:
@@ -289,6 +307,29 @@ def parse_reservations(text: str) -> List[Reservation]:
             found.append(Reservation(fields["ReservationName"], start, end,
                                      fields.get("Flags", "")))
     return found
+
+
+def maintenance_ahead(reservations: Sequence[Reservation], start: float,
+                      minutes: int) -> Optional[Reservation]:
+    """The first maintenance reservation that a job starting at `start`
+    cannot run `minutes` before (it starts too soon, or is under way): with
+    --time-min that job waits until the reservation has ended."""
+    blocking = [r for r in reservations
+                if r.maintenance and r.end > start and r.start < start + minutes * 60]
+    return min(blocking, key=lambda r: r.start) if blocking else None
+
+
+def early_release(reservations: Sequence[Reservation], warning: float, minutes: int,
+                  lead: float) -> Optional[float]:
+    """When to release the successor, instead of at this job's time-limit
+    warning, so that it starts early enough to run its `minutes` before the
+    maintenance that a successor released at `warning` would wait behind;
+    `lead` is the scheduler's time to start a released job. None: no such
+    maintenance, or it has begun by then."""
+    ahead = maintenance_ahead(reservations, warning, minutes)
+    if ahead is None or ahead.start <= warning:
+        return None
+    return ahead.start - minutes * 60 - lead
 
 
 def requested(options: Sequence[str], script: str, name: str) -> Optional[str]:

@@ -49,7 +49,7 @@ class Successor:
                 if later:
                     self.say("successor=%s state=queued", ",".join(later))
                     return later[0]
-                successor = await self._sbatch(self._dependency(own))
+                successor = await self._sbatch(self._dependency(own), self._expected_start(own))
                 self.say("successor=%s state=submitted", successor)
                 return successor
             except slurm.SlurmUnknown as exc:
@@ -111,11 +111,21 @@ class Successor:
         rc, out, err = await self.slurm(slurm.squeue_argv(self.user, **query))
         return slurm.interpret_squeue(rc, out, err)
 
-    async def _sbatch(self, dependency: str) -> str:
-        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency, self._script()))
+    def _expected_start(self, own: Optional[slurm.Job]) -> Optional[float]:
+        """About when the successor starts: at this job's warning, or overlap."""
+        end = own.end_epoch() if own else None
+        ahead = max(self.spec.warn_seconds, self.spec.overlap_minutes * 60)
+        return end - ahead if end is not None else None
+
+    async def _sbatch(self, dependency: str, start: Optional[float]) -> str:
+        # The reservations ahead decide --time-min (slurm.time_min); unknown: none.
+        shown, text, _ = await self.slurm(slurm.reservations_argv())
+        reservations = slurm.parse_reservations(text) if shown == 0 else []
+        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency, self.script(),
+                                                          reservations, start))
         return slurm.parse_sbatch(rc, out, err)
 
-    def _script(self) -> str:
+    def script(self) -> str:
         try:
             return (Path(self.spec.app_dir) / self.spec.script).read_text()
         except OSError:  # then no --time-min: the job is submitted as before

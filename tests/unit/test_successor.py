@@ -137,3 +137,21 @@ async def test_the_overlap_watch_returns_once_a_later_job_serves(keeper, tmp_pat
     assert not watching.done()  # starting is not serving
     endpoint.write(tmp_path, newer)
     await asyncio.wait_for(watching, 5)
+
+
+async def test_a_successor_that_would_cross_a_maintenance_may_be_shortened(keeper, tmp_path):
+    """--time-min only for a maintenance the successor, starting at this
+    job's warning, would run into: SLURM starts every job carrying it with
+    that limit."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "slurm.sbatch").write_text("#!/bin/bash\n#SBATCH --time=00:30:00\n")
+    own = Job("20", "sp-x", "RUNNING", "node1", "None", "30:00", "2026-11-24T09:30:00",
+              "2026-11-24T09:00:00")
+    shows = {"far": "StartTime=2026-11-25T09:00:00 EndTime=2026-11-25T10:00:00",
+             "near": "StartTime=2026-11-24T09:50:00 EndTime=2026-11-24T10:00:00"}
+    for case, times in shows.items():
+        k = keeper(squeue=[(0, line("20") + "\n", "")], sbatch=[(0, "21\n", "")],
+                   scontrol=[(0, f"ReservationName=m {times} Flags=MAINT\n", "")])
+        assert await k.keep(own) == "21"
+        sbatch = next(argv for argv in k.slurm.calls if "sbatch" in argv)
+        assert ("--time-min=3" in sbatch) == (case == "near"), case
