@@ -144,8 +144,10 @@ class Launch:
         slots' ends (minutes from now; this slot's is added to them)."""
         text, spec = self._script(), self.chain.spec()
         limit = _staggered(spec, text, ends)
+        shown = self.chain.run_slurm(capacity.reservations_argv())  # for --time-min
+        reservations = capacity.parse_reservations(shown.stdout) if shown.returncode == 0 else []
         result = self.chain.run_slurm(slurm.sbatch_argv(spec, script=text, slot=slot, limit=limit,
-                                                    exclude=exclude))
+                                                    exclude=exclude, reservations=reservations))
         try:
             job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         except slurm.SlurmUnknown as exc:

@@ -22,6 +22,7 @@ from .endpoint import Endpoint
 from .entry import Entry
 from .gate import Gate
 from .joblog import SERVER_CAP, Capped, Summariser, flush_every, write_fd
+from .maintenance import Maintenance
 from .publisher import Publisher
 from .reverse import Reverse
 from .server import Server
@@ -56,6 +57,7 @@ class Agent:
                            if spec.mode == "reverse" else None)
         self.ends_at: Optional[float] = None
         self.keeper = Successor(spec, job_id, user, slot, self.say, self.events)
+        self.maintenance: Optional[Maintenance] = None
         self.record: Optional[Endpoint] = None
         self.stop_reason: Optional[str] = None
         self._wake = asyncio.Event()
@@ -82,6 +84,10 @@ class Agent:
     async def _live(self) -> int:
         own = await self.keeper.own_job()
         self.ends_at = self.server.ends_at = own.end_epoch() if own else None
+        if not self.spec.overlap_minutes:
+            self.maintenance = Maintenance(slurm.shortest_minutes(self.spec, self.keeper.script()),
+                                           self.ends_at, self.spec.warn_seconds,
+                                           self.keeper.slurm, self.say)
         successor_task = asyncio.ensure_future(self.keeper.keep(own))
         if not await self._open_gate():
             return await self._failed_job(successor_task)
@@ -99,35 +105,28 @@ class Agent:
         self.publisher.save_chain(chain.ChainState(0, state.stopped, state.reason))
         self._publish("serving")
         self.say("state=serving %s %s", self.entry.where(), self.server.upstream)
-        if self.spec.listen == "tcp":
-            self.say("listen=tcp warning=%r", "other users' processes on this node can "
-                     "reach the server's loopback port; use listen = unix if it can")
-        await self._supervise()
+        await self._supervise(successor_task)
         await self._shutdown(successor_task)
         return 0
 
     async def _failed_job(self, successor_task: asyncio.Future) -> int:
         state = chain.load(self.service_dir)
-        failed = state.failed_jobs + 1
-        if failed >= self.spec.crash_loop_jobs and not state.stopped:
-            reason = (f"crash loop: {failed} jobs in a row never served "
-                      f"(last job {self.job_id}); fix the service and run up again")
-            self.publisher.save_chain(chain.ChainState(failed, True, reason))
-            self.say("state=chain-stopped reason=%r", reason)
+        after = chain.after_failure(state, self.job_id, self.spec.crash_loop_jobs)
+        self.publisher.save_chain(after)
+        if after.stopped and not state.stopped:
+            self.say("state=chain-stopped reason=%r", after.reason)
             successor = await _wait_quietly(successor_task, 30)
             if successor:
                 await self.keeper.slurm(slurm.scancel_argv([successor]))
+        elif state.stopped:
+            successor_task.cancel()
         else:
-            self.publisher.save_chain(chain.ChainState(failed, state.stopped, state.reason))
-            if state.stopped:
-                successor_task.cancel()
-            else:
-                # The next job carries the chain on and is what the crash-loop
-                # guard counts. Seen on the sandbox: a server exiting 10 ms
-                # after start beat the squeue + sbatch, and the chain ended at
-                # failed_jobs=1 with no job left and no stop mark.
-                await _wait_quietly(successor_task, 60)
-        self.say("state=failed failed_jobs=%d reason=%r", failed, self.stop_reason)
+            # The next job carries the chain on and is what the crash-loop
+            # guard counts. Seen on the sandbox: a server exiting 10 ms
+            # after start beat the squeue + sbatch, and the chain ended at
+            # failed_jobs=1 with no job left and no stop mark.
+            await _wait_quietly(successor_task, 60)
+        self.say("state=failed failed_jobs=%d reason=%r", after.failed_jobs, self.stop_reason)
         if self.record is not None:
             self._publish("stopped")
         await self._clean_up()
@@ -141,11 +140,13 @@ class Agent:
         self.publisher.remove(self.job_id)
         shutil.rmtree(self._private, ignore_errors=True)
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, successor_task: asyncio.Future) -> None:
         """Until a signal, a handover or restarts run out."""
         watchers: List[asyncio.Future] = [asyncio.ensure_future(self._watch_server())]
         if self.spec.overlap_minutes:
             watchers.append(asyncio.ensure_future(self._handover()))
+        if self.maintenance is not None:
+            watchers.append(asyncio.ensure_future(self._before_maintenance(successor_task)))
         if self.entry.carrying is not None:
             # Shielded: its ssh must outlive this, to carry the drain.
             watchers.append(asyncio.shield(self.entry.carrying))
@@ -193,6 +194,12 @@ class Agent:
         await self.keeper.watch_for_serving()
         self._finish("handed over")
 
+    async def _before_maintenance(self, successor_task: asyncio.Future) -> None:
+        assert self.maintenance is not None
+        await self.maintenance.watch(lambda: self.keeper.release(successor_task),
+                                     self.keeper.watch_for_serving)
+        self._finish("handed over")
+
     # -- signals and records ---------------------------------------------
 
     def _install_signals(self) -> None:
@@ -207,6 +214,12 @@ class Agent:
         keep serving until it does (or SLURM ends this job)."""
         if self.spec.overlap_minutes:
             self.say("state=time-limit-near action=wait-for-successor")
+            return
+        ahead = self.maintenance.serves_to_end() if self.maintenance else None
+        if ahead is not None:
+            # Its successor waits until the maintenance has ended whatever
+            # this job does: serve on until SLURM ends it.
+            self.say("state=time-limit-near action=serve-to-end maintenance=%s", ahead.name)
             return
         self._finish(TIME_LIMIT_NEAR)
 

@@ -27,6 +27,16 @@ class ChainState:
     format: int = FORMAT
 
 
+def after_failure(state: ChainState, job_id: str, limit: int) -> ChainState:
+    """The state after one more job that never served: stopped (the
+    crash-loop guard) once `limit` did so in a row, unless stopped already."""
+    failed = state.failed_jobs + 1
+    if failed >= limit and not state.stopped:
+        return ChainState(failed, True, f"crash loop: {failed} jobs in a row never served "
+                          f"(last job {job_id}); fix the service and run up again")
+    return ChainState(failed, state.stopped, state.reason)
+
+
 def load(service_dir: Path) -> ChainState:
     """A missing file is a fresh chain; a broken one is read as fresh too,
     but said so, because refusing to run would end a healthy chain."""

@@ -37,6 +37,9 @@ class Server:
 
     async def start_healthy(self) -> bool:
         """Start it, restarting it on early exit, until healthy."""
+        if self.spec.listen == "tcp":
+            self.say("listen=tcp warning=%r", "other users' processes on this node can "
+                     "reach the server's loopback port; use listen = unix if it can")
         while True:
             if await self._start():
                 return True

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 from . import chain, endpoint, layout, slots, slurm
 from .joblog import Summariser
 from .publisher import describe
+from .slurm import capacity
 from .spec import Spec, SpecError
 from .spec import load as load_spec
 
@@ -55,7 +56,7 @@ class Successor:
                 if later:
                     self.say("successor=%s state=queued", ",".join(later))
                     return later[0]
-                successor = await self._sbatch(self._dependency(own))
+                successor = await self._sbatch(self._dependency(own), self._expected_start(own))
                 self.say("successor=%s state=submitted", successor)
                 return successor
             except slurm.SlurmUnknown as exc:
@@ -78,16 +79,16 @@ class Successor:
             return slurm.after_start(self.job_id, limit - self.spec.overlap_minutes)
         return slurm.after_any(self.job_id)
 
-    async def release(self, keeping: asyncio.Future) -> None:
+    async def release(self, keeping: asyncio.Future) -> bool:
         """Let the queued successor start now, not at the next scheduler
-        pass; never for a chain that `down` stopped."""
+        pass; never for a chain that `down` stopped. True once released."""
         if (not keeping.done() or keeping.cancelled() or keeping.exception() is not None
-                or chain.load(self.service_dir).stopped):
-            return
+                or not keeping.result() or chain.load(self.service_dir).stopped):
+            return False
         successor = keeping.result()
-        if successor:
-            await self.slurm(slurm.release_argv(successor))
-            self.say("successor=%s state=released", successor)
+        await self.slurm(slurm.release_argv(successor))
+        self.say("successor=%s state=released", successor)
+        return True
 
     async def watch_for_serving(self) -> None:
         """Overlap: returns once a later job serves, and forwarders have had
@@ -129,12 +130,22 @@ class Successor:
         return [j for j in await self._squeue()
                 if slots.slot_of(self.spec.job_name, j.name) is not None]
 
-    async def _sbatch(self, dependency: str) -> str:
-        rc, out, err = await self.slurm(slurm.sbatch_argv(self.spec, dependency, self._script(),
-                                                          slot=self.slot))
+    def _expected_start(self, own: Optional[slurm.Job]) -> Optional[float]:
+        """About when the successor starts: at this job's warning, or overlap."""
+        end = own.end_epoch() if own else None
+        ahead = max(self.spec.warn_seconds, self.spec.overlap_minutes * 60)
+        return end - ahead if end is not None else None
+
+    async def _sbatch(self, dependency: str, start: Optional[float]) -> str:
+        # The reservations ahead decide --time-min (slurm.time_min); unknown: none.
+        shown, text, _ = await self.slurm(capacity.reservations_argv())
+        reservations = capacity.parse_reservations(text) if shown == 0 else []
+        rc, out, err = await self.slurm(slurm.sbatch_argv(
+            self.spec, dependency, self.script(), slot=self.slot, reservations=reservations,
+            start=start))
         return slurm.parse_sbatch(rc, out, err)
 
-    def _script(self) -> str:
+    def script(self) -> str:
         try:
             return (Path(self.spec.app_dir) / self.spec.script).read_text()
         except OSError:  # then no --time-min: the job is submitted as before

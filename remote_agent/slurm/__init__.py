@@ -17,10 +17,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from .. import layout, slots
 from ..spec import Spec
+
+if TYPE_CHECKING:
+    from .capacity import Reservation
 
 ACTIVE_STATES = frozenset({
     "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
@@ -132,33 +135,48 @@ def failed_on_node(returncode: int, stderr: str) -> bool:
     return returncode != 0 and (returncode == NOT_FOUND or bool(_NOT_ACTED_ON.search(stderr)))
 
 
-def time_min(spec: Spec, script: str, limit: Optional[int] = None) -> Optional[int]:
-    """--time-min for a job of this chain, or None. With it, the scheduler
-    may start a job with a shorter limit rather than not at all: a job
-    whose limit would cross a maintenance reservation is otherwise held
-    until after it, and the chain's gap grows by the whole wait. Shorter
-    than its warning plus a minute (or the overlap plus one) a job is of no
-    use, and a limit SLURM does not know (the site's default) is left alone.
-    Nor below half the limit asked: backfill starts a job at its --time-min
-    when higher-priority jobs wait, and on the sandbox every such job of a
-    chain got 3 of its 6 or 10 minutes, each one more rollover and one more
-    wait in the queue."""
+def shortest_minutes(spec: Spec, script: str, limit: Optional[int] = None) -> Optional[int]:
+    """The shortest limit a job of this chain is of use with, or None when
+    it cannot be shortened: shorter than its warning plus a minute (or the
+    overlap plus one) a job is of no use, and a limit SLURM does not know
+    (the site's default) is left alone. limit: the job's own, if not the
+    script's (a staggered first job)."""
     wanted = limit or parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
-    if wanted is None:
+    floor = max(2, -(-spec.warn_seconds // 60) + 1, spec.overlap_minutes + 1)
+    return floor if wanted is not None and floor < wanted else None
+
+
+def time_min(spec: Spec, script: str, reservations: Sequence[Reservation] = (),
+             start: Optional[float] = None, limit: Optional[int] = None) -> Optional[int]:
+    """--time-min for a job of this chain expected to start at `start` (now
+    by default), or None. A job whose limit would cross a maintenance
+    reservation is held until after it, and the chain's gap grows by the
+    whole wait; with --time-min the scheduler may start it with a shorter
+    limit instead. Only then: SLURM (22.05, backfill) starts every job that
+    carries --time-min with that limit, reservation or not (seen on the
+    sandbox: 3 of 5, 6 or 10 minutes), and a chain of 8-hour jobs would roll
+    over every few minutes."""
+    from .capacity import maintenance_ahead  # capacity reads durations from here
+    shortest = shortest_minutes(spec, script, limit)
+    wanted = limit or parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
+    if shortest is None or wanted is None:
         return None
-    floor = max(2, -(-spec.warn_seconds // 60) + 1, spec.overlap_minutes + 1, wanted // 2)
-    return floor if floor < wanted else None
+    when = time.time() if start is None else start
+    return shortest if maintenance_ahead(reservations, when, wanted) is not None else None
 
 
 def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "", slot: int = 0,
-                limit: Optional[int] = None, exclude: Sequence[str] = ()) -> List[str]:
+                limit: Optional[int] = None, exclude: Sequence[str] = (),
+                reservations: Sequence[Reservation] = (),
+                start: Optional[float] = None) -> List[str]:
     """The job's paths go in sbatch's own environment, which --export=ALL
     copies as it is. Written into --export's list instead, a quote or a
     comma in a path makes sbatch drop the variables, and the job fails.
     script: the job script's text, for the --time it asks for; slot: the
     replica's chain (remote_agent.slots); limit: minutes, a staggered first
     job's shorter --time (given last, it is the one sbatch keeps); exclude:
-    nodes to keep off (other replicas')."""
+    nodes to keep off (other replicas'); reservations and start: for
+    --time-min (see time_min)."""
     argv = [
         "env", f"SLURM_PERSIST_SERVICE_DIR={spec.service_dir}",
         f"SLURM_PERSIST_AGENT_DIR={spec.agent_dir}",
@@ -177,7 +195,7 @@ def sbatch_argv(spec: Spec, dependency: Optional[str] = None, script: str = "", 
         argv.append(f"--time={limit}")
     if exclude:
         argv.append(f"--exclude={','.join(exclude)}")
-    shortest = time_min(spec, script, limit)
+    shortest = time_min(spec, script, reservations, start, limit)
     if shortest is not None and not any(o.startswith("--time-min") for o in spec.sbatch_options):
         argv.append(f"--time-min={shortest}")
     if dependency:

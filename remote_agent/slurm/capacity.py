@@ -6,7 +6,7 @@ Read by `doctor`, by `status` and when replicas are spread over nodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from . import parse_duration_minutes, parse_timestamp
 
@@ -78,3 +78,26 @@ def parse_reservations(text: str) -> List[Reservation]:
             found.append(Reservation(fields["ReservationName"], start, end,
                                      fields.get("Flags", "")))
     return found
+
+
+def maintenance_ahead(reservations: Sequence[Reservation], start: float,
+                      minutes: int) -> Optional[Reservation]:
+    """The first maintenance reservation that a job starting at `start`
+    cannot run `minutes` before (it starts too soon, or is under way): with
+    --time-min that job waits until the reservation has ended."""
+    blocking = [r for r in reservations
+                if r.maintenance and r.end > start and r.start < start + minutes * 60]
+    return min(blocking, key=lambda r: r.start) if blocking else None
+
+
+def early_release(reservations: Sequence[Reservation], warning: float, minutes: int,
+                  lead: float) -> Optional[float]:
+    """When to release the successor, instead of at this job's time-limit
+    warning, so that it starts early enough to run its `minutes` before the
+    maintenance that a successor released at `warning` would wait behind;
+    `lead` is the scheduler's time to start a released job. None: no such
+    maintenance, or it has begun by then."""
+    ahead = maintenance_ahead(reservations, warning, minutes)
+    if ahead is None or ahead.start <= warning:
+        return None
+    return ahead.start - minutes * 60 - lead

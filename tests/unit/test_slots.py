@@ -58,7 +58,14 @@ def test_sbatch_names_the_slot_and_a_staggered_limit_comes_last():
     assert "--job-name=sp-x+1" in argv
     times = [a for a in argv if a.startswith("--time=")]
     assert times == ["--time=60", "--time=30"]
-    assert argv[-2] == "--time-min=15"  # half the staggered limit, after it
+    assert not any(a.startswith("--time-min") for a in argv)  # no maintenance ahead
+    # A maintenance 40 minutes on: the staggered 30 minutes fit, the asked 60 would not.
+    maint = capacity.Reservation("m", 1000.0 + 40 * 60, 1000.0 + 100 * 60, "MAINT")
+    assert not any(a.startswith("--time-min") for a in slurm.sbatch_argv(
+        spec, script="", slot=1, limit=30, reservations=[maint], start=1000.0))
+    crossing = slurm.sbatch_argv(spec, script="", slot=1, limit=50, reservations=[maint],
+                                 start=1000.0)
+    assert crossing[-2] == "--time-min=3"
 
 
 def test_replicas_out_of_range_are_refused():

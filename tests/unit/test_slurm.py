@@ -203,14 +203,66 @@ def test_an_option_on_the_command_line_wins_over_the_script():
 
 def test_a_job_may_be_shortened_to_fit_before_a_maintenance_but_not_below_use():
     script = "#!/bin/bash\n#SBATCH --time=00:30:00\n"
-    argv = slurm.sbatch_argv(spec(), script=script)
-    assert "--time-min=15" in argv  # half the limit asked, at least
-    overlapping = slurm.sbatch_argv(spec(overlap_minutes=20), script=script)
-    assert "--time-min=21" in overlapping  # and more than the overlap
-    five = slurm.sbatch_argv(spec(sbatch_options=["--time=5"]), script=script)
-    assert "--time-min=3" in five  # a 90 s warning plus a minute, rounded up
-    short = slurm.sbatch_argv(spec(sbatch_options=["--time=2"]), script=script)
+    ahead = [resv(1000.0 + 20 * 60, 60)]  # 20 minutes after the job's start
+    argv = slurm.sbatch_argv(spec(), script=script, reservations=ahead, start=1000.0)
+    assert "--time-min=3" in argv  # a 90 s warning plus a minute, rounded up
+    overlapping = slurm.sbatch_argv(spec(overlap_minutes=10), script=script,
+                                    reservations=ahead, start=1000.0)
+    assert "--time-min=11" in overlapping
+    short = slurm.sbatch_argv(spec(sbatch_options=["--time=2"]), script=script,
+                              reservations=ahead, start=1000.0)
     assert not any(a.startswith("--time-min") for a in short)  # no room to shorten
-    assert not any(a.startswith("--time-min") for a in slurm.sbatch_argv(spec(), script=""))
-    own = slurm.sbatch_argv(spec(sbatch_options=["--time-min=20"]), script=script)
+    assert not any(a.startswith("--time-min") for a in slurm.sbatch_argv(
+        spec(), script="", reservations=ahead, start=1000.0))
+    own = slurm.sbatch_argv(spec(sbatch_options=["--time-min=20"]), script=script,
+                            reservations=ahead, start=1000.0)
     assert [a for a in own if a.startswith("--time-min")] == ["--time-min=20"]
+
+
+def test_no_time_min_without_a_maintenance_the_job_would_cross():
+    """SLURM 22.05 starts a job carrying --time-min with that limit even with
+    no reservation anywhere (seen on the sandbox: 5-minute jobs ran 3:00)."""
+    script = "#!/bin/bash\n#SBATCH --time=00:30:00\n"
+    def minimum(reservations):
+        argv = slurm.sbatch_argv(spec(), script=script, reservations=reservations, start=1000.0)
+        return [a for a in argv if a.startswith("--time-min")]
+    assert minimum([]) == []
+    assert minimum([resv(1000.0 + 30 * 60, 60)]) == []  # ends just in time
+    assert minimum([resv(1000.0 + 30 * 60 - 1, 60)]) == ["--time-min=3"]
+    assert minimum([resv(1000.0 + 10 * 60, 60, "IGNORE_JOBS")]) == []  # not maintenance
+    assert minimum([resv(0.0, 10)]) == []  # long over
+
+def resv(start: float, minutes: float, flags: str = "MAINT,IGNORE_JOBS") -> capacity.Reservation:
+    return capacity.Reservation("m", start, start + minutes * 60, flags)
+
+
+def test_a_job_waits_behind_a_maintenance_it_cannot_run_its_floor_before():
+    maint = resv(1000.0, 3)
+    assert capacity.maintenance_ahead([maint], 1000.0 - 180, 3) is None  # exactly fits
+    assert capacity.maintenance_ahead([maint], 1000.0 - 179, 3) == maint
+    assert capacity.maintenance_ahead([maint], 1100.0, 3) == maint  # under way
+    assert capacity.maintenance_ahead([maint], 1180.0, 3) is None  # over
+    assert capacity.maintenance_ahead([resv(1000.0, 3, "IGNORE_JOBS")], 900.0, 3) is None
+
+
+def test_the_successor_is_released_early_only_when_the_warning_is_too_late():
+    maint = resv(1000.0, 3)
+    # Released at a warning 200 s before, it starts in time: nothing to do.
+    assert capacity.early_release([maint], 800.0, 3, 20.0) is None
+    # At a warning 100 s before it would wait: release it 180 + 20 s before.
+    assert capacity.early_release([maint], 900.0, 3, 20.0) == 800.0
+    assert capacity.early_release([maint], 1000.0, 3, 20.0) is None  # begun by then
+    assert capacity.early_release([], 900.0, 3, 20.0) is None
+
+
+@given(st.lists(st.tuples(st.floats(0, 1e5), st.floats(1, 600), st.booleans()), max_size=5),
+       st.floats(0, 1e5), st.integers(1, 600), st.floats(0, 120))
+def test_an_early_release_leaves_the_successor_its_floor_before_every_maintenance(
+        spans, warning, minutes, lead):
+    reservations = [resv(start, length, "MAINT" if maint else "") for start, length, maint in spans]
+    at = capacity.early_release(reservations, warning, minutes, lead)
+    if at is None:
+        return
+    assert at + lead + minutes * 60 <= warning + minutes * 60  # earlier than at the warning
+    ahead = capacity.maintenance_ahead(reservations, warning, minutes)
+    assert ahead is not None and at + lead + minutes * 60 == pytest.approx(ahead.start)

@@ -191,3 +191,21 @@ async def test_the_overlap_watch_ignores_another_slot_serving(keeper, tmp_path):
     assert not watching.done()
     endpoint.write(tmp_path, dataclasses.replace(other, job_id="22", slot=0))
     await asyncio.wait_for(watching, 5)
+
+
+async def test_a_successor_that_would_cross_a_maintenance_may_be_shortened(keeper, tmp_path):
+    """--time-min only for a maintenance the successor, starting at this
+    job's warning, would run into: SLURM starts every job carrying it with
+    that limit."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "slurm.sbatch").write_text("#!/bin/bash\n#SBATCH --time=00:30:00\n")
+    own = Job("20", "sp-x", "RUNNING", "node1", "None", "30:00", "2026-11-24T09:30:00",
+              "2026-11-24T09:00:00")
+    shows = {"far": "StartTime=2026-11-25T09:00:00 EndTime=2026-11-25T10:00:00",
+             "near": "StartTime=2026-11-24T09:50:00 EndTime=2026-11-24T10:00:00"}
+    for case, times in shows.items():
+        k = keeper(squeue=[(0, line("20") + "\n", "")], sbatch=[(0, "21\n", "")],
+                   scontrol=[(0, f"ReservationName=m {times} Flags=MAINT\n", "")])
+        assert await k.keep(own) == "21"
+        sbatch = next(argv for argv in k.slurm.calls if "sbatch" in argv)
+        assert ("--time-min=3" in sbatch) == (case == "near"), case

@@ -1,0 +1,102 @@
+"""The agent's view of a maintenance ahead: when to serve on past the
+time-limit warning, when to release the successor early."""
+
+import asyncio
+import time
+
+from remote_agent import maintenance
+from remote_agent.maintenance import Maintenance
+
+
+def show(start: float, minutes: float = 3) -> str:
+    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))  # noqa: E731
+    return (f"ReservationName=m StartTime={stamp(start)} EndTime={stamp(start + minutes * 60)} "
+            "Nodes=node[1-2] Flags=MAINT,IGNORE_JOBS\n")
+
+
+def agent_view(text: str, ends_at: float, shortest=3, rc: int = 0):
+    said = []
+
+    async def run(argv):
+        assert argv[0] == "scontrol"
+        return rc, text, ""
+    return Maintenance(shortest, ends_at, 90, run, lambda *a: said.append(a)), said
+
+
+def test_a_job_serves_on_past_its_warning_when_its_successor_would_wait_behind_maintenance():
+    now = float(int(time.time()))
+    view, _ = agent_view(show(now + 120), ends_at=now + 90)
+    asyncio.run(view.refresh())
+    assert view.serves_to_end(now).name == "m"
+    assert view.serves_to_end(now - 200) is None  # a successor fits: end at the warning
+    nothing, _ = agent_view(show(now + 120), ends_at=now + 90, shortest=None)
+    asyncio.run(nothing.refresh())
+    assert nothing.serves_to_end(now) is None  # no --time-min: SLURM holds nothing
+
+
+def test_a_failed_query_keeps_what_was_known():
+    now = float(int(time.time()))
+    view, _ = agent_view(show(now + 120), ends_at=now + 90)
+    asyncio.run(view.refresh())
+    view.run = agent_view("", now, rc=1)[0].run
+    asyncio.run(view.refresh())
+    assert len(view.reservations) == 1
+
+
+def test_the_successor_is_released_early_and_this_job_hands_over(monkeypatch):
+    monkeypatch.setattr(maintenance, "LEAD", 20.0)
+    now = float(int(time.time()))
+    # Ends 60 s before the maintenance; its warning 150 s before: too late
+    # for a 3-minute successor. Released now (180 + 20 s before), it fits.
+    view, said = agent_view(show(now + 200), ends_at=now + 140)
+    view.began = now - 100  # running before the release time
+    events = []
+
+    async def release():
+        events.append("released")
+        return True
+
+    async def serving():
+        events.append("serving")
+
+    asyncio.run(asyncio.wait_for(view.watch(release, serving), 5))
+    assert events == ["released", "serving"]
+    assert said and "successor-released" in said[0][0]
+
+
+def test_nothing_is_released_while_a_successor_released_at_the_warning_fits():
+    now = float(int(time.time()))
+    view, _ = agent_view(show(now + 3600), ends_at=now + 600)
+    released = []
+
+    async def release():
+        released.append(True)
+        return True
+
+    async def main():
+        task = asyncio.ensure_future(view.watch(release, asyncio.sleep))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        task.cancel()
+    asyncio.run(main())
+    assert not released
+
+
+def test_a_successor_released_early_does_not_release_its_own():
+    now = float(int(time.time()))
+    # Began after the release time (now - 10 s): it is the early successor.
+    view, _ = agent_view(show(now + 190), ends_at=now + 170)
+    view.began = now
+    released = []
+
+    async def release():
+        released.append(True)
+        return True
+
+    async def main():
+        task = asyncio.ensure_future(view.watch(release, asyncio.sleep))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        task.cancel()
+    asyncio.run(main())
+    assert not released
