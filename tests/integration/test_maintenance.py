@@ -10,7 +10,8 @@ import pytest
 
 from helpers import Load, Up, cli, get, site_args, wait_for
 from local.report import clock
-from remote_agent.slurm import parse_reservations, parse_timestamp
+from remote_agent.slurm import parse_timestamp
+from remote_agent.slurm.capacity import parse_reservations
 
 pytestmark = pytest.mark.cluster
 
@@ -44,6 +45,7 @@ BLOCKED = ("ReqNodeNotAvail", "Reservation", "Reserved")
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 def test_a_chain_of_short_jobs_serves_up_to_maintenance_and_after(cluster, alice, tmp_path):
     """Issue 18: the nodes are reserved for maintenance from 10 minutes from
     now for 3 minutes; the chain's jobs ask for 5 minutes. The chain serves
