@@ -4,6 +4,8 @@ chain (SLURM and the records) and of the router (tunnels and probes)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
 import pytest
 
@@ -320,3 +322,33 @@ def test_new_connections_go_to_the_least_loaded_clear_route():
     a.connections = b.connections = 0
     b.suspect = False
     assert {router.pick(set()), router.pick(set())} == {a, b}  # equals take turns
+
+
+async def test_a_later_job_of_the_same_slot_takes_over_its_route(make):
+    chain = FakeChain([running("7"), running("9"), running("8", 1)],
+                      [record("7"), record("9"), record("8", slot=1)])
+    fwd = make(chain, answering={"7", "8", "9"}, replicas=2, heartbeat_time=0.01)
+    fwd.router.routes = {0: FakeRoute(record("7")), 1: FakeRoute(record("8", slot=1))}
+    fwd.healthy.set()
+    await fwd._heartbeat(None)
+    assert fwd.router.routes[0].endpoint.job_id == "9" and fwd.router.taken == ["9"]
+
+
+async def test_near_its_end_with_no_successor_of_its_own_slot_it_tells_once(make):
+    from local.hooks import Hooks
+    told: list[tuple] = []
+    chain = FakeChain([running("7"), pending("8", 1)], [record("7")])
+    fwd = make(chain, replicas=2)
+    fwd.handover.hooks = type("Told", (Hooks,), {"emit": lambda self, e, **kw: told.append(
+        (e, kw["job"]))})("", "x")
+    ending = dataclasses.replace(record("7"), ends_at=time.time() + 60)
+    await fwd.handover.warn_near_end(ending)  # 8 is slot 1's, not a successor of 7
+    await fwd.handover.warn_near_end(ending)  # told once per job
+    assert told == [("time-limit-near", "7")]
+    chain.job_list.append(pending("9"))
+    later = dataclasses.replace(record("9"), ends_at=time.time() + 60)
+    await fwd.handover.warn_near_end(dataclasses.replace(later, job_id="10"))
+    assert len(told) == 2
+    quiet = make(FakeChain([running("7"), pending("8")], [record("7")]))
+    await quiet.handover.warn_near_end(ending)  # its successor is queued: nothing to tell
+    assert len(told) == 2

@@ -209,3 +209,34 @@ async def test_a_successor_that_would_cross_a_maintenance_may_be_shortened(keepe
         assert await k.keep(own) == "21"
         sbatch = next(argv for argv in k.slurm.calls if "sbatch" in argv)
         assert ("--time-min=3" in sbatch) == (case == "near"), case
+
+
+async def test_an_unknown_answer_about_its_own_job_is_no_job(keeper):
+    k = keeper(squeue=[(1, "", "slurm_load_jobs error: Socket timed out")])
+    assert await k.own_job() is None
+
+
+async def test_a_home_error_is_retried_like_an_unknown_answer(keeper, monkeypatch):
+    """NFS says ESTALE reading chain.json: looked at again, never taken as stopped."""
+    reads = iter([OSError(116, "Stale file handle"), chain.ChainState()])
+
+    def load(_):
+        value = next(reads)
+        if isinstance(value, Exception):
+            raise value
+        return value
+    monkeypatch.setattr(successor.chain, "load", load)
+    k = keeper(squeue=[(0, line("20") + "\n" + line("21", "PENDING"), "")])
+    assert await k.keep(None) == "21"
+
+
+async def test_the_overlap_watch_skips_records_it_cannot_read(keeper, tmp_path):
+    k = keeper(overlap=10)
+    folder = tmp_path / endpoint.ENDPOINTS_DIR
+    folder.mkdir()
+    (folder / "22.json").write_text("{ half written")
+    (folder / "notes.json").write_text("{}")
+    watching = asyncio.ensure_future(k.watch_for_serving())
+    await asyncio.sleep(0.05)
+    assert not watching.done()
+    watching.cancel()
