@@ -66,6 +66,7 @@ class Forwarder:
         self.events = Summariser(log.warning)
         self.served = Served()
         self._starting: set[str] = set()  # running jobs whose record does not serve yet
+        self._served_by: dict[int, str] = {}  # slot -> the job it was last served by
         self.hooks = Hooks(options.on_event, options.name)
         self.starter = Starter(options, chain, self.served, self.hooks)
         self.conditions = self.starter.conditions
@@ -219,10 +220,12 @@ class Forwarder:
         route = await self.router.candidate(target, session)
         if route is None:
             return False
-        old = self.router.take(route)
+        self.router.take(route)
+        # The slot's last job, not its route: a failed probe drops a route first.
+        old = self._served_by.get(target.slot)
+        self._served_by[target.slot] = target.job_id
         self.refill.served(target.slot)
-        self.announce.served(old.endpoint.job_id if old else None, target.job_id, target.node,
-                             route.tunnel.login)
+        self.announce.served(old, target.job_id, target.node, route.tunnel.login)
         self.metrics.on_job(target.job_id, target.node, route.tunnel.login, target.ends_at)
         if old:
             self.metrics.switches.inc()

@@ -352,3 +352,15 @@ async def test_near_its_end_with_no_successor_of_its_own_slot_it_tells_once(make
     quiet = make(FakeChain([running("7"), pending("8")], [record("7")]))
     await quiet.handover.warn_near_end(ending)  # its successor is queued: nothing to tell
     assert len(told) == 2
+
+
+async def test_a_new_job_after_a_failed_probe_is_a_switch_not_a_first_serving(make):
+    """The failed probe drops the route first: the switch is told from the
+    slot's last job (seen: the scancel fault test got two `serving` events)."""
+    chain = FakeChain([running("7")], [record("7")])
+    fwd = make(chain, answering={"7", "8"})
+    await recover(fwd)
+    fwd._drop(fwd.router.routes[0])  # 7 scancelled: its probe failed
+    chain.job_list, chain.records = [running("8")], {"8": record("8")}
+    await recover(fwd)
+    assert fwd.router.taken == ["7", "8"] and fwd.status.switches == 1
