@@ -64,9 +64,8 @@ def test_the_successor_is_released_early_and_this_job_hands_over(monkeypatch):
     assert said and "successor-released" in said[0][0]
 
 
-def test_nothing_is_released_while_a_successor_released_at_the_warning_fits():
-    now = float(int(time.time()))
-    view, _ = agent_view(show(now + 3600), ends_at=now + 600)
+def releases_within(view, seconds: float = 0.2) -> list:
+    """What view.watch released in `seconds` (it must still be watching)."""
     released = []
 
     async def release():
@@ -75,11 +74,17 @@ def test_nothing_is_released_while_a_successor_released_at_the_warning_fits():
 
     async def main():
         task = asyncio.ensure_future(view.watch(release, asyncio.sleep))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(seconds)
         assert not task.done()
         task.cancel()
     asyncio.run(main())
-    assert not released
+    return released
+
+
+def test_nothing_is_released_while_a_successor_released_at_the_warning_fits():
+    now = float(int(time.time()))
+    view, _ = agent_view(show(now + 3600), ends_at=now + 600)
+    assert not releases_within(view)
 
 
 def test_a_successor_released_early_does_not_release_its_own():
@@ -87,16 +92,4 @@ def test_a_successor_released_early_does_not_release_its_own():
     # Began after the release time (now - 10 s): it is the early successor.
     view, _ = agent_view(show(now + 190), ends_at=now + 170)
     view.began = now
-    released = []
-
-    async def release():
-        released.append(True)
-        return True
-
-    async def main():
-        task = asyncio.ensure_future(view.watch(release, asyncio.sleep))
-        await asyncio.sleep(0.2)
-        assert not task.done()
-        task.cancel()
-    asyncio.run(main())
-    assert not released
+    assert not releases_within(view)
