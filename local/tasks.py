@@ -132,7 +132,7 @@ def deploy(c, options):
 
 @service_task(*CONNECT, *SPEC, *FORWARD, start_sandbox=True)
 def up(c, options):
-    """Deploy, ensure exactly one chain of jobs, and serve it on 127.0.0.1:PORT."""
+    """Deploy, ensure one chain of jobs per replica, and serve them on 127.0.0.1:PORT."""
     return service.up(options)
 
 
