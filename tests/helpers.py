@@ -30,12 +30,9 @@ def wait_for(what: str, predicate, timeout: float = 90.0, every: float = 1.0):
 
 
 def serving(chain, job_id=None):
-    """The serving record SLURM confirms, optionally of one job."""
-    jobs = chain.jobs()
-    record = chain.serving(jobs, chain.snapshot())
-    if record and (job_id is None or record.job_id == job_id):
-        return record
-    return None
+    """A serving record SLURM confirms (of any slot), optionally of one job."""
+    records = chain.serving(chain.jobs(), chain.snapshot()).values()
+    return next((r for r in records if job_id is None or r.job_id == job_id), None)
 
 
 def gate_get(alice, record, path="/health", secret=None) -> str:
