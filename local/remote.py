@@ -17,6 +17,7 @@ import io
 import logging
 import shlex
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,6 +33,20 @@ from .config import Options
 from .host_keys import AcceptNew, HostKeyUnknown, RejectUnknown, load_known_hosts, paths
 
 log = logging.getLogger("slurm_persist.remote")
+
+
+def _dead_transport(args: threading.ExceptHookArgs, default=threading.excepthook) -> None:
+    """paramiko's transport thread raises EOFError when the connection died
+    under it while a channel closes (seen: sshd killed mid-command, `status`
+    printed a traceback). Site reports that command's failure itself."""
+    if isinstance(args.thread, paramiko.Transport) and issubclass(args.exc_type,
+                                                                   (EOFError, OSError)):
+        log.debug("ssh=transport-ended error=%r", str(args.exc_value))
+        return
+    default(args)
+
+
+threading.excepthook = _dead_transport
 
 CONNECT_TIMEOUT = 15
 # How long a login node that failed is tried only after the others.

@@ -152,3 +152,25 @@ def test_when_every_node_fails_so_the_last_answer_comes_back(site, monkeypatch):
     result = site.run(["squeue"], elsewhere=local_fault)
     assert result.returncode == 1 and "Munge" in result.stderr
     assert tried == ["login1", "login2", "login3"]
+
+
+def test_a_transport_dying_under_a_closing_channel_prints_no_traceback():
+    """Seen: sshd killed mid-command, and `status` printed paramiko's EOFError."""
+    import threading
+
+    import paramiko
+
+    from local.remote import _dead_transport
+
+    class Dying(paramiko.Transport):
+        def __init__(self):
+            threading.Thread.__init__(self)
+    printed: list = []
+
+    def hook(exc_type, thread):
+        args = threading.ExceptHookArgs((exc_type, exc_type(), None, thread))
+        _dead_transport(args, default=printed.append)
+    hook(EOFError, Dying())
+    assert printed == []
+    hook(ZeroDivisionError, threading.Thread())  # any other thread's error still prints
+    assert len(printed) == 1
