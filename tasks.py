@@ -28,6 +28,7 @@ from local.tasks import (
     down,
     list_services,
     logs,
+    rollout,
     sandbox,
     status,
     systemd,
@@ -88,5 +89,5 @@ def faults_table(c, report=None):
     print(f"README.md: {len(rows)} faults")
 
 
-ns = Collection(deploy, up, status, logs, down, list_services, doctor, systemd, bench,
+ns = Collection(deploy, up, rollout, status, logs, down, list_services, doctor, systemd, bench,
                 faults_table, diagram, sandbox)

@@ -182,8 +182,14 @@ def check(load, seen: Seen, resv) -> None:
         start = parse_timestamp(entry.get("start", ""))
         if start is not None and start < resv.start:
             assert (parse_timestamp(entry["end"]) or float("inf")) <= resv.start, (job, entry)
-    stuck = [b for b in seen.blocked if b[0] < end and not b[3]]
-    assert not stuck, f"pending behind the reservation while no job ran: {stuck[:3]}"
+    # Stuck: seen waiting behind it, while no job ran, for longer than the
+    # scheduler's passes (bf_interval=5 s). Seen in CI: job 3 sampled once,
+    # 3 s before it started with its --time-min, while job 2 handed over.
+    idle = [b for b in seen.blocked if b[0] < end and not b[3]]
+    stuck = {job for _, job, _, _ in idle
+             if max(t for t, j, _, _ in idle if j == job) - min(t for t, j, _, _ in idle
+                                                              if j == job) >= 10}
+    assert not stuck, f"pending behind the reservation while no job ran: {idle[:3]}"
     assert seen.announced is not None and seen.announced < resv.start
     assert f"{clock(resv.start)} to {clock(resv.end)}" in seen.status_row
     assert seen.back is not None, "the chain did not serve again after the reservation"
