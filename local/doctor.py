@@ -76,8 +76,7 @@ def _time_limits(chain: Chain, options: Options, script: str) -> list[Check]:
     limits = capacity.parse_partitions(sinfo.stdout)
     partition = (slurm.requested(options.sbatch_options, script, "partition")
                  or capacity.default_partition(sinfo.stdout) or "?")
-    wanted = slurm.parse_duration_minutes(slurm.requested(options.sbatch_options, script, "time")
-                                          or "")
+    wanted = slurm.requested_minutes(options.sbatch_options, script)
     most = limits.get(partition)
     if partition not in limits:
         checks = [Check("partition", False, f"{partition!r} is not one of {sorted(limits)}",

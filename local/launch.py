@@ -41,8 +41,7 @@ class SubmitUnknown(slurm.SlurmUnknown):
 def _staggered(spec: Spec, script: str, ends: list[float]) -> int | None:
     """A slot's first --time, put among the other slots' ends (minutes from
     now, this one's added); None for the script's own limit."""
-    full = slurm.parse_duration_minutes(slurm.requested(spec.sbatch_options, script, "time")
-                                        or "")
+    full = slurm.requested_minutes(spec.sbatch_options, script)
     if not full or spec.replicas < 2:
         return None
     limit = slots.first_limit(full, spec.replicas, ends)

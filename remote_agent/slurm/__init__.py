@@ -141,7 +141,7 @@ def shortest_minutes(spec: Spec, script: str, limit: Optional[int] = None) -> Op
     overlap plus one) a job is of no use, and a limit SLURM does not know
     (the site's default) is left alone. limit: the job's own, if not the
     script's (a staggered first job)."""
-    wanted = limit or parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
+    wanted = limit or requested_minutes(spec.sbatch_options, script)
     floor = max(2, -(-spec.warn_seconds // 60) + 1, spec.overlap_minutes + 1)
     return floor if wanted is not None and floor < wanted else None
 
@@ -157,8 +157,8 @@ def time_min(spec: Spec, script: str, reservations: Sequence[Reservation] = (),
     sandbox: 3 of 5, 6 or 10 minutes), and a chain of 8-hour jobs would roll
     over every few minutes."""
     from .capacity import maintenance_ahead  # capacity reads durations from here
-    shortest = shortest_minutes(spec, script, limit)
-    wanted = limit or parse_duration_minutes(requested(spec.sbatch_options, script, "time") or "")
+    wanted = limit or requested_minutes(spec.sbatch_options, script)
+    shortest = shortest_minutes(spec, script, wanted)
     if shortest is None or wanted is None:
         return None
     when = time.time() if start is None else start
@@ -270,6 +270,11 @@ def parse_duration_minutes(text: str) -> Optional[int]:
     # With days the first number is hours; without, minutes unless there are three.
     hours, minutes = nums[:2] if dash or len(parts) == 3 else (0, nums[0])
     return int(days) * 1440 + hours * 60 + minutes
+
+
+def requested_minutes(options: Sequence[str], script: str) -> Optional[int]:
+    """The --time a job gets (see requested), in minutes; None when SLURM's default."""
+    return parse_duration_minutes(requested(options, script, "time") or "")
 
 
 def requested(options: Sequence[str], script: str, name: str) -> Optional[str]:
