@@ -49,9 +49,16 @@ def _staggered(spec: Spec, script: str, ends: list[float]) -> int | None:
     return None if limit == full else limit
 
 
+def minutes_to_end(jobs: list[slurm.Job]) -> list[float]:
+    """Minutes from now until each running job's end, where SLURM knows it."""
+    now = time.time()
+    return [(e - now) / 60 for e in (j.end_epoch() for j in jobs if j.running) if e]
+
+
 class Launch:
     def __init__(self, chain: Chain):
         self.chain, self.options = chain, chain.options
+        self._reservations: list[capacity.Reservation] | None = None
 
     def ensure(self, only: list[int] | None = None) -> tuple[str, bool]:
         """The chain's oldest active job, starting a chain only when SLURM
@@ -97,8 +104,7 @@ class Launch:
             return jobs[0].job_id, False
         if not jobs:  # a new chain: the last one's stop mark and failure count go
             self.chain.agent("reset")
-        now = time.time()
-        ends = [(e - now) / 60 for e in (j.end_epoch() for j in jobs if j.running) if e]
+        ends = minutes_to_end(jobs)
         taken = {j.node for j in jobs if j.running and j.node}
         started = []
         for slot in wanting:
@@ -134,6 +140,14 @@ class Launch:
             time.sleep(1)
         return set()
 
+    def _reservations_ahead(self) -> list[capacity.Reservation]:
+        """For --time-min; read once for all the slots started together."""
+        if self._reservations is None:
+            shown = self.chain.run_slurm(capacity.reservations_argv())
+            self._reservations = (capacity.parse_reservations(shown.stdout)
+                                  if shown.returncode == 0 else [])
+        return self._reservations
+
     def _script(self) -> str:
         script = Path(self.options.app_dir) / "slurm.sbatch"
         return script.read_text() if script.is_file() else ""
@@ -143,10 +157,9 @@ class Launch:
         slots' ends (minutes from now; this slot's is added to them)."""
         text, spec = self._script(), self.chain.spec()
         limit = _staggered(spec, text, ends)
-        shown = self.chain.run_slurm(capacity.reservations_argv())  # for --time-min
-        reservations = capacity.parse_reservations(shown.stdout) if shown.returncode == 0 else []
         result = self.chain.run_slurm(slurm.sbatch_argv(spec, script=text, slot=slot, limit=limit,
-                                                    exclude=exclude, reservations=reservations))
+                                                    exclude=exclude,
+                                                    reservations=self._reservations_ahead()))
         try:
             job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         except slurm.SlurmUnknown as exc:

@@ -20,7 +20,7 @@ from remote_agent import slurm
 from .cluster import Chain
 from .config import ConfigError, Options
 from .deploy import deploy as deploy_files
-from .launch import Launch
+from .launch import Launch, minutes_to_end
 from .remote import ClusterError
 
 POLL = 2.0
@@ -42,9 +42,7 @@ class Rollout:
     def _slot(self, slot: int) -> str:
         jobs = self.chain.jobs()
         old = [j for j in jobs if self.chain.slot(j) == slot]
-        now = time.time()
-        ends = [(e - now) / 60 for e in (j.end_epoch() for j in jobs
-                                         if j.running and self.chain.slot(j) != slot) if e]
+        ends = minutes_to_end([j for j in jobs if self.chain.slot(j) != slot])
         new = Launch(self.chain).start_slot(slot, ends, exclude=[])
         self.say(f"slot {slot}: job {new} started beside "
                  f"{', '.join(j.job_id for j in old) or 'no job'}")

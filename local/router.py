@@ -67,14 +67,13 @@ class Router:
         """The lowest slot's route: the one status and logs name."""
         return self.routes[min(self.routes)] if self.routes else None
 
-    def take(self, route: Route) -> Route | None:
-        """Make route its slot's current one; the old one (returned) retires."""
+    def take(self, route: Route) -> None:
+        """Make route its slot's current one; the one it replaces retires."""
         slot = route.endpoint.slot
         old = self.routes.get(slot)
         self.routes[slot] = route
         if old is not None:
             self._retire(old)
-        return old
 
     def drop(self, route: Route) -> None:
         """A route that failed its probe: out at once, retired."""

@@ -80,6 +80,7 @@ def test_a_new_service_gets_every_slot_staggered_and_spread(tmp_path):
     assert "--job-name=sp-x+1" in second and "--time=30" in second
     assert "--exclude=node1" in second  # slot 0 started on node1, node2 was idle
     assert chain.agent_calls == ["lock", "reset", "unlock"]
+    assert sum(1 for argv in chain.ran if argv[0] == "scontrol") == 1  # reservations, once
 
 
 def test_no_free_node_elsewhere_means_no_exclusion(tmp_path):
