@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from helpers import Up, site_options
 from local.cluster import Chain
 from local.deploy import deploy
 from local.remote import Site
-from local.sandbox import Sandbox, compose_file
+from local.sandbox import COMPUTE_NODES, Sandbox, compose_file
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +149,29 @@ class Faults:
         for cmd in reversed(self._undo):
             subprocess.run(cmd, capture_output=True)
         self._undo.clear()
+        self._nodes_in_service()
+
+    def _nodes_in_service(self) -> None:
+        """A node SLURM marked DOWN stays out of the next test's placement:
+        the replicas test then found both replicas on the one node left (CI,
+        after the slurmd-stopped test). ReturnToService=2 brings a node back
+        when its slurmd registers; one that has not within 30 s (a frozen
+        slurmd that was only continued) is resumed as an admin would."""
+        deadline, resumed = time.monotonic() + 120, False
+        while True:
+            shown = self.cluster.exec("slurmctld", "sinfo", "-h", "-N", "-o", "%N %t",
+                                      check=False) or ""
+            states = dict(line.split() for line in shown.splitlines() if len(line.split()) == 2)
+            out = [n for n in COMPUTE_NODES if states.get(n) not in ("idle", "mix", "alloc")]
+            if not out:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nodes not back in service after a fault: {shown!r}")
+            if not resumed and time.monotonic() > deadline - 90:
+                self.cluster.exec("slurmctld", "scontrol", "update",
+                                  f"nodename={','.join(out)}", "state=resume", check=False)
+                resumed = True
+            time.sleep(2)
 
 
 @pytest.fixture(scope="session", autouse=True)
