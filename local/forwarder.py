@@ -65,7 +65,7 @@ class Forwarder:
         self._kick = asyncio.Event()
         self.events = Summariser(log.warning)
         self.served = Served()
-        self._starting: set[str] = set()  # running jobs whose record does not serve yet
+        self._starting: set[str] = set()  # jobs whose records are read between looks
         self._served_by: dict[int, str] = {}  # slot -> the job it was last served by
         self.hooks = Hooks(options.on_event, options.name)
         self.starter = Starter(options, chain, self.served, self.hooks)
@@ -200,8 +200,7 @@ class Forwarder:
             await self._start_chain()
             return
         await self.refill.start_missing(jobs)
-        self._starting = {j.job_id for j in jobs if j.running} - {
-            e.job_id for e in snap.endpoints.values() if e.state == "serving"}
+        self._starting = self.handover.starting(jobs, snap)
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
                            for j in jobs)
         silent = [j for j in jobs if j.running and j.job_id not in snap.endpoints
@@ -214,6 +213,7 @@ class Forwarder:
 
     async def _start_chain(self) -> None:
         await self.starter.start(self._set_status)
+        self._starting = {self.starter.started_job} if self.starter.started_job else set()
 
     async def _switch(self, target: Endpoint, session: aiohttp.ClientSession) -> bool:
         """Build a route to target and take it (for its slot) once it answers the probe."""

@@ -27,6 +27,12 @@ log = logging.getLogger("slurm_persist.handover")
 
 # Tell of a missing successor this long before the job's own warning.
 NEAR_END_MARGIN = 120.0
+# A queued job free to start (not held by a dependency) has its record read
+# between looks for this long after it was first seen so, as a running one
+# has: `up` answered 5 s after the job served when the job was still pending
+# at the forwarder's first look. Bounded, because each read is a python3 on
+# the login node, and on a busy queue a job waits for hours.
+ELIGIBLE_WATCH = 60.0
 
 
 class Handover:
@@ -35,6 +41,19 @@ class Handover:
         # Newer records that said serving for a job SLURM did not run: not asked again.
         self._not_running: set[str] = set()
         self._told_near_end: set[str] = set()
+        self._eligible_since: dict[str, float] = {}
+
+    def starting(self, jobs: list[slurm.Job], snap) -> set[str]:
+        """The jobs whose records until_serving reads between looks: running
+        ones that do not serve yet, and queued ones free to start, for
+        ELIGIBLE_WATCH after they were first seen so."""
+        now = time.monotonic()
+        serving = {e.job_id for e in snap.endpoints.values() if e.state == "serving"}
+        eligible = {j.job_id for j in jobs if j.pending and j.reason != "Dependency"}
+        self._eligible_since = {job: self._eligible_since.get(job, now) for job in eligible}
+        watched = {job for job, since in self._eligible_since.items()
+                   if now - since < ELIGIBLE_WATCH}
+        return ({j.job_id for j in jobs if j.running} | watched) - serving
 
     async def later_serving(self, current: dict[int, Endpoint],
                             replicas: int = 1) -> list[Endpoint]:

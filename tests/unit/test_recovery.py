@@ -251,6 +251,27 @@ async def test_a_starting_job_is_followed_as_soon_as_its_record_serves(make, mon
     assert asyncio.get_running_loop().time() - started < 1
 
 
+
+async def test_a_queued_job_free_to_start_is_watched_too_but_not_for_ever(make, monkeypatch):
+    """`up` answered 5 s after the job served: it was still queued at the
+    first look, and only running jobs had their records read between looks."""
+    from local import handover
+    chain = FakeChain([dataclasses.replace(pending("7"), reason="Priority"), pending("8")])
+    fwd = make(chain, look_interval=30)
+    await fwd._recover_once(None)
+    assert fwd._starting == {"7"}  # 8 waits on a dependency: nothing to watch
+    monkeypatch.setattr(handover, "ELIGIBLE_WATCH", 0.0)
+    await fwd._recover_once(None)
+    assert fwd._starting == set()  # a long queue is left to the looks
+
+
+async def test_a_chain_started_here_is_watched_from_its_first_pause(make):
+    chain = FakeChain([])
+    fwd = make(chain, look_interval=30)
+    await fwd._recover_once(None)
+    assert chain.started == ["100"] and fwd._starting == {"100"}
+
+
 # -- replicas: one route per slot ------------------------------------------
 
 async def settled(fwd: Forwarder) -> None:
