@@ -118,6 +118,15 @@ def maintenance(reservations: list[capacity.Reservation]) -> str:
                      for r in ahead) or "-"
 
 
+def local_url(options, local) -> str:
+    """Where the running forwarder serves: its own port, which `status`
+    without --local-port does not know (it said the default, 8642, for a
+    forwarder on another port)."""
+    if local is not None and local.local_port and not options.local_socket:
+        return f"http://127.0.0.1:{local.local_port}/"
+    return options.url
+
+
 def forwarder_line(pid: int | None, local) -> str:
     """The local forwarder as its pid file and status file tell it."""
     if not pid:

@@ -28,7 +28,7 @@ from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
 from .remote import Site
-from .report import JobLine, Report, age, forwarder_line, maintenance, reason
+from .report import JobLine, Report, age, forwarder_line, local_url, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
 from .supervisor import supervise
@@ -253,7 +253,7 @@ def status(options: Options) -> Report:
         state=current.state if current else (running.state.lower() if running else "-"),
         uptime=age(current.started) if current else "-",
         restarts=str(current.restarts) if current else "-",
-        url=options.url if pid else "-",
+        url=local_url(options, local) if pid else "-",
         forwarder=forwarder_line(pid, local),
         reason=reason(home, local if pid else None),
         maintenance=maintenance(reservations),

@@ -39,3 +39,12 @@ def test_text_keeps_key_value_lines_and_json_parses():
     assert lines[-1].split() == ["23:PENDING,", "waiting:", "Priority"]
     data = json.loads(report.json())
     assert data["url"] == "-" and data["jobs"][1]["reason"] == "Priority"
+
+
+def test_the_url_is_the_running_forwarders_port_not_the_default():
+    from local.config import Options
+    from local.report import local_url
+    from local.status_file import Status
+    running = Status(pid=1, service="x", local_port=55249)
+    assert local_url(Options(name="x"), running) == "http://127.0.0.1:55249/"
+    assert local_url(Options(name="x"), None) == "http://127.0.0.1:8642/"
