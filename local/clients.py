@@ -14,10 +14,11 @@ import socket
 import time
 from collections.abc import Callable
 
-from remote_agent.gate import CHUNK, COALESCE
+from remote_agent.gate import CHUNK
 from remote_agent.joblog import Summariser
 from remote_agent.limits import Budget, raise_nofile
 from remote_agent.listener import Listener
+from remote_agent.relay import COALESCE
 
 from .metrics import Metrics
 from .route import ClientGone, Route

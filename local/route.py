@@ -20,7 +20,8 @@ from pathlib import Path
 import aiohttp
 
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK_TIMEOUT, CHUNK, NotAcknowledged, expect_ack, preamble, relay
+from remote_agent.gate import ACK_TIMEOUT, CHUNK, NotAcknowledged, expect_ack, preamble
+from remote_agent.relay import relay
 
 from .tunnel import Tunnel, TunnelError
 

@@ -13,7 +13,8 @@ it sent before it can have reached the server when the connection fails
 first, so it may safely try again elsewhere. The gate also counts open
 connections, so a job can drain.
 
-:func:`relay` is shared with the local forwarder, which speaks the other end.
+The local forwarder speaks the other end, and relays with the same
+:mod:`relay`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import socket
-from typing import Awaitable, Callable, Dict, Optional, Tuple
+from typing import Awaitable, Callable, Dict, Optional
 
 from .admission import Admission
 from .joblog import Summariser
 from .limits import Budget
 from .listener import Listener, tcp_socket, unix_socket
+from .relay import Streams, relay
 
 log = logging.getLogger("slurm_persist.gate")
 
@@ -40,10 +41,6 @@ ACK_TIMEOUT = 15.0
 # holds a descriptor for nothing.
 HANDSHAKE_TIMEOUT = 5.0
 CHUNK = 256 * 1024
-# How long a first write waits to go out together with the next bytes. Two
-# small writes in a row meet Nagle's algorithm somewhere along the SSH hops
-# and the second waits for a delayed ACK: 40 ms per new connection here.
-COALESCE = 0.05
 
 
 def preamble(secret: str) -> bytes:
@@ -66,76 +63,6 @@ async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         writer.close()
         raise NotAcknowledged(f"gate answered {line[:40]!r}" if line
                               else "closed before the gate answered")
-
-
-def nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # reset before we got here: the relay finds out and closes both
-            pass
-
-
-Count = Optional[Callable[[int], None]]
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                greeting: bytes = b"", count: Count = None) -> bool:
-    """Copy until EOF (passed on as a half-close: True) or an error (False).
-    A greeting goes out first, in one write with the first bytes if they
-    come within COALESCE. count(n) hears of every n bytes copied."""
-    try:
-        if greeting:
-            try:
-                first = await asyncio.wait_for(reader.read(CHUNK), COALESCE)
-            except asyncio.TimeoutError:
-                first = b""
-            writer.write(greeting + first)
-            await writer.drain()
-            if count and first:
-                count(len(first))
-        while True:
-            data = await reader.read(CHUNK)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-            if count:
-                count(len(data))
-        if writer.can_write_eof():
-            writer.write_eof()
-        return True
-    except (ConnectionError, OSError):
-        return False
-
-
-async def relay(a: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                b: Tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                greeting: bytes = b"", counts: Tuple[Count, Count] = (None, None)) -> None:
-    """Copy bytes both ways until both sides are done, then close both; send
-    `greeting` to a before anything from b. A reset on either side ends both
-    directions at once: a client must not wait forever for an answer from a
-    side that is gone. counts: told of the bytes a->b and b->a."""
-    for _, writer in (a, b):
-        nodelay(writer)
-    pumps = [asyncio.ensure_future(_pump(a[0], b[1], count=counts[0])),
-             asyncio.ensure_future(_pump(b[0], a[1], greeting, counts[1]))]
-    try:
-        pending = set(pumps)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if not all(task.result() for task in done):
-                break
-    finally:
-        for task in pumps:
-            task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
-        for _, writer in (a, b):
-            writer.close()
-
-
-Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class Gate:

@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from remote_agent.gate import ACK, Gate, preamble, relay
+from remote_agent.gate import ACK, Gate, preamble
+from remote_agent.relay import relay
 
 SECRET = "s3cr3t" * 4
 

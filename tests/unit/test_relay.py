@@ -1,0 +1,143 @@
+"""The relay between two connected streams, on loopback with real sockets."""
+
+import asyncio
+import hashlib
+import os
+
+from remote_agent.relay import relay
+
+
+async def pipe_through(upstream_handler, greeting: bytes = b"", handshake: bool = False):
+    """A front server that relays each client to a fresh upstream connection;
+    with handshake, it first reads one line, as the gate does."""
+    upstream = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
+    up_port = upstream.sockets[0].getsockname()[1]
+    relays = []
+
+    async def front(reader, writer):
+        if handshake:
+            assert await reader.readline() == b"HELLO\n"
+        relays.append(asyncio.current_task())
+        await relay((reader, writer), await asyncio.open_connection("127.0.0.1", up_port),
+                    greeting=greeting)
+
+    server = await asyncio.start_server(front, "127.0.0.1", 0)
+    return server, upstream, server.sockets[0].getsockname()[1], relays
+
+
+async def test_bytes_read_past_the_handshake_still_reach_upstream():
+    seen = []
+
+    async def echo(reader, writer):
+        seen.append(await reader.read(1024))
+        writer.write(b"echo:" + seen[-1])
+        writer.close()
+
+    server, upstream, port, _ = await pipe_through(echo, handshake=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"HELLO\nrequest")  # one segment: the rest sits in the front's buffer
+    assert await asyncio.wait_for(reader.read(), 5) == b"echo:request"
+    assert seen == [b"request"]
+    server.close()
+    upstream.close()
+
+
+async def test_a_half_close_is_passed_on_and_the_answer_comes_back():
+    async def until_eof_then_answer(reader, writer):
+        body = await reader.read()  # only returns at the client's EOF
+        writer.write(b"got %d" % len(body))
+        writer.close()
+
+    server, upstream, port, _ = await pipe_through(until_eof_then_answer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"x" * 1000)
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b"got 1000"
+    server.close()
+    upstream.close()
+
+
+async def test_megabytes_both_ways_arrive_whole_through_flow_control():
+    async def echo_all(reader, writer):
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server, upstream, port, _ = await pipe_through(echo_all)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    payload = os.urandom(20 * 2 ** 20)
+
+    async def send():
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+    back = (await asyncio.gather(send(), asyncio.wait_for(reader.read(), 30)))[1]
+    assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
+    server.close()
+    upstream.close()
+
+
+async def test_the_greeting_goes_first_with_the_first_answer_or_alone():
+    async def answer_at_once(reader, writer):
+        await reader.read(10)
+        writer.write(b"answer")
+        await asyncio.sleep(0.5)
+        writer.close()
+
+    async def silent(reader, writer):
+        await asyncio.sleep(0.5)
+        writer.close()
+
+    for handler, first in ((answer_at_once, b"OK\nanswer"), (silent, b"OK\n")):
+        server, upstream, port, _ = await pipe_through(handler, greeting=b"OK\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"request")
+        assert await asyncio.wait_for(reader.read(100), 5) == first  # one segment
+        writer.close()
+        server.close()
+        upstream.close()
+
+
+async def test_a_cancelled_relay_closes_both_sides():
+    arrived, closed = asyncio.Event(), asyncio.Event()
+
+    async def hold(reader, writer):
+        arrived.set()
+        await reader.read()  # until the relay closes this side
+        closed.set()
+
+    server, upstream, port, relays = await pipe_through(hold)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"request")
+    await asyncio.wait_for(arrived.wait(), 5)
+    await asyncio.sleep(0.1)
+    relays[0].cancel()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    await asyncio.wait_for(closed.wait(), 5)
+    server.close()
+    upstream.close()
+
+
+async def test_a_sender_faster_than_its_receiver_is_held_back_not_buffered():
+    """Upstream reads nothing for a while: the relay must stop reading the
+    client (its send blocks), not keep 20 MB in memory."""
+    go = asyncio.Event()
+
+    async def slow(reader, writer):
+        await go.wait()
+        while await reader.read(1 << 16):
+            pass
+        writer.close()
+
+    server, upstream, port, _ = await pipe_through(slow)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(os.urandom(20 * 2 ** 20))
+    drained = asyncio.ensure_future(writer.drain())
+    await asyncio.sleep(1)
+    assert not drained.done()
+    go.set()
+    await asyncio.wait_for(drained, 10)
+    writer.close()
+    server.close()
+    upstream.close()
