@@ -36,7 +36,7 @@ from local.tunnel import ssh_base
 
 from . import client, idle, outages, tools
 from .client import Load
-from .procs import children, forwarder_pid, free_port, usage
+from .procs import children, family, forwarder_pid, free_port, usage
 from .table import OURS, table
 
 log = logging.getLogger("slurm_persist.bench")
@@ -171,7 +171,8 @@ class Bench:
         args = (self.s.download_bytes, self.s.requests)
         rows = self.results["paths"]
         rows[OURS] = client.measure("127.0.0.1", self.port, *args)
-        pids = [forwarder_pid(name), *children(forwarder_pid(name))]
+        worker, ssh = family(forwarder_pid(name))
+        pids = [worker, *ssh]
         self.results["tools"] = {OURS: tools.both(self.port, self.s.ab_requests,
                                                   self.s.wrk_seconds, pids)}
         rows["slurm-persist, reverse mode"] = self.reverse_path(args)

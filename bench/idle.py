@@ -20,7 +20,9 @@ from . import procs
 
 # Headers not ended by an empty line: the server waits for the rest.
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: bench\r\n"
-REST = b"Connection: close\r\n\r\n"
+# Kept alive once answered: a forwarder at its limit must not take in, as
+# these close, the connections it left waiting in its backlog.
+REST = b"\r\n"
 
 
 def raise_nofile(wanted: int) -> int:
@@ -57,22 +59,25 @@ def metric(metrics_port: int, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def settle(pid: int, metrics_port: int, count: int, timeout: float) -> float:
-    """Seconds until the forwarder has accepted `count` and stays quiet
-    (under 5% of a core over 2 s): the set-ups are done. At most timeout."""
-    start = time.monotonic()
+def settle(pid: int, metrics_port: int, timeout: float) -> float:
+    """Seconds until the forwarder's accepted count stops moving and its
+    process is quiet (under 5% of a core over 2 s): set-ups are done."""
+    start, accepted = time.monotonic(), -1.0
     while time.monotonic() - start < timeout:
-        pids = [pid, *procs.children(pid)]
-        before = procs.ticks(pids)
+        before = procs.ticks([pid])
         time.sleep(2)
-        quiet = procs.cpu_percent(before, procs.ticks(pids), 2) < 5
-        if quiet and (metric(metrics_port, "slurm_persist_connections_open") or 0) >= count:
+        quiet = procs.cpu_percent(before, procs.ticks([pid]), 2) < 5
+        now = metric(metrics_port, "slurm_persist_connections_open") or 0.0
+        if quiet and now == accepted:
             break
+        accepted = now
     return round(time.monotonic() - start, 1)
 
 
-def answered(held: list[socket.socket], timeout: float) -> int:
-    """End every request; count the 200s that come back within timeout."""
+def answered(held: list[socket.socket], timeout: float, quiet: float = 5.0) -> int:
+    """End every request; count the 200s that come back within timeout, or
+    until none came for `quiet` seconds (the ones the forwarder could not
+    accept wait in its backlog until others close: they were not held)."""
     selector = selectors.DefaultSelector()
     for sock in held:
         try:
@@ -81,9 +86,10 @@ def answered(held: list[socket.socket], timeout: float) -> int:
             selector.register(sock, selectors.EVENT_READ, b"")
         except OSError:
             continue
-    ok, deadline = 0, time.monotonic() + timeout
-    while selector.get_map() and time.monotonic() < deadline:
+    ok, deadline, last = 0, time.monotonic() + timeout, time.monotonic()
+    while selector.get_map() and time.monotonic() < min(deadline, last + quiet):
         for key, _ in selector.select(timeout=1):
+            last = time.monotonic()
             sock = key.fileobj
             try:
                 chunk = sock.recv(4096)  # type: ignore[union-attr]
@@ -101,24 +107,30 @@ def answered(held: list[socket.socket], timeout: float) -> int:
 
 def hold(pid: int, port: int, metrics_port: int, count: int) -> dict:
     """Open `count` idle connections, let them settle, read the forwarder's
-    RSS alone and with its ssh masters, then check each is carried."""
+    RSS alone and with its ssh processes, then check each is carried."""
     limit = raise_nofile(count + 256)
-    pids = [pid, *procs.children(pid)]
-    before = {"rss_mb": procs.rss_mb([pid]), "with_ssh_mb": procs.rss_mb(pids)}
+    worker, ssh = procs.family(pid)
+    before = {"rss_mb": procs.rss_mb([worker]), "with_ssh_mb": procs.rss_mb([worker, *ssh])}
     start = time.monotonic()
     held, short = open_idle(port, min(count, limit - 256))
     if not short and len(held) < count:
-        short = f"this process's nofile hard limit is {limit}"
+        short = f"the bench's nofile hard limit is {limit}"
     opened_s = round(time.monotonic() - start, 1)
     try:
-        settle_s = settle(pid, metrics_port, len(held), timeout=120)
-        pids = [pid, *procs.children(pid)]
+        settle_s = settle(worker, metrics_port, timeout=120)
+        worker, ssh = procs.family(pid)
+        accepted = metric(metrics_port, "slurm_persist_connections_open")
+        if not short and accepted is not None and accepted < len(held):
+            short = (f"the forwarder accepted {accepted:,.0f}: its nofile limit is "
+                     f"{procs.nofile(worker)}, 2 descriptors a connection and a reserve")
         row = {"wanted": count, "opened": len(held), "why_fewer": short, "nofile": limit,
-               "open_s": opened_s, "settle_s": settle_s, "before": before,
-               "accepted": metric(metrics_port, "slurm_persist_connections_open"),
-               "rss_mb": procs.rss_mb([pid]), "with_ssh_mb": procs.rss_mb(pids),
-               "ssh_processes": len(pids) - 1}
-        row["held"] = answered(held, timeout=120)
+               "open_s": opened_s, "settle_s": settle_s, "before": before, "accepted": accepted,
+               "rss_mb": procs.rss_mb([worker]), "with_ssh_mb": procs.rss_mb([worker, *ssh]),
+               "supervisor_rss_mb": procs.rss_mb([pid]) if worker != pid else 0.0,
+               "ssh_processes": len(ssh)}
+        start = time.monotonic()
+        row["held"] = answered(held, timeout=180)
+        row["answer_s"] = round(time.monotonic() - start, 1)
         return row
     finally:
         for sock in held:

@@ -28,6 +28,37 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def family(pid: int) -> tuple[int, list[int]]:
+    """(worker, its ssh processes) of the process in forwarder.pid: with
+    `up --daemonize` that is a supervisor and the forwarder is its forked
+    worker; the ssh masters (and their ProxyJump ssh) are the worker's."""
+    workers = [child for child in children(pid) if comm(child) != "ssh"]
+    worker = workers[0] if workers else pid
+    return worker, [each for each in descendants(worker) if comm(each) == "ssh"]
+
+
+def nofile(pid: int) -> int:
+    """The soft limit on open files of a process."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    return 0
+
+
 def ticks(pids: list[int]) -> int:
     """CPU clock ticks (user + system) the pids used so far."""
     total = 0

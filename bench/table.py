@@ -108,7 +108,8 @@ def measures(results: dict) -> str:
              f"{fwd['under_load_50rps']['cpu_percent']}% CPU | |"]
     ab_cpu = results.get("tools", {}).get(OURS, {}).get("ab", {}).get("forwarder_cpu_percent")
     if ab_cpu is not None:
-        lines.append(f"| forwarder under `ab -c50` (with its ssh processes) | {ab_cpu}% CPU | |")
+        lines.append(f"| forwarder under `ab -c50` (its worker and ssh processes) | {ab_cpu}% "
+                     f"CPU | |")
     if "replicas" in results:
         one, two = results["replicas"]["1"], results["replicas"]["2"]
         lines.append(f"| CPU-bound endpoint (20 ms a request, 8 clients): 1 replica, 2 replicas "

@@ -63,7 +63,7 @@ def test_the_load_tools_side_by_side():
     assert row(report, "`ab -c50 -n5000`")[1:] == ["slurm-persist", "1000", "47.00", "94.00",
                                                     "0 of 5000"]
     assert row(report, "`wrk -c50 -t2 -d20s`")[1] == "slurm-persist"
-    assert "| forwarder under `ab -c50` (with its ssh processes) | 35.0% CPU | |" in report
+    assert "| forwarder under `ab -c50` (its worker and ssh processes) | 35.0% CPU | |" in report
 
 
 def test_short_mode_keeps_ab_and_wrk_short():
