@@ -26,8 +26,10 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from local.config import Options
@@ -36,7 +38,7 @@ from local.tunnel import ssh_base
 
 from . import client, idle, outages, tools
 from .client import Load
-from .procs import children, family, forwarder_pid, free_port, usage
+from .procs import children, family, forwarder_pid, free_port, rss_mb, usage
 from .table import OURS, table
 
 log = logging.getLogger("slurm_persist.bench")
@@ -68,7 +70,7 @@ class Bench:
     def __init__(self, options: Options, box: Sandbox, settings: Settings):
         self.options, self.box, self.s = options, box, settings
         self.results: dict = {"settings": dataclasses.asdict(settings)}
-        self.port = free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         self.started = time.monotonic()
 
     def step(self, what: str) -> None:
@@ -115,28 +117,29 @@ class Bench:
 
     def run(self) -> dict:
         tools.require("ab", "wrk")  # before minutes of work, not after
-        name, metrics_port = "bench", free_port()
+        name = "bench"
         self.on_login(f"rm -rf ~/.slurm-persist/services/{name} ~/.slurm-persist/venvs/{name}")
         self.results["paths"] = {}
         try:
             self.step("startup cold")
-            self.results["startup_cold_s"] = self.up(name)
+            self.results["startup_cold_s"] = self.up(name, "--metrics-port",
+                                                     str(self.metrics_port))
             self.step("forwarder cost")
             self.forwarder_cost(name)
             self.step("throughput and latency")
             self.throughput(name)
             self.step("slurm calls")
-            self.slurm_calls()
+            self.results["slurm_calls_per_hour"] = slurm_calls(self.box, self.s.slurm_window)
             self.step("recovery after scancel")
             self.results["recovery_scancel"] = outages.recovery(self.port, self.on_login)
             self.down(name)
             self.step("startup warm")
-            self.results["startup_warm"] = self.warm_startup(name, metrics_port)
+            self.results["startup_warm"] = self.warm_startup(name)
             self.results["startup_warm_s"] = self.results["startup_warm"]["seconds"]
             if self.s.idle_connections:
                 self.step(f"{self.s.idle_connections} idle connections")
                 self.results["idle_held"] = idle.hold(forwarder_pid(name), self.port,
-                                                      metrics_port, self.s.idle_connections)
+                                                      self.metrics_port, self.s.idle_connections)
             self.down(name)
             self.step("replicas")
             self.results["replicas"] = self.replicas(name)
@@ -173,8 +176,14 @@ class Bench:
         rows[OURS] = client.measure("127.0.0.1", self.port, *args)
         worker, ssh = family(forwarder_pid(name))
         pids = [worker, *ssh]
+        failed = lambda: idle.metric(self.metrics_port,  # noqa: E731
+                                     "slurm_persist_connections_failed_total") or 0.0
+        before = failed()
         self.results["tools"] = {OURS: tools.both(self.port, self.s.ab_requests,
                                                   self.s.wrk_seconds, pids)}
+        # ab counts a connection closed without an answer as complete (-l):
+        # the forwarder's own count of those, during ab and wrk.
+        self.results["tools"][OURS]["forwarder_failed"] = int(failed() - before)
         rows["slurm-persist, reverse mode"] = self.reverse_path(args)
         node, port, job = self.plain_server(name)
         local = free_port()
@@ -193,21 +202,24 @@ class Bench:
             tunnel.terminate()
             self.on_login(f"scancel {job}")
 
-    def warm_startup(self, name: str, metrics_port: int) -> dict:
-        """`up` with the files deployed: seconds to the first local answer, and
-        when the job's server passed its health check, from the job's log
-        (its `state=serving` line; the containers share this host's clock)."""
+    def warm_startup(self, name: str) -> dict:
+        """`up` with the files deployed: when the job's server passed its health
+        check, from the job's log (its `state=serving` line; the containers
+        share this host's clock), and when a client asking from the start got
+        its first answer on the local port."""
+        got: list[float] = []
+        asker = threading.Thread(target=lambda: got.append(
+            client.first_answer("127.0.0.1", self.port, 300)), daemon=True)
         start = time.time()
-        seconds = self.up(name, "--metrics-port", str(metrics_port))
-        answered = start + seconds
+        asker.start()
+        seconds = self.up(name, "--metrics-port", str(self.metrics_port))
+        asker.join(timeout=300)
+        answered = got[0] if got and got[0] else start + seconds
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=30) as page:
             job = json.loads(page.read())["job_id"]
-        out = self.on_login(f"date +%z; grep -h 'state=serving port' "
-                            f"~/.slurm-persist/services/{name}/logs/{job}.out || true")
-        zone, _, line = out.partition("\n")
-        healthy = log_time(line, zone.strip()) if line.strip() else None
-        return {"seconds": seconds, "job": job,
-                "to_health_s": None if healthy is None else round(healthy - start, 2),
+        healthy = healthy_at(self.on_login, name, job)
+        return {"seconds": round(answered - start, 2), "up_returned_s": round(seconds, 2),
+                "job": job, "to_health_s": None if healthy is None else round(healthy - start, 2),
                 "health_to_answer_s": None if healthy is None else round(answered - healthy, 2)}
 
     def reverse_path(self, args: tuple[int, int]) -> dict:
@@ -235,26 +247,38 @@ class Bench:
             time.sleep(1)
         raise RuntimeError("the hand-started server did not answer within 60 s")
 
-    def slurm_calls(self) -> None:
-        """SLURM client calls on every host while the service is healthy."""
-        hosts = LOGIN_NODES + COMPUTE_NODES
-        for host in hosts:
-            self.box.exec(host, "sh", "-c", "rm -f /var/log/slurm-calls/*.log")
-        time.sleep(self.s.slurm_window)
-        calls = 0
-        for host in hosts:
-            out = self.box.exec(host, "sh", "-c",
-                                "cat /var/log/slurm-calls/*.log 2>/dev/null || true")
-            calls += len([line for line in out.splitlines() if line.strip()])
-        self.results["slurm_calls_per_hour"] = round(calls * 3600 / self.s.slurm_window, 1)
-
     def forwarder_cost(self, name: str) -> None:
         pid = forwarder_pid(name)
         pids = [pid] + children(pid)
         idle = usage(pids, self.s.idle_window)
+        worker, ssh = family(pid)  # the RSS above is the supervisor's and its worker's
+        idle.update(supervisor_rss_mb=rss_mb([pid]), worker_rss_mb=rss_mb([worker]),
+                    ssh_rss_mb=rss_mb(ssh))
         with Load(self.port, every=0.02, timeout=30):
             busy = usage(pids, self.s.idle_window)
         self.results["forwarder"] = {"idle": idle, "under_load_50rps": busy}
+
+
+def slurm_calls(box: Sandbox, window: float) -> float:
+    """SLURM client calls per hour on every host while the service is healthy."""
+    hosts = LOGIN_NODES + COMPUTE_NODES
+    for host in hosts:
+        box.exec(host, "sh", "-c", "rm -f /var/log/slurm-calls/*.log")
+    time.sleep(window)
+    calls = 0
+    for host in hosts:
+        out = box.exec(host, "sh", "-c", "cat /var/log/slurm-calls/*.log 2>/dev/null || true")
+        calls += len([line for line in out.splitlines() if line.strip()])
+    return round(calls * 3600 / window, 1)
+
+
+def healthy_at(on_login: Callable[[str], str], name: str, job: str) -> float | None:
+    """When the job's server passed its health check: its agent's
+    `state=serving port` line in the job log, None if not there."""
+    out = on_login(f"date +%z; grep -h 'state=serving port' "
+                   f"~/.slurm-persist/services/{name}/logs/{job}.out || true")
+    zone, _, line = out.partition("\n")
+    return log_time(line, zone.strip()) if line.strip() else None
 
 
 def log_time(line: str, zone: str) -> float:

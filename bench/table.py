@@ -33,11 +33,15 @@ def load_tools(results: dict) -> str:
         return ""
     lines = ["| load tool, GET /health | path | req/s | median ms | p99 ms | failed |",
              "|---|---|---|---|---|---|"]
+    dropped = tools[OURS].get("forwarder_failed")
     for tool, title in tool_names(results["settings"]).items():
         for path in (OURS, BASE):
             row = tools[path][tool]
             lines.append(f"| {title} | {path} | {row['req_per_s']:.0f} | {row['p50_ms']:.2f} | "
                          f"{row['p99_ms']:.2f} | {row['failed']} of {row['requests']} |")
+    if dropped:
+        lines.append(f"\nThe forwarder closed {dropped} of these connections unanswered "
+                     f"(ab counts those as complete).")
     return "\n".join(lines)
 
 
@@ -78,7 +82,8 @@ def goals(results: dict) -> str:
         late = warm["health_to_answer_s"]
         lines.append(f"| `up` with files deployed: first answer after the job's server passed "
                      f"its health check | {late:.2f} s (`up` to health {warm['to_health_s']:.1f} "
-                     f"s, to first answer {warm['seconds']:.1f} s) | | | <= 1 s | "
+                     f"s, to first answer {warm['seconds']:.1f} s; `up` returned at "
+                     f"{warm.get('up_returned_s', warm['seconds']):.1f} s) | | | <= 1 s | "
                      f"{judged(late, 1.0, False)} |")
     idle = results.get("idle_held")
     if idle:
@@ -89,6 +94,14 @@ def goals(results: dict) -> str:
                      f"{idle['ssh_processes']} ssh processes) with {idle['held']:,} held{fewer} "
                      f"| | | < 200 MB | {judged(idle['rss_mb'], 200, False)} |")
     return "\n".join(lines)
+
+
+def split(idle: dict) -> str:
+    """Whose RSS the forwarder's is: `up --daemonize` runs a supervisor and a worker."""
+    if "worker_rss_mb" not in idle:
+        return ""
+    return (f" (supervisor {idle['supervisor_rss_mb']} + worker {idle['worker_rss_mb']}; "
+            f"its ssh processes {idle['ssh_rss_mb']} MB more)")
 
 
 def measures(results: dict) -> str:
@@ -102,7 +115,7 @@ def measures(results: dict) -> str:
              f"| recovery after scancel (no overlap) | {rec['seconds']} s, {rec['failed']} of "
              f"{rec['requests']} requests failed | <= heartbeat + 5 s |",
              f"| SLURM calls per hour while healthy | {results['slurm_calls_per_hour']} | 0 |",
-             f"| forwarder idle | {fwd['idle']['rss_mb']} MB RSS, "
+             f"| forwarder idle | {fwd['idle']['rss_mb']} MB RSS{split(fwd['idle'])}, "
              f"{fwd['idle']['cpu_percent']}% CPU | < 60 MB, < 1% |",
              f"| forwarder at 50 req/s | {fwd['under_load_50rps']['rss_mb']} MB RSS, "
              f"{fwd['under_load_50rps']['cpu_percent']}% CPU | |"]
