@@ -41,11 +41,13 @@ from local.tasks import (
 def bench(c, short=False, out="bench-results.json"):
     """Benchmark on the sandbox: throughput, latency, start-up, recovery, SLURM load, cost."""
     from bench.bench import main as run_bench
+    from bench.tools import ToolMissing, require
     _logging(False)
     try:
+        require("ab", "wrk")  # before the sandbox starts
         options = service.resolve(config.load({}), start_sandbox=True)
         print(run_bench(options, Sandbox.default(), short, Path(out)))
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, ToolMissing) as exc:
         raise Exit(f"slurm-persist: error: {exc}", code=2) from None
 
 

@@ -7,30 +7,39 @@ Paths measured, same example server, same client code (bench/client.py):
   ssh -L          a hand-made `ssh -J jumphost -L PORT:node:port login1` to the
                   same server started by hand on a TCP port (the baseline)
   in-cluster      the client on login1 straight to node:port (the limit)
-Also: time from `up` to the first answer (cold and warm), recovery after
-scancel under load (and an overlap rollover, full mode), SLURM calls per
-hour while healthy, and the forwarder's memory and CPU.
+On slurm-persist and the ssh -L baseline also: ab (a new connection per
+request) and wrk (keep-alive) at 50 connections (bench/tools.py).
+Also: time from `up` to the first answer (cold and warm, and when the
+warm job's server passed its health check), recovery after scancel under
+load (and an overlap rollover, full mode), SLURM calls per hour while
+healthy, the forwarder's memory and CPU, and its memory holding 10,000
+idle connections (bench/idle.py, full mode). The report: bench/table.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
 import shlex
-import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from local.config import Options
 from local.sandbox import COMPUTE_NODES, LOGIN_NODES, Sandbox
 from local.tunnel import ssh_base
 
-from . import client
+from . import client, idle, outages, tools
 from .client import Load
+from .procs import children, family, forwarder_pid, free_port, rss_mb, usage
+from .table import OURS, table
 
 log = logging.getLogger("slurm_persist.bench")
 
@@ -46,18 +55,22 @@ class Settings:
     idle_window: float = 30.0
     overlap: bool = True
     busy_seconds: float = 20.0
+    ab_requests: int = 5000
+    wrk_seconds: float = 20.0
+    idle_connections: int = 10_000
 
     @classmethod
     def short(cls) -> Settings:
         return cls(download_bytes=20 * 10**6, requests=100, slurm_window=20.0, idle_window=5.0,
-                   overlap=False, busy_seconds=5.0)
+                   overlap=False, busy_seconds=5.0, ab_requests=500, wrk_seconds=3.0,
+                   idle_connections=200)
 
 
 class Bench:
     def __init__(self, options: Options, box: Sandbox, settings: Settings):
         self.options, self.box, self.s = options, box, settings
         self.results: dict = {"settings": dataclasses.asdict(settings)}
-        self.port = free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         self.started = time.monotonic()
 
     def step(self, what: str) -> None:
@@ -103,23 +116,30 @@ class Bench:
     # -- measurements ----------------------------------------------------
 
     def run(self) -> dict:
+        tools.require("ab", "wrk")  # before minutes of work, not after
         name = "bench"
         self.on_login(f"rm -rf ~/.slurm-persist/services/{name} ~/.slurm-persist/venvs/{name}")
         self.results["paths"] = {}
         try:
             self.step("startup cold")
-            self.results["startup_cold_s"] = self.up(name)
+            self.results["startup_cold_s"] = self.up(name, "--metrics-port",
+                                                     str(self.metrics_port))
             self.step("forwarder cost")
             self.forwarder_cost(name)
             self.step("throughput and latency")
             self.throughput(name)
             self.step("slurm calls")
-            self.slurm_calls()
+            self.results["slurm_calls_per_hour"] = slurm_calls(self.box, self.s.slurm_window)
             self.step("recovery after scancel")
-            self.results["recovery_scancel"] = self.recovery(name)
+            self.results["recovery_scancel"] = outages.recovery(self.port, self.on_login)
             self.down(name)
             self.step("startup warm")
-            self.results["startup_warm_s"] = self.up(name)
+            self.results["startup_warm"] = self.warm_startup(name)
+            self.results["startup_warm_s"] = self.results["startup_warm"]["seconds"]
+            if self.s.idle_connections:
+                self.step(f"{self.s.idle_connections} idle connections")
+                self.results["idle_held"] = idle.hold(forwarder_pid(name), self.port,
+                                                      self.metrics_port, self.s.idle_connections)
             self.down(name)
             self.step("replicas")
             self.results["replicas"] = self.replicas(name)
@@ -127,7 +147,7 @@ class Bench:
                 self.step("overlap rollover")
                 self.up(name, "--sbatch-option=--time=2", "--overlap-minutes", "1",
                         "--warn-seconds", "20")
-                self.results["rollover_overlap"] = self.rollover(name)
+                self.results["rollover_overlap"] = outages.rollover(self.port, self.on_login)
         finally:
             self.down(name)
         self.step("done")
@@ -153,7 +173,17 @@ class Bench:
     def throughput(self, name: str) -> None:
         args = (self.s.download_bytes, self.s.requests)
         rows = self.results["paths"]
-        rows["slurm-persist"] = client.measure("127.0.0.1", self.port, *args)
+        rows[OURS] = client.measure("127.0.0.1", self.port, *args)
+        worker, ssh = family(forwarder_pid(name))
+        pids = [worker, *ssh]
+        failed = lambda: idle.metric(self.metrics_port,  # noqa: E731
+                                     "slurm_persist_connections_failed_total") or 0.0
+        before = failed()
+        self.results["tools"] = {OURS: tools.both(self.port, self.s.ab_requests,
+                                                  self.s.wrk_seconds, pids)}
+        # ab counts a connection closed without an answer as complete (-l):
+        # the forwarder's own count of those, during ab and wrk.
+        self.results["tools"][OURS]["forwarder_failed"] = int(failed() - before)
         rows["slurm-persist, reverse mode"] = self.reverse_path(args)
         node, port, job = self.plain_server(name)
         local = free_port()
@@ -163,12 +193,34 @@ class Bench:
         try:
             client.wait_port("127.0.0.1", local)
             rows["ssh -L (baseline)"] = client.measure("127.0.0.1", local, *args)
+            self.results["tools"]["ssh -L (baseline)"] = tools.both(
+                local, self.s.ab_requests, self.s.wrk_seconds)
             source = (Path(__file__).parent / "client.py").read_text()
             out = self.on_login(f"python3 - {node} {port} {args[0]} {args[1]}", stdin=source)
             rows["in-cluster (limit)"] = json.loads(out)
         finally:
             tunnel.terminate()
             self.on_login(f"scancel {job}")
+
+    def warm_startup(self, name: str) -> dict:
+        """`up` with the files deployed: when the job's server passed its health
+        check, from the job's log (its `state=serving` line; the containers
+        share this host's clock), and when a client asking from the start got
+        its first answer on the local port."""
+        got: list[float] = []
+        asker = threading.Thread(target=lambda: got.append(
+            client.first_answer("127.0.0.1", self.port, 300)), daemon=True)
+        start = time.time()
+        asker.start()
+        seconds = self.up(name, "--metrics-port", str(self.metrics_port))
+        asker.join(timeout=300)
+        answered = got[0] if got and got[0] else start + seconds
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=30) as page:
+            job = json.loads(page.read())["job_id"]
+        healthy = healthy_at(self.on_login, name, job)
+        return {"seconds": round(answered - start, 2), "up_returned_s": round(seconds, 2),
+                "job": job, "to_health_s": None if healthy is None else round(healthy - start, 2),
+                "health_to_answer_s": None if healthy is None else round(answered - healthy, 2)}
 
     def reverse_path(self, args: tuple[int, int]) -> dict:
         name, port = "bench-reverse", free_port()
@@ -195,128 +247,46 @@ class Bench:
             time.sleep(1)
         raise RuntimeError("the hand-started server did not answer within 60 s")
 
-    def slurm_calls(self) -> None:
-        """SLURM client calls on every host while the service is healthy."""
-        hosts = LOGIN_NODES + COMPUTE_NODES
-        for host in hosts:
-            self.box.exec(host, "sh", "-c", "rm -f /var/log/slurm-calls/*.log")
-        time.sleep(self.s.slurm_window)
-        calls = 0
-        for host in hosts:
-            out = self.box.exec(host, "sh", "-c",
-                                "cat /var/log/slurm-calls/*.log 2>/dev/null || true")
-            calls += len([line for line in out.splitlines() if line.strip()])
-        self.results["slurm_calls_per_hour"] = round(calls * 3600 / self.s.slurm_window, 1)
-
     def forwarder_cost(self, name: str) -> None:
-        pid = int((state_home() / "slurm-persist/services" / name / "forwarder.pid").read_text())
+        pid = forwarder_pid(name)
         pids = [pid] + children(pid)
         idle = usage(pids, self.s.idle_window)
+        worker, ssh = family(pid)  # the RSS above is the supervisor's and its worker's
+        idle.update(supervisor_rss_mb=rss_mb([pid]), worker_rss_mb=rss_mb([worker]),
+                    ssh_rss_mb=rss_mb(ssh))
         with Load(self.port, every=0.02, timeout=30):
             busy = usage(pids, self.s.idle_window)
         self.results["forwarder"] = {"idle": idle, "under_load_50rps": busy}
 
-    def recovery(self, name: str) -> dict:
-        with Load(self.port) as load:
-            while not load.jobs():
-                time.sleep(0.2)
-            old = load.jobs()[-1]
-            t0 = time.time()
-            self.on_login(f"scancel {old}")
-            deadline = time.monotonic() + 120
-            while len(load.jobs()) < 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1)
-        new = next((j for j in load.jobs() if j != old), None)
-        return {"seconds": round(load.first_served_by(new, t0), 2) if new else None,
-                "requests": len(load.results), "failed": len(load.failures())}
 
-    def rollover(self, name: str) -> dict:
-        with Load(self.port) as load:
-            while not load.jobs():
-                time.sleep(0.2)
-            old = load.jobs()[-1]
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and self.on_login(
-                    f"squeue -h -j {old} -o %T || true").strip():
-                time.sleep(2)
-            time.sleep(2)
-        return {"requests": len(load.results), "failed": len(load.failures()),
-                "jobs": load.jobs()}
+def slurm_calls(box: Sandbox, window: float) -> float:
+    """SLURM client calls per hour on every host while the service is healthy."""
+    hosts = LOGIN_NODES + COMPUTE_NODES
+    for host in hosts:
+        box.exec(host, "sh", "-c", "rm -f /var/log/slurm-calls/*.log")
+    time.sleep(window)
+    calls = 0
+    for host in hosts:
+        out = box.exec(host, "sh", "-c", "cat /var/log/slurm-calls/*.log 2>/dev/null || true")
+        calls += len([line for line in out.splitlines() if line.strip()])
+    return round(calls * 3600 / window, 1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def healthy_at(on_login: Callable[[str], str], name: str, job: str) -> float | None:
+    """When the job's server passed its health check: its agent's
+    `state=serving port` line in the job log, None if not there."""
+    out = on_login(f"date +%z; grep -h 'state=serving port' "
+                   f"~/.slurm-persist/services/{name}/logs/{job}.out || true")
+    zone, _, line = out.partition("\n")
+    return log_time(line, zone.strip()) if line.strip() else None
 
 
-def state_home() -> Path:
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def usage(pids: list[int], seconds: float) -> dict:
-    """Summed RSS (MB) and CPU (% of one core) of pids over `seconds`."""
-    def ticks() -> int:
-        total = 0
-        for pid in pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total
-    before, start = ticks(), time.monotonic()
-    time.sleep(seconds)
-    cpu = (ticks() - before) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - start) * 100
-    rss = sum(int(line.split()[1]) for pid in pids
-              for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-              if line.startswith("VmRSS:")) / 1024
-    return {"rss_mb": round(rss, 1), "cpu_percent": round(cpu, 2)}
-
-
-def table(results: dict) -> str:
-    """The markdown report; ratios against the baseline, goals beside them."""
-    paths = results["paths"]
-    base = paths["ssh -L (baseline)"]
-    lines = ["| path | download MB/s | p50 new conn ms | p99 new conn ms | p50 keep-alive ms | "
-             "p99 keep-alive ms |", "|---|---|---|---|---|---|"]
-    for name, row in paths.items():
-        lines.append(f"| {name} | {row['mb_per_s']:.0f} | {row['p50_new_ms']:.2f} | "
-                     f"{row['p99_new_ms']:.2f} | {row['p50_keepalive_ms']:.2f} | "
-                     f"{row['p99_keepalive_ms']:.2f} |")
-    ours = paths["slurm-persist"]
-    fwd = results["forwarder"]
-    rec = results["recovery_scancel"]
-    lines += ["", "| measure | value | goal |", "|---|---|---|",
-              f"| throughput vs baseline | {ours['mb_per_s'] / base['mb_per_s']:.2f}x | >= 0.9x |",
-              f"| p50 (new connections) vs baseline | "
-              f"{ours['p50_new_ms'] - base['p50_new_ms']:+.2f} ms | <= +1 ms |",
-              f"| `up` to first answer, cold (nothing deployed) | "
-              f"{results['startup_cold_s']:.1f} s | |",
-              f"| `up` to first answer, warm (deployed, no chain) | "
-              f"{results['startup_warm_s']:.1f} s | |",
-              f"| recovery after scancel (no overlap) | {rec['seconds']} s, {rec['failed']} of "
-              f"{rec['requests']} requests failed | <= heartbeat + 5 s |",
-              f"| SLURM calls per hour while healthy | {results['slurm_calls_per_hour']} | 0 |",
-              f"| forwarder idle | {fwd['idle']['rss_mb']} MB RSS, "
-              f"{fwd['idle']['cpu_percent']}% CPU"
-              f" | < 60 MB, < 1% |",
-              f"| forwarder at 50 req/s | {fwd['under_load_50rps']['rss_mb']} MB RSS, "
-              f"{fwd['under_load_50rps']['cpu_percent']}% CPU | |"]
-    if "replicas" in results:
-        one, two = results["replicas"]["1"], results["replicas"]["2"]
-        lines.append(f"| CPU-bound endpoint (20 ms a request, 8 clients): 1 replica, 2 replicas "
-                     f"| {one['req_per_s']} and {two['req_per_s']} req/s "
-                     f"({two['req_per_s'] / max(one['req_per_s'], 0.1):.2f}x; "
-                     f"{one['failed'] + two['failed']} failed) | close to 2x |")
-    if "rollover_overlap" in results:
-        roll = results["rollover_overlap"]
-        lines.append(f"| rollover with overlap | {roll['failed']} of {roll['requests']} requests "
-                     f"failed | 0 |")
-    return "\n".join(lines)
+def log_time(line: str, zone: str) -> float:
+    """Unix time of a job log line's stamp ("2026-11-25 15:36:48,123 ..."),
+    read in the cluster's zone (`date +%z`)."""
+    day, clock = line.split()[:2]
+    stamp = datetime.datetime.strptime(f"{day} {clock} {zone}", "%Y-%m-%d %H:%M:%S,%f %z")
+    return stamp.timestamp()
 
 
 def main(options: Options, box: Sandbox, short: bool, out: Path) -> str:

@@ -1,7 +1,7 @@
 """HTTP client measurements, standard library only: the same code runs on
 the laptop and, fed to python3 over ssh, on a login node.
 
-    python3 client.py HOST PORT DOWNLOAD_BYTES REQUESTS   prints JSON
+    python3 client.py HOST PORT BULK_BYTES REQUESTS   prints JSON
 """
 
 from __future__ import annotations
@@ -35,6 +35,28 @@ def download(host: str, port: int, size: int) -> float:
     return size / elapsed / 1e6
 
 
+def upload(host: str, port: int, size: int) -> float:
+    """MB/s of one POST /upload of size bytes, until the server has counted them."""
+    block = b"x" * (1 << 20)
+
+    def body():
+        left = size
+        while left > 0:
+            yield block[:left]
+            left -= len(block)
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    start = time.perf_counter()
+    conn.request("POST", "/upload", body=body(),
+                 headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+    response = conn.getresponse()
+    answer = response.read()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    if response.status != 200 or json.loads(answer)["bytes"] != size:
+        raise RuntimeError(f"upload of {size} bytes answered {response.status}: {answer[:200]!r}")
+    return size / elapsed / 1e6
+
+
 def latencies(host: str, port: int, count: int, keepalive: bool) -> list[float]:
     """Milliseconds per GET /health, each on a new connection or all on one."""
     times = []
@@ -55,6 +77,22 @@ def latencies(host: str, port: int, count: int, keepalive: bool) -> list[float]:
     return times
 
 
+def first_answer(host: str, port: int, timeout: float) -> float:
+    """Unix time of the first 200 to GET /health, asked again every 20 ms
+    while the port is closed (a connection held while no job serves waits
+    for its answer); 0.0 if none within timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health",
+                                        timeout=max(0.1, deadline - time.monotonic())) as page:
+                if page.status == 200:
+                    return time.time()
+        except OSError:
+            time.sleep(0.02)
+    return 0.0
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -63,7 +101,7 @@ def percentile(values: list[float], q: float) -> float:
 def measure(host: str, port: int, size: int, count: int) -> dict:
     new = latencies(host, port, count, keepalive=False)
     kept = latencies(host, port, count, keepalive=True)
-    return {"mb_per_s": download(host, port, size),
+    return {"mb_per_s": download(host, port, size), "upload_mb_per_s": upload(host, port, size),
             "p50_new_ms": statistics.median(new), "p99_new_ms": percentile(new, 99),
             "p50_keepalive_ms": statistics.median(kept), "p99_keepalive_ms": percentile(kept, 99)}
 

@@ -64,6 +64,14 @@ async def data(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def upload(request: web.Request) -> web.Response:
+    """POST /upload reads the body and answers its size: an upload to measure."""
+    got = 0
+    async for chunk in request.content.iter_any():
+        got += len(chunk)
+    return web.json_response({"bytes": got})
+
+
 async def work(request: web.Request) -> web.Response:
     """GET /work?ms=N computes for N ms, holding the event loop as a model's
     forward pass holds its GPU or the GIL: a CPU-bound endpoint."""
@@ -93,7 +101,8 @@ def app() -> web.Application:
     application.add_routes([web.get("/", index), web.post("/", echo),
                             web.post("/echo", echo), web.get("/health", health),
                             web.get("/bytes", data), web.get("/ws", websocket),
-                            web.get("/work", work)])
+                            web.get("/work", work),
+                            web.post("/upload", upload)])
     return application
 
 

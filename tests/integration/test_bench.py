@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from bench.bench import Bench, Settings, table
+from bench.bench import Bench, Settings
+from bench.table import table
 from helpers import site_options
 
 pytestmark = pytest.mark.cluster
@@ -18,6 +19,16 @@ def test_bench_short_mode_produces_every_figure(cluster, tmp_path):
     }
     for row in results["paths"].values():
         assert row["mb_per_s"] > 0 and row["p50_new_ms"] > 0 and row["p99_keepalive_ms"] > 0
+        assert row["upload_mb_per_s"] > 0
+    for path in ("slurm-persist", "ssh -L (baseline)"):  # ab and wrk on both, same run
+        for tool in ("ab", "wrk"):
+            row = results["tools"][path][tool]
+            assert row["req_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+            assert row["failed"] == 0
+    warm = results["startup_warm"]
+    assert warm["to_health_s"] > 0 and warm["health_to_answer_s"] is not None
+    idle = results["idle_held"]  # 10,000 in full mode
+    assert idle["held"] == idle["wanted"] == 200 and idle["rss_mb"] > 0
     assert results["startup_cold_s"] > 0 and results["startup_warm_s"] > 0
     assert results["recovery_scancel"]["seconds"] is not None
     assert results["forwarder"]["idle"]["rss_mb"] > 0
@@ -26,5 +37,5 @@ def test_bench_short_mode_produces_every_figure(cluster, tmp_path):
     assert len(replicas["1"]["jobs"]) == 1 and len(replicas["2"]["jobs"]) == 2
     assert replicas["1"]["req_per_s"] > 0 and replicas["2"]["req_per_s"] > 0
     report = table(results)
-    assert report.count("\n|") >= 12
+    assert report.count("\n|") >= 24
     json.dumps(results)  # what `invoke bench` writes

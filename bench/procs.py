@@ -1,0 +1,87 @@
+"""The forwarder's processes as the benchmark sees them: pids, memory, CPU."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+
+
+def forwarder_pid(name: str) -> int:
+    return int((state_home() / "slurm-persist/services" / name / "forwarder.pid").read_text())
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def family(pid: int) -> tuple[int, list[int]]:
+    """(worker, its ssh processes) of the process in forwarder.pid: with
+    `up --daemonize` that is a supervisor and the forwarder is its forked
+    worker; the ssh masters (and their ProxyJump ssh) are the worker's."""
+    workers = [child for child in children(pid) if comm(child) != "ssh"]
+    worker = workers[0] if workers else pid
+    return worker, [each for each in descendants(worker) if comm(each) == "ssh"]
+
+
+def nofile(pid: int) -> int:
+    """The soft limit on open files of a process."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    return 0
+
+
+def ticks(pids: list[int]) -> int:
+    """CPU clock ticks (user + system) the pids used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def cpu_percent(before: int, after: int, seconds: float) -> float:
+    """% of one core, from two ticks() readings `seconds` apart."""
+    return round((after - before) / os.sysconf("SC_CLK_TCK") / seconds * 100, 2)
+
+
+def rss_mb(pids: list[int]) -> float:
+    return round(sum(int(line.split()[1]) for pid in pids
+                     for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                     if line.startswith("VmRSS:")) / 1024, 1)
+
+
+def usage(pids: list[int], seconds: float) -> dict:
+    """Summed RSS (MB) and CPU (% of one core) of pids over `seconds`."""
+    before, start = ticks(pids), time.monotonic()
+    time.sleep(seconds)
+    cpu = cpu_percent(before, ticks(pids), time.monotonic() - start)
+    return {"rss_mb": rss_mb(pids), "cpu_percent": cpu}
