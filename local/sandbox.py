@@ -170,11 +170,17 @@ class Sandbox:
         for host in SSH_HOSTS:
             if not self.exec(host, "ss", "-Hltn", "sport = :22", check=False):
                 return f"sshd on {host} is not listening"
-        sinfo = self.exec("login1", "sinfo", "-h", "-N", "-o", "%N %t", check=False) or ""
-        states = dict(line.split() for line in sinfo.splitlines() if len(line.split()) == 2)
-        if not all(states.get(node) in ("idle", "mix", "alloc") for node in COMPUTE_NODES):
+        out, sinfo = self.nodes_out_of_service("login1")
+        if out:
             return f"compute nodes not idle; sinfo said {sinfo.strip()!r}"
         return ""
+
+    def nodes_out_of_service(self, host: str) -> tuple[list[str], str]:
+        """The compute nodes that take no jobs now (all of them when sinfo
+        on host fails), and what sinfo said."""
+        sinfo = self.exec(host, "sinfo", "-h", "-N", "-o", "%N %t", check=False) or ""
+        states = dict(line.split() for line in sinfo.splitlines() if len(line.split()) == 2)
+        return [n for n in COMPUTE_NODES if states.get(n) not in ("idle", "mix", "alloc")], sinfo
 
     def jump_port(self) -> int:
         out = self.compose("port", "jumphost", "22").strip()

@@ -17,7 +17,7 @@ from helpers import Up, site_options
 from local.cluster import Chain
 from local.deploy import deploy
 from local.remote import Site
-from local.sandbox import COMPUTE_NODES, Sandbox, compose_file
+from local.sandbox import Sandbox, compose_file
 
 
 @pytest.fixture(scope="session")
@@ -159,10 +159,7 @@ class Faults:
         slurmd that was only continued) is resumed as an admin would."""
         deadline, resumed = time.monotonic() + 120, False
         while True:
-            shown = self.cluster.exec("slurmctld", "sinfo", "-h", "-N", "-o", "%N %t",
-                                      check=False) or ""
-            states = dict(line.split() for line in shown.splitlines() if len(line.split()) == 2)
-            out = [n for n in COMPUTE_NODES if states.get(n) not in ("idle", "mix", "alloc")]
+            out, shown = self.cluster.nodes_out_of_service("slurmctld")
             if not out:
                 return
             if time.monotonic() > deadline:
