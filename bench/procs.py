@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from local.paths import pid_file
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -15,12 +17,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def state_home() -> Path:
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-
-
 def forwarder_pid(name: str) -> int:
-    return int((state_home() / "slurm-persist/services" / name / "forwarder.pid").read_text())
+    return int(pid_file(name).read_text())
 
 
 def children(pid: int) -> list[int]:
