@@ -14,14 +14,14 @@ import socket
 import time
 from collections.abc import Callable
 
-from remote_agent.gate import CHUNK
 from remote_agent.joblog import Summariser
 from remote_agent.limits import Budget, raise_nofile
 from remote_agent.listener import Listener
 from remote_agent.relay import COALESCE
 
+from .connection import ClientGone, Connection
 from .metrics import Metrics
-from .route import ClientGone, Route
+from .route import Route
 
 log = logging.getLogger("slurm_persist.clients")
 
@@ -48,7 +48,7 @@ class Clients:
         # A client costs two descriptors here (its socket, the ssh forward's).
         room = lambda: budget.room(2 * self.count)  # noqa: E731
         for sock in sockets:
-            listener = Listener(sock, self.serve, self.events, room)
+            listener = Listener(sock, lambda: Connection(self.serve), self.events, room)
             listener.start()
             self.listeners.append(listener)
 
@@ -61,7 +61,7 @@ class Clients:
         for listener in self.listeners:
             listener.wake()
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, client: Connection) -> None:
         task = asyncio.current_task()
         self.tasks.add(task)  # a strong reference: asyncio keeps only a weak one
         self.count += 1
@@ -70,19 +70,16 @@ class Clients:
         if not self.healthy.is_set():
             self.metrics.held.inc()
         try:
-            await self._carry(reader, writer)
+            await self._carry(client)
         finally:
             self.tasks.discard(task)
             self.count -= 1
             self.metrics.open.dec()
             self._left()
 
-    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _carry(self, client: Connection) -> None:
         deadline = time.monotonic() + self.hold_seconds
-        try:  # most clients speak first: send their request with the secret
-            sent = bytearray(await asyncio.wait_for(reader.read(CHUNK), COALESCE))
-        except asyncio.TimeoutError:
-            sent = bytearray()
+        await client.first_bytes(COALESCE)  # to send with the secret
         tried: set[Route] = set()
         while True:
             route = await self._wait_route(deadline, tried)
@@ -90,14 +87,14 @@ class Clients:
                 self.events.note(f"client=dropped reason=no-healthy-route-within-"
                                  f"{self.hold_seconds:.0f}s")
                 self.metrics.failed.inc()
-                writer.close()
+                client.close()
                 return
             try:
-                upstream, lane = await route.enter(reader, sent)
+                upstream, lane = await route.enter(client)
                 break
             except ClientGone:  # a retry would send its request again, for nobody
                 self.metrics.failed.inc()
-                writer.close()
+                client.close()
                 return
             except (OSError, asyncio.TimeoutError) as exc:
                 # One failed connection is no verdict on the route: the probe
@@ -107,8 +104,8 @@ class Clients:
                 route.suspect = True
                 tried.add(route)
                 self._kick()
-        self.metrics.up(len(sent))
-        await route.carry((reader, writer), upstream, lane, (self.metrics.up, self.metrics.down))
+        self.metrics.up(len(client.sent))
+        await route.carry(client, upstream, lane, (self.metrics.up, self.metrics.down))
 
     async def _wait_route(self, deadline: float, tried: set[Route]) -> Route | None:
         """A route not tried yet for this client; once all were, the same
@@ -117,10 +114,11 @@ class Clients:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return None
-            try:
-                await asyncio.wait_for(self.healthy.wait(), timeout)
-            except asyncio.TimeoutError:
-                return None
+            if not self.healthy.is_set():  # most often it is: no wait_for, no task
+                try:
+                    await asyncio.wait_for(self.healthy.wait(), timeout)
+                except asyncio.TimeoutError:
+                    return None
             route = self._pick(tried)
             if route is not None:
                 return route

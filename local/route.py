@@ -20,18 +20,16 @@ from pathlib import Path
 import aiohttp
 
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK_TIMEOUT, CHUNK, NotAcknowledged, expect_ack, preamble
+from remote_agent.gate import Acknowledgement, NotAcknowledged, preamble
 from remote_agent.relay import relay
 
+from .connection import ClientGone, Connection
 from .tunnel import Tunnel, TunnelError
 
 log = logging.getLogger("slurm_persist.route")
 
 PROBE_TIMEOUT = 10.0
 ACK_SUSPECT = 1.0
-# Client bytes kept for a retry until the gate acknowledges; past this, the
-# client waits for the acknowledgement before sending more.
-REPLAY_LIMIT = 1 << 20
 # Connections being set up at once on one route. After an outage hundreds
 # of held clients are released together; unbounded, they overflow listen
 # backlogs along the way and fail each other.
@@ -77,7 +75,8 @@ class Route:
         self.suspect = False
         # Set when the route is dropped (its probe failed): connections still
         # waiting for the gate's ack give up and go to another route.
-        self.abandoned = asyncio.Event()
+        self.abandoned = False
+        self._entering: set[Acknowledgement] = set()
 
     @property
     def tunnel(self) -> Tunnel:
@@ -88,7 +87,7 @@ class Route:
     def connections(self) -> int:
         return sum(lane.connections for lane in self.lanes)
 
-    async def enter(self, client: asyncio.StreamReader, sent: bytearray):
+    async def enter(self, client: Connection):
         """Connect, present the secret with the client's first bytes, and
         wait for the gate's acknowledgement; (upstream, lane) once given."""
         lane = min(self.lanes, key=lambda each: each.connections)
@@ -99,20 +98,25 @@ class Route:
         # A gate acks in milliseconds; one that has not within ACK_SUSPECT
         # makes this route suspect, and new connections go to other replicas.
         # (A stopped node's address answers nothing for ~30 s: seen on the sandbox.)
-        slow = asyncio.get_running_loop().call_later(ACK_SUSPECT, self._mark_suspect)
+        loop = asyncio.get_running_loop()
+        slow = loop.call_later(ACK_SUSPECT, self._mark_suspect)
         try:
             async with self.setup_slots:
-                if self.abandoned.is_set():
+                if self.abandoned:
                     raise NotAcknowledged("route dropped")
-                reader, writer = await asyncio.open_unix_connection(str(lane.socket_path))
-                writer.write(preamble(self.endpoint.secret) + bytes(sent))
-                await until_ack(client, (reader, writer), sent, self.abandoned)
+                _, upstream = await loop.create_unix_connection(Acknowledgement,
+                                                                str(lane.socket_path))
+                self._entering.add(upstream)
+                try:
+                    await client.enter(upstream, preamble(self.endpoint.secret))
+                finally:
+                    self._entering.discard(upstream)
         except BaseException:
             self._left(lane)
             raise
         finally:
             slow.cancel()
-        return (reader, writer), lane
+        return upstream, lane
 
     def _mark_suspect(self) -> None:
         if not self.suspect:
@@ -122,7 +126,9 @@ class Route:
 
     def abandon(self) -> None:
         """Dropped: connections waiting for an ack on it go elsewhere."""
-        self.abandoned.set()
+        self.abandoned = True
+        for upstream in list(self._entering):
+            upstream.fail(NotAcknowledged("route dropped before the gate answered"))
 
     async def carry(self, client, upstream, lane: Lane, counts=(None, None)) -> None:
         """Relay one entered connection, counted so the route knows when it is
@@ -175,22 +181,23 @@ class Route:
 
     async def start(self) -> None:
         """A private loopback port that enters this route, for aiohttp probes."""
-        self._probe_server = await asyncio.start_server(self._probe_client, "127.0.0.1", 0)
+        self._probe_server = await asyncio.get_running_loop().create_server(
+            lambda: Connection(self._probe_client), "127.0.0.1", 0)
         self.probe_port = self._probe_server.sockets[0].getsockname()[1]
 
-    async def _probe_client(self, reader, writer) -> None:
-        # Held here: asyncio keeps only a weak reference to a server's handler
-        # task, and one was seen destroyed while pending ("Task was destroyed
+    async def _probe_client(self, client: Connection) -> None:
+        # Held here: asyncio keeps only a weak reference to a task, and a
+        # probe's was seen destroyed while pending ("Task was destroyed
         # but it is pending!") in a forwarder of the five-up test.
         task = asyncio.current_task()
         self._probes.add(task)
         try:
             try:
-                upstream, lane = await self.enter(reader, bytearray())
+                upstream, lane = await self.enter(client)
             except (OSError, asyncio.TimeoutError, ClientGone):
-                writer.close()
+                client.close()
                 return
-            await self.carry((reader, writer), upstream, lane)
+            await self.carry(client, upstream, lane)
         finally:
             self._probes.discard(task)
 
@@ -219,47 +226,3 @@ class Route:
     def describe(self) -> str:
         e = self.endpoint
         return f"job={e.job_id} node={e.node} login={self.tunnel.login}"
-
-
-class ClientGone(Exception):
-    """The client went away before the gate acknowledged: nothing to retry.
-    (Not an OSError: those mean the route failed, and are retried.)"""
-
-
-async def until_ack(client: asyncio.StreamReader, upstream, sent: bytearray,
-                    abandoned: asyncio.Event | None = None) -> None:
-    """Pass client bytes on (keeping a copy) while waiting for the ack."""
-    up_reader, up_writer = upstream
-    ack = asyncio.ensure_future(expect_ack(up_reader, up_writer, ACK_TIMEOUT))
-    dropped = asyncio.ensure_future((abandoned or asyncio.Event()).wait())
-    more: asyncio.Future | None = None
-    try:
-        while not ack.done():
-            if more is None and len(sent) < REPLAY_LIMIT and not client.at_eof():
-                more = asyncio.ensure_future(client.read(CHUNK))
-            await asyncio.wait([f for f in (ack, more, dropped) if f], timeout=ACK_TIMEOUT,
-                               return_when=asyncio.FIRST_COMPLETED)
-            if dropped.done() and not ack.done():
-                raise NotAcknowledged("route dropped before the gate answered")
-            if not ack.done() and (more is None or not more.done()):
-                raise asyncio.TimeoutError("no acknowledgement from the gate")
-            if more is not None and more.done():
-                try:
-                    data, more = more.result(), None
-                except OSError as exc:
-                    raise ClientGone(str(exc) or type(exc).__name__) from None
-                sent += data
-                # Closed when the ack failed in the same pass; uvloop raises on
-                # a write then (seen with 9,500 clients: the client was dropped
-                # instead of retried). The bytes are in `sent` for the retry.
-                if not up_writer.is_closing():
-                    up_writer.write(data)
-        ack.result()
-    except BaseException:
-        up_writer.close()  # no ack yet: nobody else will close this connection
-        raise
-    finally:
-        ack.cancel()
-        dropped.cancel()
-        if more is not None:
-            more.cancel()

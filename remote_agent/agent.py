@@ -52,7 +52,7 @@ class Agent:
         self._private = Path(tempfile.mkdtemp(prefix=f"slurm-persist-{job_id}-"))
         self.server = Server(spec, self._private, None, self.server_output, self.say,
                              lambda: self.stop_reason is not None)
-        self.gate = Gate(self.secret, self.server.open, self.events)
+        self.gate = Gate(self.secret, self.server.connect, self.events)
         self.entry = Entry(self.gate, Reverse(spec, job_id, self._private / "gate.sock", self.say)
                            if spec.mode == "reverse" else None)
         self.ends_at: Optional[float] = None

@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Optional, Set, Tuple, cast
 
 from .admission import Admission
 from .joblog import Summariser
 from .limits import Budget
 from .listener import Listener, tcp_socket, unix_socket
-from .relay import Streams, relay
+from .relay import Held, relay
 
 log = logging.getLogger("slurm_persist.gate")
 
@@ -52,37 +52,59 @@ class NotAcknowledged(ConnectionError):
     so far reached the server, so the connection may be tried elsewhere."""
 
 
-async def expect_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     timeout: float = ACK_TIMEOUT) -> None:
-    """The sender's half: wait for the gate's acknowledgement, or close."""
-    try:
-        line = await asyncio.wait_for(reader.readline(), timeout)
-    except (ValueError, asyncio.IncompleteReadError):
-        line = b""
-    if line != ACK:
-        writer.close()
-        raise NotAcknowledged(f"gate answered {line[:40]!r}" if line
-                              else "closed before the gate answered")
+class Acknowledgement(Held):
+    """The sender's half, as the protocol of its connection to the gate:
+    `acked` resolves once the gate's line is read, or fails if the gate
+    answered anything else or closed. Bytes after the line stay in `buffer`
+    for the relay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acked = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.acked.done():
+            return
+        if self.buffer.startswith(ACK):
+            del self.buffer[:len(ACK)]
+            self.acked.set_result(None)
+        elif not ACK.startswith(bytes(self.buffer)):
+            self.fail(NotAcknowledged(f"gate answered {bytes(self.buffer[:40])!r}"))
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        self.fail(NotAcknowledged("closed before the gate answered"))
+        return True
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        super().connection_lost(exc)
+        self.fail(NotAcknowledged("closed before the gate answered"))
+
+    def fail(self, error: BaseException) -> None:
+        if not self.acked.done():
+            self.acked.set_exception(error)
 
 
 class Gate:
     """Accepts on a port or a Unix socket, checks the secret, relays to
-    the server that open_upstream() connects to. What it holds is bounded
-    by its Admission (pending connections capped, a descriptor reserve)."""
+    the server that open_upstream() connects to (a Held protocol). What it
+    holds is bounded by its Admission (pending connections capped, a
+    descriptor reserve)."""
 
-    def __init__(self, secret: str, open_upstream: Callable[[], Awaitable[Streams]],
+    def __init__(self, secret: str, open_upstream: Callable[[], Awaitable[Tuple[Any, Held]]],
                  events: Optional[Summariser] = None, budget: Optional[Budget] = None):
-        self._secret = preamble(secret)
-        self._open_upstream = open_upstream
-        self._events = events or Summariser(log.warning)
+        self.secret = preamble(secret)
+        self.open_upstream = open_upstream
+        self.events = events or Summariser(log.warning)
         self.admission = Admission(budget or Budget.of_this_process())
         self._listener: Optional[Listener] = None
-        self._connections: Dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self.connections: Set[_Visitor] = set()
         self.rejected = 0
 
     @property
     def active(self) -> int:
-        return len(self._connections)
+        return len(self.connections)
 
     async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
         """Bind (port 0: the kernel picks, so no bind-then-close race)."""
@@ -94,7 +116,8 @@ class Gate:
         self._listen(unix_socket(path))
 
     def _listen(self, sock) -> Listener:
-        self._listener = Listener(sock, self._accept, self._events, self.admission.room)
+        self._listener = Listener(sock, lambda: _Visitor(self), self.events,
+                                  self.admission.room)
         self._listener.start()
         return self._listener
 
@@ -107,50 +130,123 @@ class Gate:
         cleanly (each side gets a FIN, not a reset); return how many
         were still open."""
         self.stop_accepting()
-        if self._connections:
-            await asyncio.wait(set(self._connections), timeout=timeout)
-        left = list(self._connections)
-        for task in left:
-            task.cancel()  # relay() closes both of its sockets on the way out
-        await asyncio.gather(*left, return_exceptions=True)
+        if self.connections:
+            await asyncio.wait({each.finished for each in self.connections}, timeout=timeout)
+        left = list(self.connections)
+        for each in left:
+            each.end()
+        await asyncio.gather(*(each.finished for each in left), return_exceptions=True)
         return len(left)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # a connection's handler runs as its own task
-        peer = writer.get_extra_info("peername")
-        host = peer[0] if isinstance(peer, tuple) else "local"
-        self._connections[task] = writer
-        for old in self.admission.arrive(task, host):
+    def reject(self, visitor: _Visitor, reason: str) -> None:
+        if self.admission.is_pending(visitor):  # not already dropped for the cap
             self.rejected += 1
-            self._events.note("gate=reject reason=pending-cap", f"peer={host}")
-            self._connections[old].close()  # type: ignore[index]  # keys are our tasks
-        try:
-            await self._serve(task, reader, writer, host)
-        finally:
-            self._connections.pop(task, None)
-            self.admission.leave(task)
-            if self._listener is not None:
-                self._listener.wake()
+            self.events.note(f"gate=reject reason={reason}", f"peer={visitor.host}")
 
-    async def _serve(self, task: asyncio.Task, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter, host: str) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), HANDSHAKE_TIMEOUT)
-        except (asyncio.TimeoutError, ValueError, ConnectionError):
-            line = b""
-        if not hmac.compare_digest(line, self._secret):
-            if self.admission.is_pending(task):  # not already dropped for the cap
-                self.rejected += 1
-                reason = "bad-secret" if line else "no-secret"
-                self._events.note(f"gate=reject reason={reason}", f"peer={host}")
-            writer.close()
+    def left(self, visitor: _Visitor) -> None:
+        self.connections.discard(visitor)
+        self.admission.leave(visitor)
+        if self._listener is not None:
+            self._listener.wake()
+
+
+class _Visitor(Held):
+    """One connection to the gate: pending until its first line shows the
+    secret, then relayed by one task. No task or stream before that, so a
+    flood of connections that never show it costs a protocol each."""
+
+    def __init__(self, gate: Gate):
+        super().__init__()
+        self.gate = gate
+        self.host = "local"
+        self.authentic = False
+        self.task: Optional[asyncio.Task] = None
+        self.finished = asyncio.get_running_loop().create_future()
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.host = peer[0] if isinstance(peer, tuple) else "local"
+        gate = self.gate
+        gate.connections.add(self)
+        for old in gate.admission.arrive(self, self.host):
+            gate.rejected += 1
+            gate.events.note("gate=reject reason=pending-cap", f"peer={self.host}")
+            cast(_Visitor, old).close()
+        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._refuse)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.authentic:
             return
-        self.admission.authenticated(task)
-        try:
-            upstream = await self._open_upstream()
-        except OSError as exc:
-            self._events.note("gate=upstream-failed", f"error={exc}")
-            writer.close()
+        secret = self.gate.secret
+        end = self.buffer.find(b"\n", 0, len(secret))
+        if end < 0:
+            if len(self.buffer) >= len(secret):
+                self._refuse()
             return
-        await relay((reader, writer), upstream, greeting=ACK)
+        line = bytes(self.buffer[:end + 1])
+        if not hmac.compare_digest(line, secret):
+            self._refuse()
+            return
+        del self.buffer[:end + 1]
+        self.authentic = True
+        self._cancel_timer()
+        self.gate.admission.authenticated(self)
+        self.task = asyncio.ensure_future(self._relay())
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        if not self.authentic:
+            self._refuse()
+        return True
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        super().connection_lost(exc)
+        if not self.authentic:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """No secret, or a wrong one, within HANDSHAKE_TIMEOUT: closed
+        before a byte reaches the server."""
+        if not self.authentic and not self.finished.done():
+            self.gate.reject(self, "bad-secret" if self.buffer else "no-secret")
+            self.close()
+
+    async def _relay(self) -> None:
+        assert self.transport is not None  # connected: it sent the secret
+        try:
+            try:
+                _, upstream = await self.gate.open_upstream()
+            except OSError as exc:
+                self.gate.events.note("gate=upstream-failed", f"error={exc}")
+                return
+            await relay(self, upstream, greeting=ACK)
+        finally:
+            self.transport.close()  # the relay's already, unless the server was not reached
+            self._leave()
+
+    def end(self) -> None:
+        """Drained: a relay closes both of its sockets on the way out."""
+        if self.task is not None:
+            self.task.cancel()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """A pending connection: closed, and gone from the gate's books."""
+        if self.transport is not None:
+            self.transport.close()
+        self._leave()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _leave(self) -> None:
+        self._cancel_timer()
+        if not self.finished.done():
+            self.gate.left(self)
+            self.finished.set_result(None)

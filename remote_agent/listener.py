@@ -32,6 +32,12 @@ PAUSE_FIRST, PAUSE_MAX = 0.05, 2.0
 BACKLOG = 1024
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Factory = Callable[[], asyncio.BaseProtocol]
+
+
+def streams(handler: Handler, limit: int = 2 ** 16) -> Factory:
+    """A protocol factory that hands each connection to handler as streams."""
+    return lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=limit), handler)
 
 
 def tcp_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
@@ -62,12 +68,12 @@ def _listening(sock: socket.socket, address, backlog: int, options) -> socket.so
 
 
 class Listener:
-    """Accepts on sock while room() is true and hands each connection to handler."""
+    """Accepts on sock while room() is true and gives each connection a
+    protocol from factory."""
 
-    def __init__(self, sock: socket.socket, handler: Handler, events: Summariser,
-                 room: Callable[[], bool] = lambda: True, limit: int = 2 ** 16):
-        self.sock, self._handler, self._events, self._room = sock, handler, events, room
-        self._limit = limit
+    def __init__(self, sock: socket.socket, factory: Factory, events: Summariser,
+                 room: Callable[[], bool] = lambda: True):
+        self.sock, self._factory, self._events, self._room = sock, factory, events, room
         self._task: Optional[asyncio.Future] = None
         self._wake = asyncio.Event()
         self.paused = 0
@@ -116,10 +122,8 @@ class Listener:
             await self._connect(loop, conn)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
-        reader = asyncio.StreamReader(limit=self._limit)
-        protocol = asyncio.StreamReaderProtocol(reader, self._handler)
         try:
-            await loop.connect_accepted_socket(lambda: protocol, conn)
+            await loop.connect_accepted_socket(self._factory, conn)
         except OSError as exc:
             self._events.note("accept=failed", f"error={os.strerror(exc.errno or 0)}")
             conn.close()

@@ -14,19 +14,71 @@ gone.
 
 import asyncio
 import socket
-from typing import Callable, Optional, Tuple, cast
+from typing import Callable, Optional, Tuple, Union, cast
 
 # How long a greeting waits to go out together with the first bytes. Two
 # small writes in a row meet Nagle's algorithm somewhere along the SSH hops
 # and the second waits for a delayed ACK: 40 ms per new connection here.
 COALESCE = 0.05
+# What a Held connection buffers before it stops reading: the owner's
+# forwarder sends its secret and request in one write, well under this.
+HELD_LIMIT = 256 * 1024
 
 Count = Optional[Callable[[int], None]]
 Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-def nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
+class Held(asyncio.Protocol):
+    """A connection's protocol until a relay takes it over: it keeps what
+    arrives and whether the peer ended. No StreamReader, no task: per new
+    connection, the stream machinery and its tasks were most of both
+    relays' CPU under `ab -c50` (py-spy). Subclasses read a handshake
+    out of `buffer` first."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.buffer = bytearray()
+        self.eof = False
+        self.gone = False  # connection_lost: closed, or reset (error)
+        self.error: Optional[Exception] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= HELD_LIMIT and self.transport is not None:
+            self.transport.pause_reading()  # the relay resumes it when it adopts us
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True  # half-closed: the other way may still carry
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.gone, self.error = True, exc
+
+    def take(self) -> Tuple[bytes, bool, bool]:
+        """(bytes kept, EOF seen, connection gone), emptying the buffer."""
+        left = bytes(self.buffer)
+        self.buffer.clear()
+        return left, self.eof, self.gone
+
+
+def _taken(end: Union[Streams, Held]) -> Tuple[asyncio.Transport, Tuple[bytes, bool, bool]]:
+    if isinstance(end, Held):
+        assert end.transport is not None  # connected before it is relayed
+        return end.transport, end.take()
+    reader, writer = end
+    # Private, but the same two fields in every CPython from 3.8 to 3.13.
+    buffered, eof = reader._buffer, reader._eof  # type: ignore[attr-defined]
+    left = bytes(buffered)
+    buffered.clear()
+    transport = cast(asyncio.Transport, writer.transport)
+    return transport, (left, eof, reader.exception() is not None or transport.is_closing())
+
+
+def nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -43,24 +95,20 @@ class _Side(asyncio.Protocol):
         self.greeting: Optional[bytes] = greeting or None
         self.timer: Optional[asyncio.TimerHandle] = None
 
-    def adopt(self, reader: asyncio.StreamReader) -> None:
-        """Take over src from the StreamReader that read the handshake,
-        with the bytes it had read past it."""
-        # Private, but the same two fields in every CPython from 3.8 to 3.13.
-        buffered, eof = reader._buffer, reader._eof  # type: ignore[attr-defined]
-        left, error = bytes(buffered), reader.exception()
-        buffered.clear()
+    def adopt(self, left: bytes, eof: bool, gone: bool) -> None:
+        """Take over src from the protocol that read the handshake, with
+        the bytes it had read past it."""
         self.src.set_protocol(self)
-        if self.greeting is not None and not left and not eof and error is None:
+        if self.greeting is not None and not left and not eof and not gone:
             self.timer = asyncio.get_running_loop().call_later(COALESCE, self._greet)
         if left:
             self.data_received(left)
-        if error is not None or self.src.is_closing():  # reset, or closed, already
+        if gone or self.src.is_closing():  # reset, or closed, already
             self.pair.end()
         elif eof:
             self.eof_received()
         elif not self.src.is_reading():
-            self.src.resume_reading()  # the StreamReader had paused it, full
+            self.src.resume_reading()  # paused, full, before we took it over
 
     def _greet(self, data: bytes = b"") -> None:
         if self.greeting is not None:
@@ -121,20 +169,21 @@ class _Pair:
             self.done.set_result(None)
 
 
-async def relay(a: Streams, b: Streams, greeting: bytes = b"",
+async def relay(a: Union[Streams, Held], b: Union[Streams, Held], greeting: bytes = b"",
                 counts: Tuple[Count, Count] = (None, None)) -> None:
     """Copy bytes both ways until both sides are done, then close both; send
     `greeting` to a before anything from b (in one write with b's first
-    bytes if they come within COALESCE). counts: told of the bytes a->b
-    and b->a. Cancelled, it closes both."""
-    for _, writer in (a, b):
-        nodelay(writer)
-    ta, tb = (cast(asyncio.Transport, writer.transport) for _, writer in (a, b))
+    bytes if they come within COALESCE). Each end is a Held protocol or a
+    stream pair. counts: told of the bytes a->b and b->a. Cancelled, it
+    closes both."""
+    (ta, kept_a), (tb, kept_b) = _taken(a), _taken(b)
+    for transport in (ta, tb):
+        nodelay(transport)
     pair = _Pair(ta, tb)
     sides = (_Side(pair, ta, tb, counts[0]), _Side(pair, tb, ta, counts[1], greeting))
     try:
-        sides[0].adopt(a[0])
-        sides[1].adopt(b[0])
+        sides[0].adopt(*kept_a)
+        sides[1].adopt(*kept_b)
         await pair.done
     finally:
         for side in sides:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from .joblog import Capped, copy_output
+from .relay import Held
 from .spec import Spec
 
 HEALTH_EVERY = 15.0
@@ -32,8 +33,9 @@ class Server:
         self.restarts = 0
         self.failure: Optional[str] = None  # why it cannot serve, once known
 
-    def open(self):
-        return self.upstream.open()
+    def connect(self):
+        """A connection for the gate to relay: (transport, Held protocol)."""
+        return self.upstream.connect()
 
     async def start_healthy(self) -> bool:
         """Start it, restarting it on early exit, until healthy."""
@@ -155,6 +157,12 @@ class Upstream:
         if self.socket_path:
             return asyncio.open_unix_connection(str(self.socket_path))
         return asyncio.open_connection("127.0.0.1", self.port)
+
+    def connect(self):
+        loop = asyncio.get_running_loop()
+        if self.socket_path:
+            return loop.create_unix_connection(Held, str(self.socket_path))
+        return loop.create_connection(Held, "127.0.0.1", self.port)
 
     def __str__(self) -> str:
         if self.socket_path:

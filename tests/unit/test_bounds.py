@@ -15,7 +15,8 @@ from remote_agent.admission import PER_CONNECTION, Admission
 from remote_agent.gate import Gate, preamble
 from remote_agent.joblog import Capped, Summariser
 from remote_agent.limits import Budget
-from remote_agent.listener import Listener, tcp_socket
+from remote_agent.listener import Listener, streams, tcp_socket
+from remote_agent.relay import Held
 
 
 class Clock:
@@ -133,6 +134,11 @@ def test_no_room_once_the_budget_is_spent():
     assert admission.room()
 
 
+
+def connect_held(port: int):
+    return asyncio.get_running_loop().create_connection(Held, "127.0.0.1", port)
+
+
 async def test_listener_pauses_on_emfile_instead_of_spinning():
     """The kernel says EMFILE: one line, a pause with backoff, and accepting
     resumes by itself once descriptors are free again."""
@@ -143,7 +149,7 @@ async def test_listener_pauses_on_emfile_instead_of_spinning():
         served.append(await reader.read(5))
         writer.close()
 
-    listener = Listener(tcp_socket("127.0.0.1", 0), handler, Summariser(lines.append))
+    listener = Listener(tcp_socket("127.0.0.1", 0), streams(handler), Summariser(lines.append))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     hogs = []
     client = socket.create_connection(("127.0.0.1", listener.port))
@@ -182,7 +188,7 @@ async def test_gate_holds_a_flood_and_still_lets_the_owner_in():
     upstream = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
     port = upstream.sockets[0].getsockname()[1]
     lines: list[str] = []
-    gate = Gate("s" * 32, lambda: asyncio.open_connection("127.0.0.1", port),
+    gate = Gate("s" * 32, lambda: connect_held(port),
                 Summariser(lines.append))
     gate_port = await gate.start("127.0.0.1")
     flood = [await asyncio.open_connection("127.0.0.1", gate_port) for _ in range(400)]

@@ -8,10 +8,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from local import forwarder, route
+from local import connection, forwarder, route
 from local.config import Options
+from local.connection import ClientGone, Connection
 from remote_agent.endpoint import Endpoint
-from remote_agent.gate import ACK
+from remote_agent.gate import ACK, Acknowledgement, NotAcknowledged
 
 
 @pytest.fixture(autouse=True)
@@ -68,14 +69,16 @@ def test_a_candidate_that_fails_its_probe_leaves_no_forward_behind(tmp_path, mon
         assert t.forwards and t.cancelled == t.forwards, t.login
 
 
-class Upstream:
-    """The gate's side of one connection: it never acknowledges."""
+class Transport:
+    """Stands in for a socket's transport: records writes, can be closed."""
 
-    def __init__(self):
-        self.closed = False
+    def __init__(self, strict: bool = False):
+        self.written, self.closed, self.strict, self.reading = bytearray(), False, strict, True
 
     def write(self, data):
-        pass
+        if self.closed and self.strict:  # as uvloop does
+            raise RuntimeError("unable to perform operation: the handler is closed")
+        self.written += data
 
     def is_closing(self):
         return self.closed
@@ -83,44 +86,86 @@ class Upstream:
     def close(self):
         self.closed = True
 
+    def pause_reading(self):
+        self.reading = False
 
-async def until_ack(client_fault=None):
-    client = asyncio.StreamReader()
-    if client_fault:
-        client.set_exception(client_fault)
-    writer = Upstream()
-    with pytest.raises((OSError, asyncio.TimeoutError, route.ClientGone)):
-        await route.until_ack(client, (asyncio.StreamReader(), writer), bytearray())
-    return writer
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+def client_of(data: bytes = b"") -> Connection:
+    """A client connection that has sent data, with no handler task."""
+    client = Connection(lambda _: asyncio.sleep(0))
+    client.transport = Transport()  # type: ignore[assignment]
+    if data:
+        client.data_received(data)
+    return client
+
+
+def silent_gate(strict: bool = False) -> Acknowledgement:
+    upstream = Acknowledgement()
+    upstream.connection_made(Transport(strict))  # type: ignore[arg-type]
+    return upstream
 
 
 def test_the_upstream_is_closed_when_the_gate_never_acknowledges(monkeypatch):
-    monkeypatch.setattr(route, "ACK_TIMEOUT", 0.1)
-    assert asyncio.run(until_ack()).closed
+    monkeypatch.setattr(connection, "ACK_TIMEOUT", 0.1)
+
+    async def run():
+        upstream = silent_gate()
+        with pytest.raises(asyncio.TimeoutError):
+            await client_of(b"GET").enter(upstream, b"HELLO\n")
+        return upstream
+    upstream = asyncio.run(run())
+    assert upstream.transport.closed and upstream.transport.written == b"HELLO\nGET"
 
 
-async def test_client_bytes_arriving_as_the_ack_fails_are_kept_for_a_retry(monkeypatch):
+async def test_client_bytes_arriving_as_the_ack_fails_are_kept_for_a_retry():
     """Both in the same pass of the loop. Seen with 9,500 clients on uvloop,
     which raises on a write after close: the client was dropped instead of
     tried again."""
-    class Strict(Upstream):
-        def write(self, data):
-            if self.closed:
-                raise RuntimeError("unable to perform operation: the handler is closed")
-
-    async def refused(reader, writer, timeout):
-        writer.close()
-        raise route.NotAcknowledged("closed before the gate answered")
-    monkeypatch.setattr(route, "expect_ack", refused)
-    client, sent = asyncio.StreamReader(), bytearray(b"GET")
-    client.feed_data(b" /more")
-    with pytest.raises(route.NotAcknowledged):
-        await route.until_ack(client, (asyncio.StreamReader(), Strict()), sent)
-    assert sent == b"GET /more"
+    client, upstream = client_of(b"GET"), silent_gate(strict=True)
+    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
+    await asyncio.sleep(0)
+    upstream.transport.close()
+    upstream.connection_lost(None)
+    client.data_received(b" /more")
+    with pytest.raises(NotAcknowledged):
+        await entering
+    assert client.sent == b"GET /more"
 
 
-def test_the_upstream_is_closed_when_the_client_fails_before_the_ack():
-    assert asyncio.run(until_ack(ConnectionResetError("reset by peer"))).closed
+async def test_the_upstream_is_closed_when_the_client_fails_before_the_ack():
+    client, upstream = client_of(b"GET"), silent_gate()
+    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
+    await asyncio.sleep(0)
+    client.connection_lost(ConnectionResetError("reset by peer"))
+    with pytest.raises(ClientGone):
+        await entering
+    assert upstream.transport.closed
+
+
+async def test_bytes_after_the_ack_stay_for_the_relay_and_later_client_bytes_go_on():
+    client, upstream = client_of(b"GET"), silent_gate()
+    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
+    await asyncio.sleep(0)
+    client.data_received(b" /x")
+    upstream.data_received(ACK[:5])
+    assert not entering.done()
+    upstream.data_received(ACK[5:] + b"HTTP/1.1 200")
+    await entering
+    assert upstream.transport.written == b"HELLO\nGET /x"
+    assert upstream.take() == (b"HTTP/1.1 200", False, False)
+
+
+async def test_a_gate_answering_anything_else_is_not_an_ack():
+    client, upstream = client_of(b"GET"), silent_gate()
+    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
+    await asyncio.sleep(0)
+    upstream.data_received(b"SSH-2.0-OpenSSH\r\n")
+    with pytest.raises(NotAcknowledged):
+        await entering
+    assert upstream.transport.closed
 
 
 class GateSocket:
@@ -129,10 +174,11 @@ class GateSocket:
     def __init__(self, path: Path):
         self.path, self.held = path, []
 
-    async def start(self):
+    async def start(self, acknowledge: bool = True):
         async def accept(reader, writer):
             await reader.readline()
-            writer.write(ACK)
+            if acknowledge:
+                writer.write(ACK)
             self.held.append(writer)
         self.server = await asyncio.start_unix_server(accept, str(self.path))
 
@@ -165,7 +211,7 @@ async def fill_lanes(tmp_path, count: int):
     r = route.Route(target(), first, await first.forward("node1:4000"), widen=widen)
     entered = []
     for _ in range(count):
-        entered.append(await r.enter(asyncio.StreamReader(), bytearray()))
+        entered.append(await r.enter(client_of()))
         await asyncio.sleep(0)
     await asyncio.sleep(0.1)
     return r, entered, extra
@@ -177,8 +223,8 @@ def test_a_full_lane_opens_another_master_and_new_connections_go_there(tmp_path,
     async def run():
         r, entered, extra = await fill_lanes(tmp_path, 12)
         counts = [lane.connections for lane in r.lanes]
-        for (_, writer), lane in entered:
-            writer.close()
+        for upstream, lane in entered:
+            upstream.transport.close()
             r._left(lane)
         await r.retire()
         return r, counts, extra
@@ -196,9 +242,9 @@ async def test_a_client_gone_before_the_ack_is_not_sent_again():
     class GoneRoute:
         entered = 0
 
-        async def enter(self, client, sent):
+        async def enter(self, client):
             self.entered += 1
-            raise route.ClientGone("reset by peer")
+            raise ClientGone("reset by peer")
 
         def describe(self):
             return "job=12"
@@ -208,9 +254,7 @@ async def test_a_client_gone_before_the_ack_is_not_sent_again():
     gone, metrics = GoneRoute(), Metrics("x")
     clients = Clients(5, healthy, lambda tried: gone, lambda: None, metrics, forwarder.Summariser(
         lambda line: None))
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"POST /order HTTP/1.1\r\n\r\n")
-    await asyncio.wait_for(clients.serve(reader, Upstream()), 2)
+    await asyncio.wait_for(clients.serve(client_of(b"POST /order HTTP/1.1\r\n\r\n")), 2)
     assert gone.entered == 1 and metrics.failed._value.get() == 1
 
 
@@ -226,8 +270,8 @@ async def test_a_connection_failing_on_one_replica_goes_to_the_other_at_once():
             self.slot, self.fails, self.got = slot, fails, []
             self.suspect, self.connections = False, 0
 
-        async def enter(self, client, sent):
-            self.got.append(bytes(sent))
+        async def enter(self, client):
+            self.got.append(bytes(client.sent))
             if self.fails:
                 raise ConnectionRefusedError("the node is gone")
             return "upstream", "lane"
@@ -247,25 +291,22 @@ async def test_a_connection_failing_on_one_replica_goes_to_the_other_at_once():
     healthy.set()
     clients = Clients(5, healthy, Two().pick, lambda: None, Metrics("x"),
                       forwarder.Summariser(lambda line: None))
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"GET / HTTP/1.1\r\n\r\n")
     started = asyncio.get_running_loop().time()
-    await asyncio.wait_for(clients.serve(reader, Upstream()), 2)
+    await asyncio.wait_for(clients.serve(client_of(b"GET / HTTP/1.1\r\n\r\n")), 2)
     assert dead.got == live.got == [b"GET / HTTP/1.1\r\n\r\n"] and dead.suspect
     assert asyncio.get_running_loop().time() - started < RETRY_PAUSE
 
 
-async def test_a_connection_waiting_on_a_dropped_route_goes_elsewhere_at_once():
+async def test_a_connection_waiting_on_a_dropped_route_goes_elsewhere_at_once(tmp_path):
     """No ack yet, and the route's probe failed while another replica serves."""
-    class Silent(Upstream):
-        pass
-    abandoned = asyncio.Event()
-    client = asyncio.StreamReader()
-    client.feed_data(b"GET / HTTP/1.1\r\n\r\n")
-    waiting = asyncio.ensure_future(route.until_ack(client, (asyncio.StreamReader(), Silent()),
-                                                    bytearray(), abandoned))
-    await asyncio.sleep(0.05)
-    assert not waiting.done()
-    abandoned.set()
-    with pytest.raises(route.NotAcknowledged):
+    gate = GateSocket(tmp_path / "gate.sock")
+    await gate.start(acknowledge=False)
+    r = route.Route(target(), FakeTunnel("login1", tmp_path), gate.path)
+    waiting = asyncio.ensure_future(r.enter(client_of(b"GET / HTTP/1.1\r\n\r\n")))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and len(gate.held) == 1
+    r.abandon()
+    with pytest.raises(NotAcknowledged):
         await asyncio.wait_for(waiting, 1)
+    assert r.connections == 0
+    gate.server.close()

@@ -5,9 +5,14 @@ import asyncio
 import pytest
 
 from remote_agent.gate import ACK, Gate, preamble
-from remote_agent.relay import relay
+from remote_agent.relay import Held, relay
 
 SECRET = "s3cr3t" * 4
+
+
+def connect_held(port: int):
+    """The gate's upstream, as the agent's Server.connect opens it."""
+    return asyncio.get_running_loop().create_connection(Held, "127.0.0.1", port)
 
 
 @pytest.fixture
@@ -37,7 +42,7 @@ async def talk(port: int, first: bytes, body: bytes) -> bytes:
 
 async def test_right_secret_is_relayed(upstream):
     port, seen = upstream
-    gate = Gate(SECRET, lambda: asyncio.open_connection("127.0.0.1", port))
+    gate = Gate(SECRET, lambda: connect_held(port))
     gate_port = await gate.start("127.0.0.1")
     assert await talk(gate_port, preamble(SECRET), b"GET / HTTP/1.0\r\n\r\n") == \
         ACK + b"echo:GET / HTTP/1.0\r\n\r\n"
@@ -48,7 +53,7 @@ async def test_right_secret_is_relayed(upstream):
                                    preamble(SECRET)[:-1] + b"x\n", b"SLURM-PERSIST/1 \n"])
 async def test_anything_else_never_reaches_the_server(upstream, first):
     port, seen = upstream
-    gate = Gate(SECRET, lambda: asyncio.open_connection("127.0.0.1", port))
+    gate = Gate(SECRET, lambda: connect_held(port))
     gate_port = await gate.start("127.0.0.1")
     assert await talk(gate_port, first, b"GET / HTTP/1.0\r\n\r\n") == b""
     assert seen == []
@@ -57,7 +62,7 @@ async def test_anything_else_never_reaches_the_server(upstream, first):
 
 async def test_drain_waits_for_open_connections(upstream):
     port, _ = upstream
-    gate = Gate(SECRET, lambda: asyncio.open_connection("127.0.0.1", port))
+    gate = Gate(SECRET, lambda: connect_held(port))
     gate_port = await gate.start("127.0.0.1")
     reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
     writer.write(preamble(SECRET))
