@@ -1,5 +1,7 @@
 import os
+import shlex
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,20 @@ def test_a_name_taken_first_in_tmp_is_passed_by(no_runtime_dir, tmp_path, squatt
     assert path.parent.name.startswith(f"slurm-persist-{os.getuid()}-")
     assert os.lstat(path.parent).st_mode & 0o777 == 0o700
     assert not (tmp_path / "theirs" / "svc").exists()
+
+
+def test_through_our_own_jumphost_master_instead_of_proxyjump():
+    """The jumphost's hop goes through a master that opened a session
+    (TCP_NODELAY there), as a ProxyCommand the shell reads back intact."""
+    options = Options(login_node="login1", jumphost="jump", jumphost_username="svc",
+                      username="alice", ssh_config="/etc/ssh/my config")
+    argv = tunnel.ssh_base(options, via=Path("/run/x/c0j"))
+    assert argv[:3] == ["ssh", "-F", "/etc/ssh/my config"] and "-J" not in argv
+    assert argv[argv.index("-l") + 1] == "alice"
+    proxy = argv[argv.index("-o") + 1]
+    assert proxy.startswith("ProxyCommand=")
+    assert shlex.split(proxy.removeprefix("ProxyCommand=")) == [
+        "ssh", "-F", "/etc/ssh/my config", "-l", "svc", "-o", "BatchMode=yes",
+        "-S", "/run/x/c0j", "-W", "%h:%p", "jump"]
+    assert tunnel.ssh_base(Options(login_node="login1"), via=Path("/run/x/c0j")) == [
+        "ssh", "-o", "BatchMode=yes"]  # no jumphost: nothing to go through
