@@ -200,6 +200,8 @@ class Forwarder:
             await self._start_chain()
             return
         await self.refill.start_missing(jobs)
+        if not self.router.routes:
+            self.router.prewarm()
         self._starting = self.handover.starting(jobs, snap)
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
                            for j in jobs)

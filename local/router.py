@@ -39,6 +39,7 @@ class Router:
         self._retiring: set[asyncio.Future] = set()
         self._routes_retiring: set[Route] = set()
         self._extra_masters = 0
+        self._starting: dict[tuple[str, int], asyncio.Future] = {}
 
     async def candidate(self, target: Endpoint, session: aiohttp.ClientSession
                         ) -> Route | None:
@@ -121,14 +122,37 @@ class Router:
         return [current] + [n for n in order if n != current] if current else order
 
     async def tunnel(self, login: str, slot: int = 0) -> Tunnel:
-        tunnel = self._tunnels.get((login, slot))
-        if tunnel is None or not tunnel.alive:
-            # c0, c1 ... for slot 0 as before; slot k's from k * 100 on.
-            index = slot * 100 + self.options.login_nodes.index(login)
-            tunnel = Tunnel(self.options, login, index, self.runtime)
-            await tunnel.start()
-            self._tunnels[(login, slot)] = tunnel
+        key = (login, slot)
+        tunnel = self._tunnels.get(key)
+        if tunnel is not None and tunnel.alive:
+            return tunnel
+        start = self._starting.get(key)
+        if start is None:  # one start per master, whoever asks meanwhile
+            start = self._starting[key] = asyncio.ensure_future(self._start(login, slot))
+            start.add_done_callback(lambda _: self._starting.pop(key, None))
+        return await asyncio.shield(start)
+
+    async def _start(self, login: str, slot: int) -> Tunnel:
+        old = self._tunnels.pop((login, slot), None)
+        if old is not None:  # dead: what it started beside it (its jumphost master) goes too
+            await old.close()
+        # c0, c1 ... for slot 0 as before; slot k's from k * 100 on.
+        index = slot * 100 + self.options.login_nodes.index(login)
+        tunnel = Tunnel(self.options, login, index, self.runtime)
+        await tunnel.start()
+        self._tunnels[(login, slot)] = tunnel
         return tunnel
+
+    def prewarm(self) -> None:
+        """While a first job is on its way: its login node's master, started
+        now, is up when the job serves. Two masters with a jumphost took
+        ~1 s on the sandbox, which the first answer waited for. A failure
+        here is found again, and logged, when a route is built."""
+        key = (self.site.order()[0], 0)
+        if key in self._starting or (key in self._tunnels and self._tunnels[key].alive):
+            return
+        warming = asyncio.ensure_future(self.tunnel(*key))
+        warming.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def extra_tunnel(self, login: str) -> Tunnel:
         """Another ssh master to login, for a route whose lanes are full."""
@@ -143,6 +167,9 @@ class Router:
         return tunnel
 
     async def close(self) -> None:
+        for start in list(self._starting.values()):
+            start.cancel()  # a master cancelled while it starts closes itself
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
         routes = [*self.routes.values(), *self._routes_retiring]
         for retiring in self._retiring:
             retiring.cancel()

@@ -310,3 +310,32 @@ async def test_a_connection_waiting_on_a_dropped_route_goes_elsewhere_at_once(tm
         await asyncio.wait_for(waiting, 1)
     assert r.connections == 0
     gate.server.close()
+
+
+async def test_a_master_started_ahead_is_the_one_the_route_gets(tmp_path, monkeypatch):
+    """prewarm while a job is on its way, then the route asks: one start."""
+    from local import router as router_module
+
+    started = []
+
+    class SlowTunnel(FakeTunnel):
+        def __init__(self, options, login, index, directory):
+            super().__init__(login, directory)
+
+        async def start(self):
+            started.append(self.login)
+            await asyncio.sleep(0.1)
+
+    monkeypatch.setattr(router_module, "Tunnel", SlowTunnel)
+    r = router_module.Router(Options(login_node="login1", fallback_login_nodes=["login2"]),
+                             FakeSite(), tmp_path)
+    r.prewarm()
+    await asyncio.sleep(0.01)
+    r.prewarm()  # still starting: not a second one
+    first, second = await asyncio.gather(r.tunnel("login1"), r.tunnel("login1"))
+    assert started == ["login1"] and first is second
+    first.alive = False  # lost: the next ask starts a new one and closes the old
+    closed = []
+    first.close = lambda: asyncio.sleep(0, closed.append(first))
+    assert await r.tunnel("login1") is not first and closed == [first]
+    assert started == ["login1", "login1"]

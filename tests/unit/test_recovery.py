@@ -130,6 +130,9 @@ class FakeRouter:
     def drop(self, route):
         self.routes.pop(route.endpoint.slot, None)
 
+    def prewarm(self):
+        self.prewarmed = getattr(self, "prewarmed", 0) + 1
+
     async def close(self):
         pass
 
