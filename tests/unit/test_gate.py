@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from remote_agent import gate as gate_module
 from remote_agent.gate import ACK, Gate, preamble
 from remote_agent.relay import Held, relay
 
@@ -109,3 +110,31 @@ async def test_relay_ends_both_sides_when_one_resets():
         pass  # also an immediate end, which is the point
     server.close()
     upstream.close()
+
+
+async def test_a_secret_arriving_in_pieces_is_still_the_secret(upstream):
+    """A slow path may split the first line: the gate waits for all of it."""
+    port, seen = upstream
+    gate = Gate(SECRET, lambda: connect_held(port))
+    gate_port = await gate.start("127.0.0.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
+    line = preamble(SECRET)
+    for piece in (line[:3], line[3:20], line[20:] + b"GET"):
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(reader.read(), 5) == ACK + b"echo:GET"
+    assert seen == [b"GET"] and gate.rejected == 0
+    writer.close()
+
+
+async def test_a_connection_that_shows_no_secret_in_time_is_closed(upstream, monkeypatch):
+    monkeypatch.setattr(gate_module, "HANDSHAKE_TIMEOUT", 0.2)
+    port, seen = upstream
+    gate = Gate(SECRET, lambda: connect_held(port))
+    gate_port = await gate.start("127.0.0.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
+    writer.write(preamble(SECRET)[:10])  # and nothing more
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert seen == [] and gate.rejected == 1 and gate.active == 0
+    writer.close()
