@@ -26,6 +26,9 @@ Format 1, a JSON object:
 ``slot``       which replica's chain the job belongs to (remote_agent.slots);
                0 when absent (records of agents before replicas)
 ``app``        a hash of the service files the job runs ("" when unknown)
+``address``    null in the file; ``show``, run on a login node, fills in
+               what ``host`` resolves to there, so the forward connects to
+               it without a name lookup per connection
 =============  ==========================================================
 
 A reader trusts a record only for the job SLURM says is running, and only
@@ -38,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
@@ -50,7 +53,7 @@ ENDPOINTS_DIR = layout.ENDPOINTS
 
 
 # Added to format 1 later: a record without them still reads.
-OPTIONAL = {"slot": 0, "app": ""}
+OPTIONAL = {"slot": 0, "app": "", "address": None}
 
 
 class EndpointError(ValueError):
@@ -74,6 +77,9 @@ class Endpoint:
     slot: int = 0
     app: str = ""
     format: int = FORMAT
+    # Where the login node that ran `show` resolved host (not a fact of the
+    # job's: two reads of one record may differ, and are the same record).
+    address: Optional[str] = field(default=None, compare=False)
 
     def with_state(self, state: str, **changes) -> Endpoint:
         values = asdict(self)
@@ -82,8 +88,12 @@ class Endpoint:
 
     @property
     def remote(self) -> str:
-        """What a login node connects to: the gate's host:port, or the socket."""
-        return self.socket if self.socket is not None else f"{self.host}:{self.port}"
+        """What a login node connects to: the gate's host:port (by address
+        when known), or the socket."""
+        if self.socket is not None:
+            return self.socket
+        host = self.address or self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -93,7 +103,7 @@ _TYPES: Dict[str, Union[type, Tuple[type, ...]]] = {
     "service": str, "job_id": str, "node": str, "host": str, "state": str, "secret": str,
     "port": (int, type(None)), "socket": (str, type(None)), "login_node": (str, type(None)),
     "started": (int, float), "ends_at": (int, float, type(None)), "restarts": int, "format": int,
-    "slot": int, "app": str,
+    "slot": int, "app": str, "address": (str, type(None)),
 }
 
 

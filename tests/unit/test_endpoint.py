@@ -1,11 +1,13 @@
 import json
 import stat
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from remote_agent import endpoint
+from remote_agent.__main__ import address_of
 from remote_agent.endpoint import Endpoint, EndpointError
 
 
@@ -100,3 +102,24 @@ def test_fuzz_any_object_is_a_record_or_an_endpoint_error(data):
         endpoint.loads(json.dumps({**json.loads(record().dumps()), **data}))
     except EndpointError:
         pass
+
+
+def test_the_forward_goes_to_the_address_the_login_node_resolved():
+    e = record()
+    assert e.remote == f"node1:{e.port}"
+    assert replace(e, address="10.1.2.3").remote == f"10.1.2.3:{e.port}"
+    assert replace(e, address="fd00::7").remote == f"[fd00::7]:{e.port}"
+    assert replace(e, address="10.1.2.3") == e  # the same record, read from another node
+    reverse = replace(e, port=None, socket="/run/user/1/gate.sock", address="10.1.2.3")
+    assert reverse.remote == "/run/user/1/gate.sock"
+
+
+def test_a_record_without_an_address_reads_as_unknown():
+    data = json.loads(record().dumps())
+    del data["address"]
+    assert endpoint.loads(json.dumps(data)).address is None
+
+
+def test_show_resolves_on_the_node_it_runs_on():
+    assert address_of("localhost") in ("127.0.0.1", "::1")
+    assert address_of("no-such-host.invalid") is None
