@@ -10,10 +10,13 @@ machinery was most of the forwarder's CPU under `ab -c50` (py-spy).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from remote_agent.gate import ACK_TIMEOUT, Acknowledgement
 from remote_agent.relay import Held
+
+log = logging.getLogger("slurm_persist.clients")
 
 # Client bytes kept for a retry until the gate acknowledges; past this, the
 # client waits for the acknowledgement before sending more.
@@ -39,6 +42,14 @@ class Connection(Held):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.task = asyncio.ensure_future(self.handler(self))
+        self.task.add_done_callback(self._handled)
+
+    def _handled(self, task: asyncio.Future) -> None:
+        """The handler ended (its relay closed the client already, unless it
+        was cancelled or failed): the client is closed either way."""
+        self.close()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("client=failed error=%r", task.exception())
 
     def data_received(self, data: bytes) -> None:
         self.sent += data
@@ -86,23 +97,29 @@ class Connection(Held):
         """Send the preamble and what the client sent so far on upstream, go
         on passing its bytes, and return once the gate acknowledges. Raises
         NotAcknowledged, TimeoutError or ClientGone, upstream closed."""
-        if self.gone:
-            raise ClientGone(str(self.error) if self.error else "closed")
         assert upstream.transport is not None  # connected
-        upstream.transport.write(preamble + bytes(self.sent))
-        self.upstream = upstream
         timer = asyncio.get_running_loop().call_later(
             ACK_TIMEOUT, upstream.fail, asyncio.TimeoutError("no acknowledgement from the gate"))
         try:
+            self.check()
+            upstream.transport.write(preamble + bytes(self.sent))
+            self.upstream = upstream
             await upstream.acked
         except BaseException:
-            upstream.transport.close()  # no ack: nobody else will close it
+            # No ack: nobody else will close it, and what it still buffers
+            # must not reach a gate we have given up on (abort, not close).
+            upstream.transport.abort()
             raise
         finally:
             timer.cancel()
             self.upstream = None
             if not upstream.acked.done():
                 upstream.acked.cancel()  # we were cancelled: nobody waits for it now
+
+    def check(self) -> None:
+        """ClientGone if the client has gone."""
+        if self.gone:
+            raise ClientGone(str(self.error) if self.error else "closed")
 
     def close(self) -> None:
         if self.transport is not None:

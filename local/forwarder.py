@@ -58,8 +58,7 @@ class NeverServed(Exception):
 
 class Forwarder:
     def __init__(self, options: Options, chain: Chain, supervisor: int = 0):
-        self.options = options
-        self.chain = chain
+        self.options, self.chain = options, chain
         self.router = Router(options, chain.site, runtime_dir(options.name))
         self.healthy = asyncio.Event()
         self._kick = asyncio.Event()
@@ -200,8 +199,7 @@ class Forwarder:
             await self._start_chain()
             return
         await self.refill.start_missing(jobs)
-        if not self.router.routes:
-            self.router.prewarm()
+        self.router.prewarm()
         self._starting = self.handover.starting(jobs, snap)
         waiting = " ".join(f"job={j.job_id} state={j.state} node={j.node or '-'} reason={j.reason}"
                            for j in jobs)

@@ -104,9 +104,12 @@ class Route:
             async with self.setup_slots:
                 if self.abandoned:
                     raise NotAcknowledged("route dropped")
+                client.check()  # gone while held: no channel opened for nobody
                 _, upstream = await loop.create_unix_connection(Acknowledgement,
                                                                 str(lane.socket_path))
                 self._entering.add(upstream)
+                if self.abandoned:  # dropped while we connected
+                    upstream.fail(NotAcknowledged("route dropped"))
                 try:
                     await client.enter(upstream, preamble(self.endpoint.secret))
                 finally:

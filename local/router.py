@@ -144,12 +144,13 @@ class Router:
         return tunnel
 
     def prewarm(self) -> None:
-        """While a first job is on its way: its login node's master, started
-        now, is up when the job serves. Two masters with a jumphost took
-        ~1 s on the sandbox, which the first answer waited for. A failure
-        here is found again, and logged, when a route is built."""
+        """While a first job is on its way (no route yet): its login node's
+        master, started now, is up when the job serves. Two masters with a
+        jumphost took ~1 s on the sandbox, which the first answer waited
+        for. A failure here is found again, and logged, when a route is built."""
         key = (self.site.order()[0], 0)
-        if key in self._starting or (key in self._tunnels and self._tunnels[key].alive):
+        known = self._tunnels.get(key)
+        if self.routes or key in self._starting or (known is not None and known.alive):
             return
         warming = asyncio.ensure_future(self.tunnel(*key))
         warming.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -40,7 +40,7 @@ def ssh_base(options: Options, via: Path | None = None) -> list[str]:
     if options.ssh_config:
         argv += ["-F", str(Path(options.ssh_config).expanduser())]
     if options.jumphost and via is not None:
-        hop = [*ssh_base(to_jumphost(options)), "-S", str(via), "-W", "%h:%p", options.jumphost]
+        hop = [*ssh_base(to_jumphost(options)), "-S", str(via), "-W", "[%h]:%p", options.jumphost]
         argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
     elif options.jumphost:
         jump = options.jumphost
@@ -64,6 +64,7 @@ class Tunnel:
         self._proc: asyncio.subprocess.Process | None = None
         self._forwards = 0
         self._session: asyncio.Future | None = None
+        self._base: list[str] = []
         # With a jumphost, the master reaches the login node through a master
         # of its own to the jumphost, not ProxyJump's: the jumphost's sshd
         # sets TCP_NODELAY only for a connection with a session (see
@@ -95,6 +96,7 @@ class Tunnel:
             raise
 
     async def _start(self, base: list[str]) -> None:
+        self._base = base
         if self.control.exists():
             self.control.unlink()
         alive = max(2, int(self.options.heartbeat_time))
@@ -140,7 +142,7 @@ class Tunnel:
         A site that refuses sessions (a forwarding-only key) costs nothing
         but the 40 ms stalls."""
         proc = await asyncio.create_subprocess_exec(
-            *ssh_base(self.options), "-S", str(self.control), self.login, NODELAY_COMMAND,
+            *self._base, "-S", str(self.control), self.login, NODELAY_COMMAND,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         try:

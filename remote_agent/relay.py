@@ -107,6 +107,10 @@ class _Side(asyncio.Protocol):
             self.pair.end()
         elif eof:
             self.eof_received()
+        elif self.dst.get_write_buffer_size() > self.dst.get_write_buffer_limits()[1]:
+            # dst's pause_writing went to the protocol before us: hold src
+            # until its resume_writing (which comes to our pair) says so.
+            self.src.pause_reading()
         elif not self.src.is_reading():
             self.src.resume_reading()  # paused, full, before we took it over
 

@@ -86,6 +86,9 @@ class Transport:
     def close(self):
         self.closed = True
 
+    def abort(self):
+        self.closed = self.aborted = True
+
     def pause_reading(self):
         self.reading = False
 
@@ -339,3 +342,26 @@ async def test_a_master_started_ahead_is_the_one_the_route_gets(tmp_path, monkey
     first.close = lambda: asyncio.sleep(0, closed.append(first))
     assert await r.tunnel("login1") is not first and closed == [first]
     assert started == ["login1", "login1"]
+
+
+async def test_a_client_gone_while_held_opens_no_channel(tmp_path):
+    gate = GateSocket(tmp_path / "gate.sock")
+    await gate.start()
+    r = route.Route(target(), FakeTunnel("login1", tmp_path), gate.path)
+    client = client_of(b"GET / HTTP/1.1\r\n\r\n")
+    client.connection_lost(ConnectionResetError("reset by peer"))
+    with pytest.raises(ClientGone):
+        await r.enter(client)
+    await asyncio.sleep(0.05)
+    assert gate.held == [] and r.connections == 0
+    gate.server.close()
+
+
+async def test_what_a_gate_given_up_on_still_buffers_is_dropped_not_sent():
+    client, upstream = client_of(b"GET"), silent_gate()
+    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
+    await asyncio.sleep(0)
+    upstream.fail(NotAcknowledged("route dropped"))
+    with pytest.raises(NotAcknowledged):
+        await entering
+    assert upstream.transport.aborted

@@ -141,3 +141,45 @@ async def test_a_sender_faster_than_its_receiver_is_held_back_not_buffered():
     writer.close()
     server.close()
     upstream.close()
+
+
+class Full:
+    """A transport whose write buffer is over its high-water mark."""
+
+    def __init__(self, size):
+        self.size, self.reading = size, True
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def get_write_buffer_size(self):
+        return self.size
+
+    def get_write_buffer_limits(self):
+        return 16384, 65536
+
+    def is_closing(self):
+        return False
+
+    def is_reading(self):
+        return self.reading
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+
+async def test_a_destination_already_full_when_the_relay_starts_holds_the_source():
+    """Its pause_writing went to the protocol that read the handshake: the
+    relay must not read on until its resume_writing."""
+    from remote_agent.relay import _Pair, _Side
+    src, dst = Full(0), Full(1 << 20)
+    side = _Side(_Pair(src, dst), src, dst, None)
+    side.adopt(b"", False, False)
+    assert not src.reading
+    src2, dst2 = Full(0), Full(0)
+    src2.reading = False  # paused by the handshake's protocol, room now
+    _Side(_Pair(src2, dst2), src2, dst2, None).adopt(b"", False, False)
+    assert src2.reading

@@ -76,6 +76,6 @@ def test_through_our_own_jumphost_master_instead_of_proxyjump():
     assert proxy.startswith("ProxyCommand=")
     assert shlex.split(proxy.removeprefix("ProxyCommand=")) == [
         "ssh", "-F", "/etc/ssh/my config", "-l", "svc", "-o", "BatchMode=yes",
-        "-S", "/run/x/c0j", "-W", "%h:%p", "jump"]
+        "-S", "/run/x/c0j", "-W", "[%h]:%p", "jump"]
     assert tunnel.ssh_base(Options(login_node="login1"), via=Path("/run/x/c0j")) == [
         "ssh", "-o", "BatchMode=yes"]  # no jumphost: nothing to go through
