@@ -111,6 +111,14 @@ def silent_gate(strict: bool = False) -> Acknowledgement:
     return upstream
 
 
+async def entering_a_silent_gate(strict: bool = False):
+    """A client that sent GET, entering a gate that has not answered yet."""
+    client, upstream = client_of(b"GET"), silent_gate(strict)
+    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
+    await asyncio.sleep(0)
+    return client, upstream, entering
+
+
 def test_the_upstream_is_closed_when_the_gate_never_acknowledges(monkeypatch):
     monkeypatch.setattr(connection, "ACK_TIMEOUT", 0.1)
 
@@ -127,9 +135,7 @@ async def test_client_bytes_arriving_as_the_ack_fails_are_kept_for_a_retry():
     """Both in the same pass of the loop. Seen with 9,500 clients on uvloop,
     which raises on a write after close: the client was dropped instead of
     tried again."""
-    client, upstream = client_of(b"GET"), silent_gate(strict=True)
-    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
-    await asyncio.sleep(0)
+    client, upstream, entering = await entering_a_silent_gate(strict=True)
     upstream.transport.close()
     upstream.connection_lost(None)
     client.data_received(b" /more")
@@ -139,9 +145,7 @@ async def test_client_bytes_arriving_as_the_ack_fails_are_kept_for_a_retry():
 
 
 async def test_the_upstream_is_closed_when_the_client_fails_before_the_ack():
-    client, upstream = client_of(b"GET"), silent_gate()
-    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
-    await asyncio.sleep(0)
+    client, upstream, entering = await entering_a_silent_gate()
     client.connection_lost(ConnectionResetError("reset by peer"))
     with pytest.raises(ClientGone):
         await entering
@@ -149,9 +153,7 @@ async def test_the_upstream_is_closed_when_the_client_fails_before_the_ack():
 
 
 async def test_bytes_after_the_ack_stay_for_the_relay_and_later_client_bytes_go_on():
-    client, upstream = client_of(b"GET"), silent_gate()
-    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
-    await asyncio.sleep(0)
+    client, upstream, entering = await entering_a_silent_gate()
     client.data_received(b" /x")
     upstream.data_received(ACK[:5])
     assert not entering.done()
@@ -162,9 +164,7 @@ async def test_bytes_after_the_ack_stay_for_the_relay_and_later_client_bytes_go_
 
 
 async def test_a_gate_answering_anything_else_is_not_an_ack():
-    client, upstream = client_of(b"GET"), silent_gate()
-    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
-    await asyncio.sleep(0)
+    client, upstream, entering = await entering_a_silent_gate()
     upstream.data_received(b"SSH-2.0-OpenSSH\r\n")
     with pytest.raises(NotAcknowledged):
         await entering
@@ -358,9 +358,7 @@ async def test_a_client_gone_while_held_opens_no_channel(tmp_path):
 
 
 async def test_what_a_gate_given_up_on_still_buffers_is_dropped_not_sent():
-    client, upstream = client_of(b"GET"), silent_gate()
-    entering = asyncio.ensure_future(client.enter(upstream, b"HELLO\n"))
-    await asyncio.sleep(0)
+    client, upstream, entering = await entering_a_silent_gate()
     upstream.fail(NotAcknowledged("route dropped"))
     with pytest.raises(NotAcknowledged):
         await entering
