@@ -15,7 +15,7 @@ import asyncio
 import errno
 import os
 import socket
-from typing import Awaitable, Callable, Optional
+from typing import Callable, Optional
 
 from .joblog import Summariser
 
@@ -31,13 +31,7 @@ PAUSE_FIRST, PAUSE_MAX = 0.05, 2.0
 # A forwarder releases every held client at once after an outage.
 BACKLOG = 1024
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Factory = Callable[[], asyncio.BaseProtocol]
-
-
-def streams(handler: Handler, limit: int = 2 ** 16) -> Factory:
-    """A protocol factory that hands each connection to handler as streams."""
-    return lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=limit), handler)
 
 
 def tcp_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:

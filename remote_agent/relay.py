@@ -1,4 +1,4 @@
-"""Relaying: two connected streams, once set up, copy to each other.
+"""Relaying: two connections, once set up, copy to each other.
 
 The gate (in the job) and the forwarder (on the user's machine) both end
 a connection here. Their transports are handed to two small protocols that
@@ -14,7 +14,7 @@ gone.
 
 import asyncio
 import socket
-from typing import Callable, Optional, Tuple, Union, cast
+from typing import Callable, Optional, Tuple, cast
 
 # How long a greeting waits to go out together with the first bytes. Two
 # small writes in a row meet Nagle's algorithm somewhere along the SSH hops
@@ -25,7 +25,6 @@ COALESCE = 0.05
 HELD_LIMIT = 256 * 1024
 
 Count = Optional[Callable[[int], None]]
-Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class Held(asyncio.Protocol):
@@ -62,19 +61,6 @@ class Held(asyncio.Protocol):
         left = bytes(self.buffer)
         self.buffer.clear()
         return left, self.eof, self.gone
-
-
-def _taken(end: Union[Streams, Held]) -> Tuple[asyncio.Transport, Tuple[bytes, bool, bool]]:
-    if isinstance(end, Held):
-        assert end.transport is not None  # connected before it is relayed
-        return end.transport, end.take()
-    reader, writer = end
-    # Private, but the same two fields in every CPython from 3.8 to 3.13.
-    buffered, eof = reader._buffer, reader._eof  # type: ignore[attr-defined]
-    left = bytes(buffered)
-    buffered.clear()
-    transport = cast(asyncio.Transport, writer.transport)
-    return transport, (left, eof, reader.exception() is not None or transport.is_closing())
 
 
 def nodelay(transport: asyncio.BaseTransport) -> None:
@@ -173,21 +159,21 @@ class _Pair:
             self.done.set_result(None)
 
 
-async def relay(a: Union[Streams, Held], b: Union[Streams, Held], greeting: bytes = b"",
+async def relay(a: Held, b: Held, greeting: bytes = b"",
                 counts: Tuple[Count, Count] = (None, None)) -> None:
     """Copy bytes both ways until both sides are done, then close both; send
     `greeting` to a before anything from b (in one write with b's first
-    bytes if they come within COALESCE). Each end is a Held protocol or a
-    stream pair. counts: told of the bytes a->b and b->a. Cancelled, it
-    closes both."""
-    (ta, kept_a), (tb, kept_b) = _taken(a), _taken(b)
+    bytes if they come within COALESCE). counts: told of the bytes a->b
+    and b->a. Cancelled, it closes both."""
+    assert a.transport is not None and b.transport is not None  # connected
+    ta, tb = a.transport, b.transport
     for transport in (ta, tb):
         nodelay(transport)
     pair = _Pair(ta, tb)
     sides = (_Side(pair, ta, tb, counts[0]), _Side(pair, tb, ta, counts[1], greeting))
     try:
-        sides[0].adopt(*kept_a)
-        sides[1].adopt(*kept_b)
+        sides[0].adopt(*a.take())
+        sides[1].adopt(*b.take())
         await pair.done
     finally:
         for side in sides:

@@ -15,7 +15,7 @@ from remote_agent.admission import PER_CONNECTION, Admission
 from remote_agent.gate import Gate, preamble
 from remote_agent.joblog import Capped, Summariser
 from remote_agent.limits import Budget
-from remote_agent.listener import Listener, streams, tcp_socket
+from remote_agent.listener import Listener, tcp_socket
 from remote_agent.relay import Held
 
 
@@ -145,11 +145,12 @@ async def test_listener_pauses_on_emfile_instead_of_spinning():
     lines: list[str] = []
     served = []
 
-    async def handler(reader, writer):
-        served.append(await reader.read(5))
-        writer.close()
+    class Serve(Held):
+        def data_received(self, data):
+            served.append(data)
+            self.transport.close()
 
-    listener = Listener(tcp_socket("127.0.0.1", 0), streams(handler), Summariser(lines.append))
+    listener = Listener(tcp_socket("127.0.0.1", 0), Serve, Summariser(lines.append))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     hogs = []
     client = socket.create_connection(("127.0.0.1", listener.port))

@@ -1,27 +1,50 @@
-"""The relay between two connected streams, on loopback with real sockets."""
+"""The relay between two connections, on loopback with real sockets."""
 
 import asyncio
 import hashlib
 import os
 
-from remote_agent.relay import relay
+from remote_agent.relay import Held, relay
+
+
+class Front(Held):
+    """Relays its client to a fresh upstream connection; with handshake, it
+    first takes one line out of what it holds, as the gate does."""
+
+    def __init__(self, up_port: int, greeting: bytes, handshake: bool, relays: list):
+        super().__init__()
+        self.up_port, self.greeting, self.handshake, self.relays = (up_port, greeting,
+                                                                    handshake, relays)
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if not self.handshake:
+            self._relay()
+
+    def data_received(self, data):
+        super().data_received(data)
+        if self.handshake and b"\n" in self.buffer:
+            line, _, rest = bytes(self.buffer).partition(b"\n")
+            assert line == b"HELLO"
+            self.buffer[:] = rest
+            self.handshake = False
+            self._relay()
+
+    def _relay(self):
+        async def run():
+            loop = asyncio.get_running_loop()
+            _, upstream = await loop.create_connection(Held, "127.0.0.1", self.up_port)
+            await relay(self, upstream, greeting=self.greeting)
+        self.relays.append(asyncio.ensure_future(run()))
 
 
 async def pipe_through(upstream_handler, greeting: bytes = b"", handshake: bool = False):
-    """A front server that relays each client to a fresh upstream connection;
-    with handshake, it first reads one line, as the gate does."""
+    """A front server that relays each client to a fresh upstream connection."""
     upstream = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
     up_port = upstream.sockets[0].getsockname()[1]
-    relays = []
-
-    async def front(reader, writer):
-        if handshake:
-            assert await reader.readline() == b"HELLO\n"
-        relays.append(asyncio.current_task())
-        await relay((reader, writer), await asyncio.open_connection("127.0.0.1", up_port),
-                    greeting=greeting)
-
-    server = await asyncio.start_server(front, "127.0.0.1", 0)
+    relays: list = []
+    server = await asyncio.get_running_loop().create_server(
+        lambda: Front(up_port, greeting, handshake, relays), "127.0.0.1", 0)
     return server, upstream, server.sockets[0].getsockname()[1], relays
 
 
@@ -183,3 +206,20 @@ async def test_a_destination_already_full_when_the_relay_starts_holds_the_source
     src2.reading = False  # paused by the handshake's protocol, room now
     _Side(_Pair(src2, dst2), src2, dst2, None).adopt(b"", False, False)
     assert src2.reading
+
+
+async def test_relay_ends_both_sides_when_one_resets():
+    """A reset upstream must not leave the client waiting for an answer."""
+    async def reset_at_once(reader, writer):
+        await reader.read(10)
+        writer.transport.abort()
+
+    server, upstream, port, _ = await pipe_through(reset_at_once)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")  # and then wait for an answer, like a client
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        pass  # also an immediate end, which is the point
+    server.close()
+    upstream.close()
