@@ -36,7 +36,9 @@ Factory = Callable[[], asyncio.BaseProtocol]
 
 def tcp_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP by name, not 0: accepted sockets inherit it, and asyncio
+    # turns Nagle off only on a socket whose proto says TCP (uvloop on all).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     options = [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
     if family == socket.AF_INET6:
         options.append((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1))

@@ -223,3 +223,30 @@ async def test_relay_ends_both_sides_when_one_resets():
         pass  # also an immediate end, which is the point
     server.close()
     upstream.close()
+
+
+def test_both_event_loops_turn_nagle_off_on_every_tcp_transport_the_relays_use():
+    """The relays leave TCP_NODELAY to the loops: asyncio and uvloop set it
+    on connected TCP transports, and on accepted ones when the listening
+    socket says TCP (asyncio reads the proto). Nagle on a relay holds the
+    second small write of an answer for a delayed ACK (40 ms)."""
+    import socket
+
+    import uvloop
+
+    from remote_agent.listener import tcp_socket
+
+    async def options() -> list:
+        loop = asyncio.get_running_loop()
+        with tcp_socket("127.0.0.1", 0) as listening:
+            connected, _ = await loop.create_connection(Held, *listening.getsockname())
+            conn, _ = await loop.sock_accept(listening)
+            accepted, _ = await loop.connect_accepted_socket(Held, conn)
+            got = [t.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                   for t in (connected, accepted)]
+            connected.close()
+            accepted.close()
+            return got
+
+    assert 0 not in asyncio.run(options())
+    assert 0 not in uvloop.run(options())
