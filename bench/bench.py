@@ -36,10 +36,10 @@ from local.config import Options
 from local.sandbox import COMPUTE_NODES, LOGIN_NODES, Sandbox
 from local.tunnel import ssh_base
 
-from . import client, idle, outages, tools
+from . import client, idle, outages, sidebyside, tools
 from .client import Load
 from .procs import children, family, forwarder_pid, free_port, rss_mb, usage
-from .table import OURS, table
+from .table import BASE, OURS, table
 
 log = logging.getLogger("slurm_persist.bench")
 
@@ -58,12 +58,13 @@ class Settings:
     ab_requests: int = 5000
     wrk_seconds: float = 20.0
     idle_connections: int = 10_000
+    rounds: int = 3  # the two paths in turn (sidebyside.py)
 
     @classmethod
     def short(cls) -> Settings:
         return cls(download_bytes=20 * 10**6, requests=100, slurm_window=20.0, idle_window=5.0,
                    overlap=False, busy_seconds=5.0, ab_requests=500, wrk_seconds=3.0,
-                   idle_connections=200)
+                   idle_connections=200, rounds=1)
 
 
 class Bench:
@@ -119,7 +120,6 @@ class Bench:
         tools.require("ab", "wrk")  # before minutes of work, not after
         name = "bench"
         self.on_login(f"rm -rf ~/.slurm-persist/services/{name} ~/.slurm-persist/venvs/{name}")
-        self.results["paths"] = {}
         try:
             self.step("startup cold")
             self.results["startup_cold_s"] = self.up(name, "--metrics-port",
@@ -171,36 +171,34 @@ class Bench:
         return rows
 
     def throughput(self, name: str) -> None:
+        """slurm-persist and the hand-made tunnel in turn (sidebyside.py),
+        then reverse mode and the in-cluster client once each."""
         args = (self.s.download_bytes, self.s.requests)
-        rows = self.results["paths"]
-        rows[OURS] = client.measure("127.0.0.1", self.port, *args)
-        worker, ssh = family(forwarder_pid(name))
-        pids = [worker, *ssh]
-        failed = lambda: idle.metric(self.metrics_port,  # noqa: E731
-                                     "slurm_persist_connections_failed_total") or 0.0
-        before = failed()
-        self.results["tools"] = {OURS: tools.both(self.port, self.s.ab_requests,
-                                                  self.s.wrk_seconds, pids)}
-        # ab counts a connection closed without an answer as complete (-l):
-        # the forwarder's own count of those, during ab and wrk.
-        self.results["tools"][OURS]["forwarder_failed"] = int(failed() - before)
-        rows["slurm-persist, reverse mode"] = self.reverse_path(args)
         node, port, job = self.plain_server(name)
         local = free_port()
         tunnel = subprocess.Popen([*ssh_base(self.options), "-N", "-o", "ExitOnForwardFailure=yes",
                                    "-L", f"127.0.0.1:{local}:{node}:{port}",
                                    self.options.login_node], stdin=subprocess.DEVNULL)
+        failed = lambda: idle.metric(self.metrics_port,  # noqa: E731
+                                     "slurm_persist_connections_failed_total") or 0.0
         try:
             client.wait_port("127.0.0.1", local)
-            rows["ssh -L (baseline)"] = client.measure("127.0.0.1", local, *args)
-            self.results["tools"]["ssh -L (baseline)"] = tools.both(
-                local, self.s.ab_requests, self.s.wrk_seconds)
+            before = failed()
+            worker, _ = family(forwarder_pid(name))
+            done = sidebyside.rounds({OURS: self.port, BASE: local}, worker, self.s)
+            self.results["rounds"] = done
+            self.results.update(sidebyside.summary(done))
+            # ab counts a connection closed without an answer as complete (-l):
+            # the forwarder's own count of those, over every round.
+            self.results["tools"][OURS]["forwarder_failed"] = int(failed() - before)
             source = (Path(__file__).parent / "client.py").read_text()
             out = self.on_login(f"python3 - {node} {port} {args[0]} {args[1]}", stdin=source)
-            rows["in-cluster (limit)"] = json.loads(out)
+            in_cluster = json.loads(out)
         finally:
             tunnel.terminate()
             self.on_login(f"scancel {job}")
+        self.results["paths"]["slurm-persist, reverse mode"] = self.reverse_path(args)
+        self.results["paths"]["in-cluster (limit)"] = in_cluster
 
     def warm_startup(self, name: str) -> dict:
         """`up` with the files deployed: when the job's server passed its health

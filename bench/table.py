@@ -1,15 +1,20 @@
 """The benchmark's markdown report: the paths side by side, the load tools
-on slurm-persist and on the hand-made ssh -L, #17's goals with the ratio
-(or difference) each is judged by, and the rest of the measures."""
+on slurm-persist and on the hand-made ssh -L, where their CPU goes, #17's
+goals with the ratio (or difference) each is judged by, and the rest of
+the measures. With rounds (sidebyside.py), figures are the rounds'
+medians and a goal is judged on the median round's ratio."""
 
 from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
 
 OURS, BASE = "slurm-persist", "ssh -L (baseline)"
 
 
 def table(results: dict) -> str:
-    return "\n\n".join(part for part in (paths(results), load_tools(results), goals(results),
-                                         measures(results)) if part)
+    return "\n\n".join(part for part in (paths(results), load_tools(results), cpu(results),
+                                         goals(results), measures(results)) if part)
 
 
 def paths(results: dict) -> str:
@@ -45,38 +50,74 @@ def load_tools(results: dict) -> str:
     return "\n".join(lines)
 
 
+def cpu(results: dict) -> str:
+    """Microseconds of CPU per request, by role, during each load tool."""
+    costs = results.get("cpu")
+    if not costs:
+        return ""
+    roles = list(costs[OURS]["ab"])
+    lines = [f"| CPU per request, us | path | {' | '.join(roles)} |",
+             "|---|---|" + "---|" * len(roles)]
+    for tool, title in (("ab", "ab, new connections"), ("wrk", "wrk, keep-alive")):
+        for path in (OURS, BASE):
+            cells = " | ".join(f"{costs[path][tool][role]:.0f}" for role in roles)
+            lines.append(f"| {title} | {path} | {cells} |")
+    return "\n".join(lines)
+
+
 def judged(ratio: float, goal: float, at_least: bool = True) -> str:
     return "yes" if (ratio >= goal if at_least else ratio <= goal) else "no"
 
 
+Pick = Callable[[dict, str], float]
+
+
+def per_round(results: dict, pick: Pick) -> list[tuple[float, float]]:
+    """(slurm-persist, baseline) of one figure in each round; the results'
+    own figures when they have no rounds."""
+    return [(pick(one, OURS), pick(one, BASE)) for one in results.get("rounds") or [results]]
+
+
+def spread(values: list[float], form: str) -> str:
+    return f" ({form.format(min(values))} to {form.format(max(values))})" if len(values) > 1 else ""
+
+
 def goals(results: dict) -> str:
     """#17's goals: ours and the baseline's figure, the ratio or difference, met or not."""
-    ours, base = results["paths"][OURS], results["paths"][BASE]
     lines = ["| #17 goal | slurm-persist | ssh -L (baseline) | vs baseline | goal | met |",
              "|---|---|---|---|---|---|"]
 
-    def ratio(what: str, a: float, b: float, unit: str, goal: float) -> None:
-        r = a / b if b else 0.0
-        lines.append(f"| {what} | {a:.0f} {unit} | {b:.0f} {unit} | {r:.2f}x | >= {goal}x | "
-                     f"{judged(r, goal)} |")
+    def ratio(what: str, pick: Pick, unit: str, goal: float) -> None:
+        pairs = per_round(results, pick)
+        ours, base = (statistics.median(pair[i] for pair in pairs) for i in (0, 1))
+        ratios = [a / b if b else 0.0 for a, b in pairs]
+        r = statistics.median(ratios)
+        lines.append(f"| {what} | {ours:.0f} {unit} | {base:.0f} {unit} | "
+                     f"{r:.2f}x{spread(ratios, '{:.2f}x')} | >= {goal}x | {judged(r, goal)} |")
 
-    def plus(what: str, a: float, b: float, goal: float) -> None:
-        lines.append(f"| {what} | {a:.2f} ms | {b:.2f} ms | {a - b:+.2f} ms | <= +{goal:g} ms | "
-                     f"{judged(a - b, goal, at_least=False)} |")
+    def plus(what: str, pick: Pick, goal: float) -> None:
+        pairs = per_round(results, pick)
+        ours, base = (statistics.median(pair[i] for pair in pairs) for i in (0, 1))
+        diffs = [a - b for a, b in pairs]
+        d = statistics.median(diffs)
+        lines.append(f"| {what} | {ours:.2f} ms | {base:.2f} ms | "
+                     f"{d:+.2f} ms{spread(diffs, '{:+.2f}')} | <= +{goal:g} ms | "
+                     f"{judged(d, goal, at_least=False)} |")
 
-    tools = results.get("tools")
-    if tools:
-        ab = (tools[OURS]["ab"], tools[BASE]["ab"])
-        ratio("new connections at c=50 (ab), rate", ab[0]["req_per_s"], ab[1]["req_per_s"],
-              "req/s", 0.9)
-        plus("new connections at c=50 (ab), median", ab[0]["p50_ms"], ab[1]["p50_ms"], 2)
-    ratio("bulk download", ours["mb_per_s"], base["mb_per_s"], "MB/s", 0.95)
-    ratio("bulk upload", ours["upload_mb_per_s"], base["upload_mb_per_s"], "MB/s", 0.95)
-    plus("p50 of a new connection at c=1 (our client)", ours["p50_new_ms"], base["p50_new_ms"],
-         0.5)
-    if tools:
-        ratio("keep-alive at c=50 (wrk), rate", tools[OURS]["wrk"]["req_per_s"],
-              tools[BASE]["wrk"]["req_per_s"], "req/s", 1.0)
+    def tool(name: str, field: str) -> Pick:
+        return lambda one, path: one["tools"][path][name][field]
+
+    def path(field: str) -> Pick:
+        return lambda one, which: one["paths"][which][field]
+
+    if results.get("tools"):
+        ratio("new connections at c=50 (ab), rate", tool("ab", "req_per_s"), "req/s", 0.9)
+        plus("new connections at c=50 (ab), median", tool("ab", "p50_ms"), 2)
+    ratio("bulk download", path("mb_per_s"), "MB/s", 0.95)
+    ratio("bulk upload", path("upload_mb_per_s"), "MB/s", 0.95)
+    plus("p50 of a new connection at c=1 (our client)", path("p50_new_ms"), 0.5)
+    if results.get("tools"):
+        ratio("keep-alive at c=50 (wrk), rate", tool("wrk", "req_per_s"), "req/s", 1.0)
     warm = results.get("startup_warm")
     if warm and warm.get("health_to_answer_s") is not None:
         late = warm["health_to_answer_s"]
@@ -119,10 +160,6 @@ def measures(results: dict) -> str:
              f"{fwd['idle']['cpu_percent']}% CPU | < 60 MB, < 1% |",
              f"| forwarder at 50 req/s | {fwd['under_load_50rps']['rss_mb']} MB RSS, "
              f"{fwd['under_load_50rps']['cpu_percent']}% CPU | |"]
-    ab_cpu = results.get("tools", {}).get(OURS, {}).get("ab", {}).get("forwarder_cpu_percent")
-    if ab_cpu is not None:
-        lines.append(f"| forwarder under `ab -c50` (its worker and ssh processes) | {ab_cpu}% "
-                     f"CPU | |")
     if "replicas" in results:
         one, two = results["replicas"]["1"], results["replicas"]["2"]
         lines.append(f"| CPU-bound endpoint (20 ms a request, 8 clients): 1 replica, 2 replicas "

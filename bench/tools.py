@@ -11,10 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-
-from . import procs
 
 PACKAGES = {"ab": "apache2-utils", "wrk": "wrk"}
 
@@ -49,18 +46,6 @@ def wrk(host: str, port: int, connections: int, threads: int, seconds: float,
     out = run(["wrk", "-c", str(connections), "-t", str(threads), "-d", f"{seconds:g}s",
                "--latency", f"http://{host}:{port}{path}"], timeout=seconds + 120)
     return parse_wrk(out)
-
-
-def both(port: int, ab_requests: int, wrk_seconds: float, pids: list[int] | None = None) -> dict:
-    """ab (new connections) and wrk (keep-alive) at 50 connections on
-    127.0.0.1:port GET /health; with the CPU of pids (the forwarder and its
-    ssh processes) during ab."""
-    before, start = procs.ticks(pids or []), time.monotonic()
-    row = ab("127.0.0.1", port, 50, ab_requests)
-    if pids:
-        row["forwarder_cpu_percent"] = procs.cpu_percent(before, procs.ticks(pids),
-                                                         time.monotonic() - start)
-    return {"ab": row, "wrk": wrk("127.0.0.1", port, 50, 2, wrk_seconds)}
 
 
 def run(argv: list[str], timeout: float) -> str:
