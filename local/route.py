@@ -39,6 +39,12 @@ SETUP_CONCURRENCY = 32
 # while the next master starts (at 900, 9,500 clients at once had pushed a
 # lane to 1,195 before the second master was up, 2 s later).
 LANE_CHANNELS = 768
+# ...and past this a connection waits for the next master instead: sshd
+# holds a descriptor per channel and refuses channels near its 1024. With
+# the jumphost's own master a lane takes longer to start, and 200 clients
+# opening at once pushed a lane to 1,036: channels refused, the probe
+# failed with them, and the route was dropped (the 9,500-connection test).
+LANE_FULL = 960
 
 Widen = Callable[[], Awaitable[Tunnel]]
 
@@ -93,6 +99,9 @@ class Route:
         lane = min(self.lanes, key=lambda each: each.connections)
         if lane.connections >= LANE_CHANNELS:
             self._widen_soon()
+            if lane.connections >= LANE_FULL and self._widening is not None:
+                await asyncio.wait({self._widening})  # not cancelled with us; never raises
+                lane = min(self.lanes, key=lambda each: each.connections)
         lane.connections += 1
         self.idle.clear()
         # A gate acks in milliseconds; one that has not within ACK_SUSPECT

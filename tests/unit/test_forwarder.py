@@ -237,6 +237,33 @@ def test_a_full_lane_opens_another_master_and_new_connections_go_there(tmp_path,
     assert r.lanes[0].tunnel.alive  # the shared one stays for the next route
 
 
+def test_a_lane_past_full_waits_for_the_next_master_instead_of_overfilling(tmp_path, monkeypatch):
+    """Clients arriving at once while the next master starts: sshd refuses
+    channels near its 1024 descriptors, so past LANE_FULL they wait for it."""
+    monkeypatch.setattr(route, "LANE_CHANNELS", 3)
+    monkeypatch.setattr(route, "LANE_FULL", 5)
+
+    async def run():
+        first = LaneTunnel("login1", tmp_path / "a")
+        (tmp_path / "a").mkdir()
+
+        async def widen():
+            await asyncio.sleep(0.3)  # a master takes a while to start
+            (tmp_path / "b").mkdir()
+            return LaneTunnel("login1", tmp_path / "b")
+
+        r = route.Route(target(), first, await first.forward("node1:4000"), widen=widen)
+        entered = await asyncio.gather(*(r.enter(client_of()) for _ in range(9)))
+        counts = [lane.connections for lane in r.lanes]
+        for upstream, lane in entered:
+            upstream.transport.close()
+            r._left(lane)
+        await r.retire()
+        return counts
+    counts = asyncio.run(run())
+    assert len(counts) == 2 and sum(counts) == 9 and max(counts) <= 5
+
+
 async def test_a_client_gone_before_the_ack_is_not_sent_again():
     """Retried, its request would reach the server once per try, for nobody."""
     from local.clients import Clients
