@@ -57,13 +57,16 @@ def nofile(pid: int) -> int:
     return 0
 
 
+def stat_ticks(stat: str) -> int:
+    """CPU clock ticks (user + system) from the text of a /proc/PID/stat
+    (split after the command's closing parenthesis: a command may hold spaces)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def ticks(pids: list[int]) -> int:
     """CPU clock ticks (user + system) the pids used so far."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(stat_ticks(Path(f"/proc/{pid}/stat").read_text()) for pid in pids)
 
 
 def cpu_percent(before: int, after: int, seconds: float) -> float:

@@ -22,6 +22,7 @@ import statistics
 from pathlib import Path
 
 from . import client, tools
+from .procs import stat_ticks
 from .table import BASE, OURS
 
 ROLES = ("forwarder", "gate", "ssh", "sshd", "server", "docker", "load tool", "other")
@@ -42,8 +43,7 @@ def snapshot() -> Snapshot:
                 errors="replace")
         except OSError:  # gone meanwhile
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        seen[int(entry)] = (int(fields[11]) + int(fields[12]), cmd.strip())
+        seen[int(entry)] = (stat_ticks(stat), cmd.strip())
     return seen
 
 
