@@ -162,6 +162,10 @@ class Agent:
             task.cancel()
 
     async def _shutdown(self, successor_task: asyncio.Future) -> None:
+        # Before the record says draining and before the release (an scontrol,
+        # seconds on a busy login node): CI saw a request that came after
+        # "state=draining" served by this job, which the time limit then ends.
+        self.gate.stop_accepting()
         self.say("state=draining reason=%r active=%d", self.stop_reason, self.gate.active)
         self._publish("draining")
         if self.stop_reason in SIGNALLED:

@@ -9,7 +9,7 @@ import pytest
 
 from remote_agent import __main__ as agent_main
 from remote_agent import chain, endpoint, slurm
-from remote_agent.agent import Agent
+from remote_agent.agent import TIME_LIMIT_NEAR, Agent
 from remote_agent.spec import Spec
 
 
@@ -132,3 +132,31 @@ def test_a_server_that_fails_at_once_still_leaves_a_successor(agent, monkeypatch
     assert asyncio.run(agent.run()) == 1
     assert submitted == ["21"]
     assert chain.load(agent.service_dir) == chain.ChainState(failed_jobs=1)
+
+
+def test_a_draining_job_stops_accepting_before_it_says_so_or_releases_its_successor(
+        agent, monkeypatch):
+    seen = []
+
+    async def release(keeping):
+        seen.append("release")
+        return True
+
+    async def drained(timeout):
+        return 0
+
+    async def nothing():
+        return None
+
+    monkeypatch.setattr(agent.gate, "stop_accepting", lambda: seen.append("stop accepting"))
+    monkeypatch.setattr(agent.gate, "drain", drained)
+    monkeypatch.setattr(agent.keeper, "release", release)
+    monkeypatch.setattr(agent, "_publish", lambda state: seen.append(state))
+    monkeypatch.setattr(agent, "_clean_up", nothing)
+    agent.stop_reason = TIME_LIMIT_NEAR
+
+    async def shut_down():
+        await agent._shutdown(asyncio.ensure_future(nothing()))
+
+    asyncio.run(shut_down())
+    assert seen[:3] == ["stop accepting", "draining", "release"]
