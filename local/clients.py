@@ -47,8 +47,13 @@ class Clients:
                  budget.connections)
         # A client costs two descriptors here (its socket, the ssh forward's).
         room = lambda: budget.room(2 * self.count)  # noqa: E731
+        loop = asyncio.get_running_loop()
+
+        async def take(conn: socket.socket) -> None:
+            await loop.connect_accepted_socket(lambda: Connection(self.serve), conn)
+
         for sock in sockets:
-            listener = Listener(sock, lambda: Connection(self.serve), self.events, room)
+            listener = Listener(sock, take, self.events, room)
             listener.start()
             self.listeners.append(listener)
 

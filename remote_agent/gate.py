@@ -13,8 +13,9 @@ it sent before it can have reached the server when the connection fails
 first, so it may safely try again elsewhere. The gate also counts open
 connections, so a job can drain.
 
-The local forwarder speaks the other end, and relays with the same
-:mod:`relay`.
+The gate relays with :mod:`splice` (raw sockets on the standard event
+loop); the local forwarder speaks the other end and relays with
+:mod:`relay` (uvloop's transports).
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any, Awaitable, Callable, Optional, Set, Tuple, cast
+import socket
+from typing import Awaitable, Callable, Optional, Set, cast
 
 from .admission import Admission
 from .joblog import Summariser
 from .limits import Budget
 from .listener import Listener, tcp_socket, unix_socket
-from .relay import Held, relay
+from .relay import Held
+from .splice import CHUNK, Splice
 
 log = logging.getLogger("slurm_persist.gate")
 
@@ -40,7 +43,6 @@ ACK_TIMEOUT = 15.0
 # path needs more than a round trip. Short, because a pending connection
 # holds a descriptor for nothing.
 HANDSHAKE_TIMEOUT = 5.0
-CHUNK = 256 * 1024
 
 
 def preamble(secret: str) -> bytes:
@@ -88,11 +90,11 @@ class Acknowledgement(Held):
 
 class Gate:
     """Accepts on a port or a Unix socket, checks the secret, relays to
-    the server that open_upstream() connects to (a Held protocol). What it
-    holds is bounded by its Admission (pending connections capped, a
-    descriptor reserve)."""
+    the server that open_upstream() connects to (a connected non-blocking
+    socket). What it holds is bounded by its Admission (pending
+    connections capped, a descriptor reserve)."""
 
-    def __init__(self, secret: str, open_upstream: Callable[[], Awaitable[Tuple[Any, Held]]],
+    def __init__(self, secret: str, open_upstream: Callable[[], Awaitable[socket.socket]],
                  events: Optional[Summariser] = None, budget: Optional[Budget] = None):
         self.secret = preamble(secret)
         self.open_upstream = open_upstream
@@ -116,10 +118,12 @@ class Gate:
         self._listen(unix_socket(path))
 
     def _listen(self, sock) -> Listener:
-        self._listener = Listener(sock, lambda: _Visitor(self), self.events,
-                                  self.admission.room)
+        self._listener = Listener(sock, self._take, self.events, self.admission.room)
         self._listener.start()
         return self._listener
+
+    async def _take(self, sock: socket.socket) -> None:
+        _Visitor(self, sock)
 
     def stop_accepting(self) -> None:
         if self._listener is not None:
@@ -150,62 +154,60 @@ class Gate:
             self._listener.wake()
 
 
-class _Visitor(Held):
+class _Visitor:
     """One connection to the gate: pending until its first line shows the
-    secret, then relayed by one task. No task or stream before that, so a
-    flood of connections that never show it costs a protocol each."""
+    secret, then relayed by one task. No task before that, so a flood of
+    connections that never show it costs a reader callback each."""
 
-    def __init__(self, gate: Gate):
-        super().__init__()
-        self.gate = gate
-        self.host = "local"
+    def __init__(self, gate: Gate, sock: socket.socket):
+        peer = sock.getpeername()  # before anything is registered: it may raise
+        self.host = peer[0] if isinstance(peer, tuple) else "local"
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Off: an answer in pieces must not wait for a delayed ACK (40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.gate, self.sock = gate, sock
+        self.buffer = bytearray()
         self.authentic = False
         self.task: Optional[asyncio.Task] = None
-        self.finished = asyncio.get_running_loop().create_future()
-        self._timer: Optional[asyncio.TimerHandle] = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        self.host = peer[0] if isinstance(peer, tuple) else "local"
-        gate = self.gate
+        self.splice: Optional[Splice] = None
+        loop = asyncio.get_running_loop()
+        self.finished = loop.create_future()
         gate.connections.add(self)
         for old in gate.admission.arrive(self, self.host):
             gate.rejected += 1
             gate.events.note("gate=reject reason=pending-cap", f"peer={self.host}")
             cast(_Visitor, old).close()
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._refuse)
+        loop.add_reader(sock.fileno(), self._readable)
+        self._timer: Optional[asyncio.TimerHandle] = loop.call_later(HANDSHAKE_TIMEOUT,
+                                                                      self._refuse)
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.authentic:
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
             return
+        except OSError:
+            data = b""
+        if not data:  # ended, or reset, before the secret
+            self._refuse()
+            return
+        self.buffer += data
         secret = self.gate.secret
         end = self.buffer.find(b"\n", 0, len(secret))
         if end < 0:
             if len(self.buffer) >= len(secret):
                 self._refuse()
             return
-        line = bytes(self.buffer[:end + 1])
-        if not hmac.compare_digest(line, secret):
+        if not hmac.compare_digest(bytes(self.buffer[:end + 1]), secret):
             self._refuse()
             return
         del self.buffer[:end + 1]
         self.authentic = True
         self._cancel_timer()
+        # What comes next stays in the kernel until the relay reads it.
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
         self.gate.admission.authenticated(self)
         self.task = asyncio.ensure_future(self._relay())
-
-    def eof_received(self) -> bool:
-        super().eof_received()
-        if not self.authentic:
-            self._refuse()
-        return True
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        super().connection_lost(exc)
-        if not self.authentic:
-            self._refuse()
 
     def _refuse(self) -> None:
         """No secret, or a wrong one, within HANDSHAKE_TIMEOUT: closed
@@ -215,16 +217,20 @@ class _Visitor(Held):
             self.close()
 
     async def _relay(self) -> None:
-        assert self.transport is not None  # connected: it sent the secret
         try:
             try:
-                _, upstream = await self.gate.open_upstream()
+                upstream = await self.gate.open_upstream()
             except OSError as exc:
                 self.gate.events.note("gate=upstream-failed", f"error={exc}")
                 return
-            await relay(self, upstream, greeting=ACK)
+            self.splice = Splice(self.sock, upstream, greeting=ACK, first=bytes(self.buffer))
+            self.buffer.clear()
+            await self.splice.done
         finally:
-            self.transport.close()  # the relay's already, unless the server was not reached
+            if self.splice is not None:
+                self.splice.close()  # done already, unless we were cancelled
+            else:
+                self.sock.close()  # the server was not reached
             self._leave()
 
     def end(self) -> None:
@@ -236,8 +242,9 @@ class _Visitor(Held):
 
     def close(self) -> None:
         """A pending connection: closed, and gone from the gate's books."""
-        if self.transport is not None:
-            self.transport.close()
+        if self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
         self._leave()
 
     def _cancel_timer(self) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import errno
 import os
 import socket
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 
 from .joblog import Summariser
 
@@ -31,7 +31,8 @@ PAUSE_FIRST, PAUSE_MAX = 0.05, 2.0
 # A forwarder releases every held client at once after an outage.
 BACKLOG = 1024
 
-Factory = Callable[[], asyncio.BaseProtocol]
+# What becomes of an accepted socket: the gate's visitor, a forwarder's protocol.
+Take = Callable[[socket.socket], Awaitable[None]]
 
 
 def tcp_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
@@ -64,12 +65,11 @@ def _listening(sock: socket.socket, address, backlog: int, options) -> socket.so
 
 
 class Listener:
-    """Accepts on sock while room() is true and gives each connection a
-    protocol from factory."""
+    """Accepts on sock while room() is true and hands each connection to take."""
 
-    def __init__(self, sock: socket.socket, factory: Factory, events: Summariser,
+    def __init__(self, sock: socket.socket, take: Take, events: Summariser,
                  room: Callable[[], bool] = lambda: True):
-        self.sock, self._factory, self._events, self._room = sock, factory, events, room
+        self.sock, self._take, self._events, self._room = sock, take, events, room
         self._task: Optional[asyncio.Future] = None
         self._wake = asyncio.Event()
         self.paused = 0
@@ -115,11 +115,11 @@ class Listener:
                 pause = min(pause * 2, PAUSE_MAX)
                 continue
             pause = PAUSE_FIRST
-            await self._connect(loop, conn)
+            await self._connect(conn)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket) -> None:
         try:
-            await loop.connect_accepted_socket(self._factory, conn)
+            await self._take(conn)
         except OSError as exc:
             self._events.note("accept=failed", f"error={os.strerror(exc.errno or 0)}")
             conn.close()

@@ -13,10 +13,9 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from .joblog import Capped, copy_output
-from .relay import Held
 from .spec import Spec
 
 HEALTH_EVERY = 15.0
@@ -33,9 +32,11 @@ class Server:
         self.restarts = 0
         self.failure: Optional[str] = None  # why it cannot serve, once known
 
-    def connect(self):
-        """A connection for the gate to relay: (transport, Held protocol)."""
-        return self.upstream.connect()
+    async def connect(self) -> socket.socket:
+        """A connection for the gate to relay."""
+        if self.upstream is None:  # the gate opens before the server starts
+            raise ConnectionRefusedError("the server has not started")
+        return await self.upstream.connect()
 
     async def start_healthy(self) -> bool:
         """Start it, restarting it on early exit, until healthy."""
@@ -158,11 +159,22 @@ class Upstream:
             return asyncio.open_unix_connection(str(self.socket_path))
         return asyncio.open_connection("127.0.0.1", self.port)
 
-    def connect(self):
-        loop = asyncio.get_running_loop()
+    async def connect(self) -> socket.socket:
+        """A connected non-blocking socket, for the gate's Splice."""
         if self.socket_path:
-            return loop.create_unix_connection(Held, str(self.socket_path))
-        return loop.create_connection(Held, "127.0.0.1", self.port)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Union[str, Tuple[str, int]] = str(self.socket_path)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            address = ("127.0.0.1", self.port)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, address)
+        except BaseException:  # refused, or cancelled by a drain: no socket left behind
+            sock.close()
+            raise
+        return sock
 
     def __str__(self) -> str:
         if self.socket_path:

@@ -17,6 +17,7 @@ from remote_agent.joblog import Capped, Summariser
 from remote_agent.limits import Budget
 from remote_agent.listener import Listener, tcp_socket
 from remote_agent.relay import Held
+from remote_agent.server import Upstream
 
 
 class Clock:
@@ -135,8 +136,8 @@ def test_no_room_once_the_budget_is_spent():
 
 
 
-def connect_held(port: int):
-    return asyncio.get_running_loop().create_connection(Held, "127.0.0.1", port)
+def upstream_at(port: int):
+    return Upstream(port=port).connect()
 
 
 async def test_listener_pauses_on_emfile_instead_of_spinning():
@@ -150,7 +151,10 @@ async def test_listener_pauses_on_emfile_instead_of_spinning():
             served.append(data)
             self.transport.close()
 
-    listener = Listener(tcp_socket("127.0.0.1", 0), Serve, Summariser(lines.append))
+    async def take(conn):
+        await asyncio.get_running_loop().connect_accepted_socket(Serve, conn)
+
+    listener = Listener(tcp_socket("127.0.0.1", 0), take, Summariser(lines.append))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     hogs = []
     client = socket.create_connection(("127.0.0.1", listener.port))
@@ -189,7 +193,7 @@ async def test_gate_holds_a_flood_and_still_lets_the_owner_in():
     upstream = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
     port = upstream.sockets[0].getsockname()[1]
     lines: list[str] = []
-    gate = Gate("s" * 32, lambda: connect_held(port),
+    gate = Gate("s" * 32, lambda: upstream_at(port),
                 Summariser(lines.append))
     gate_port = await gate.start("127.0.0.1")
     flood = [await asyncio.open_connection("127.0.0.1", gate_port) for _ in range(400)]

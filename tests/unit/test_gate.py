@@ -6,14 +6,14 @@ import pytest
 
 from remote_agent import gate as gate_module
 from remote_agent.gate import ACK, Gate, preamble
-from remote_agent.relay import Held
+from remote_agent.server import Upstream
 
 SECRET = "s3cr3t" * 4
 
 
-def connect_held(port: int):
+def upstream_at(port: int):
     """The gate's upstream, as the agent's Server.connect opens it."""
-    return asyncio.get_running_loop().create_connection(Held, "127.0.0.1", port)
+    return Upstream(port=port).connect()
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def talk(port: int, first: bytes, body: bytes) -> bytes:
 
 async def test_right_secret_is_relayed(upstream):
     port, seen = upstream
-    gate = Gate(SECRET, lambda: connect_held(port))
+    gate = Gate(SECRET, lambda: upstream_at(port))
     gate_port = await gate.start("127.0.0.1")
     assert await talk(gate_port, preamble(SECRET), b"GET / HTTP/1.0\r\n\r\n") == \
         ACK + b"echo:GET / HTTP/1.0\r\n\r\n"
@@ -54,7 +54,7 @@ async def test_right_secret_is_relayed(upstream):
                                    preamble(SECRET)[:-1] + b"x\n", b"SLURM-PERSIST/1 \n"])
 async def test_anything_else_never_reaches_the_server(upstream, first):
     port, seen = upstream
-    gate = Gate(SECRET, lambda: connect_held(port))
+    gate = Gate(SECRET, lambda: upstream_at(port))
     gate_port = await gate.start("127.0.0.1")
     assert await talk(gate_port, first, b"GET / HTTP/1.0\r\n\r\n") == b""
     assert seen == []
@@ -63,7 +63,7 @@ async def test_anything_else_never_reaches_the_server(upstream, first):
 
 async def test_drain_waits_for_open_connections(upstream):
     port, _ = upstream
-    gate = Gate(SECRET, lambda: connect_held(port))
+    gate = Gate(SECRET, lambda: upstream_at(port))
     gate_port = await gate.start("127.0.0.1")
     reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
     writer.write(preamble(SECRET))
@@ -92,7 +92,7 @@ async def test_gate_without_server_never_acknowledges():
 async def test_a_secret_arriving_in_pieces_is_still_the_secret(upstream):
     """A slow path may split the first line: the gate waits for all of it."""
     port, seen = upstream
-    gate = Gate(SECRET, lambda: connect_held(port))
+    gate = Gate(SECRET, lambda: upstream_at(port))
     gate_port = await gate.start("127.0.0.1")
     reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
     line = preamble(SECRET)
@@ -108,7 +108,7 @@ async def test_a_secret_arriving_in_pieces_is_still_the_secret(upstream):
 async def test_a_connection_that_shows_no_secret_in_time_is_closed(upstream, monkeypatch):
     monkeypatch.setattr(gate_module, "HANDSHAKE_TIMEOUT", 0.2)
     port, seen = upstream
-    gate = Gate(SECRET, lambda: connect_held(port))
+    gate = Gate(SECRET, lambda: upstream_at(port))
     gate_port = await gate.start("127.0.0.1")
     reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
     writer.write(preamble(SECRET)[:10])  # and nothing more
