@@ -1,11 +1,12 @@
 """Relaying: two connections, once set up, copy to each other.
 
-The gate (in the job) and the forwarder (on the user's machine) both end
-a connection here. Their transports are handed to two small protocols that
-write what one side receives straight to the other: no task, no read loop
-and no StreamReader per direction. With a task and a stream per direction,
-the event loop's own machinery was most of the forwarder's CPU under
-`ab -c50` (py-spy).
+The forwarder (on the user's machine, under uvloop) ends a connection
+here; the gate relays with splice.py, as the standard library's transports
+cost it more than the copy. The transports are handed to two small
+protocols that write what one side receives straight to the other: no
+task, no read loop and no StreamReader per direction. With a task and a
+stream per direction, the event loop's own machinery was most of the
+forwarder's CPU under `ab -c50` (py-spy).
 
 EOF is passed on as a half-close; a reset or any error on either side ends
 both at once, so a client never waits for an answer from a side that is
