@@ -225,7 +225,7 @@ class _Visitor:
                 return
             self.splice = Splice(self.sock, upstream, greeting=ACK, first=bytes(self.buffer))
             self.buffer.clear()
-            await self.splice.done
+            await asyncio.shield(self.splice.done)  # a drain's cancel must reach close()
         finally:
             if self.splice is not None:
                 self.splice.close()  # done already, unless we were cancelled

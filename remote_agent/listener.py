@@ -71,6 +71,7 @@ class Listener:
                  room: Callable[[], bool] = lambda: True):
         self.sock, self._take, self._events, self._room = sock, take, events, room
         self._task: Optional[asyncio.Future] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake = asyncio.Event()
         self.paused = 0
 
@@ -79,6 +80,7 @@ class Listener:
         return self.sock.getsockname()[1]
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.ensure_future(self._accept_loop())
 
     def wake(self) -> None:
@@ -89,6 +91,10 @@ class Listener:
         """Stop accepting; the connections already made are their handlers'."""
         if self._task is not None:
             self._task.cancel()
+        # Python 3.8 leaves a cancelled sock_accept's reader registered: the
+        # next socket given this number would never be read.
+        if self._loop is not None and self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
     async def _accept_loop(self) -> None:

@@ -44,6 +44,7 @@ class Splice:
                  first: bytes = b""):
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
+        self._closed = False
         self._ways = (_Way(a, b), _Way(b, a))
         self._greeting = greeting
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -56,7 +57,7 @@ class Splice:
 
     def _greet(self) -> None:
         self._timer = None
-        if self._greeting and not self.done.done():
+        if self._greeting and not self._closed:
             self._send(self._ways[1], b"")
 
     def _readable(self, way: _Way) -> None:
@@ -131,8 +132,9 @@ class Splice:
 
     def close(self) -> None:
         """Both sockets closed (what they still had to send is dropped)."""
-        if self.done.done():
+        if self._closed:  # not done.done(): a cancelled waiter cancels done too
             return
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         for sock in (self._ways[0].src, self._ways[1].src):
@@ -142,4 +144,5 @@ class Splice:
                 self.loop.remove_reader(sock.fileno())
                 self.loop.remove_writer(sock.fileno())
                 sock.close()
-        self.done.set_result(None)
+        if not self.done.done():
+            self.done.set_result(None)

@@ -115,3 +115,19 @@ async def test_a_connection_that_shows_no_secret_in_time_is_closed(upstream, mon
     assert await asyncio.wait_for(reader.read(), 5) == b""
     assert seen == [] and gate.rejected == 1 and gate.active == 0
     writer.close()
+
+
+async def test_a_drain_that_times_out_ends_a_relayed_connection_with_a_fin(upstream):
+    """An idle, acknowledged connection (a WebSocket, a keep-alive) past the
+    drain: both of its sockets closed, the client told by a FIN."""
+    port, _ = upstream
+    gate = Gate(SECRET, lambda: upstream_at(port))
+    gate_port = await gate.start("127.0.0.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
+    writer.write(preamble(SECRET))
+    await writer.drain()
+    assert await reader.readline() == ACK
+    assert await gate.drain(timeout=0.1) == 1
+    assert gate.active == 0
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
