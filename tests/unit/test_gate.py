@@ -41,6 +41,17 @@ async def talk(port: int, first: bytes, body: bytes) -> bytes:
     return data
 
 
+async def acknowledged(port: int):
+    """A gate before the server at port, and a connection it has acknowledged."""
+    gate = Gate(SECRET, lambda: upstream_at(port))
+    gate_port = await gate.start("127.0.0.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
+    writer.write(preamble(SECRET))
+    await writer.drain()
+    assert await reader.readline() == ACK
+    return gate, gate_port, reader, writer
+
+
 async def test_right_secret_is_relayed(upstream):
     port, seen = upstream
     gate = Gate(SECRET, lambda: upstream_at(port))
@@ -62,13 +73,7 @@ async def test_anything_else_never_reaches_the_server(upstream, first):
 
 
 async def test_drain_waits_for_open_connections(upstream):
-    port, _ = upstream
-    gate = Gate(SECRET, lambda: upstream_at(port))
-    gate_port = await gate.start("127.0.0.1")
-    reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
-    writer.write(preamble(SECRET))
-    await writer.drain()
-    assert await reader.readline() == ACK
+    gate, gate_port, reader, writer = await acknowledged(upstream[0])
     assert gate.active == 1
     drain = asyncio.ensure_future(gate.drain(timeout=5))
     await asyncio.sleep(0.2)
@@ -120,13 +125,7 @@ async def test_a_connection_that_shows_no_secret_in_time_is_closed(upstream, mon
 async def test_a_drain_that_times_out_ends_a_relayed_connection_with_a_fin(upstream):
     """An idle, acknowledged connection (a WebSocket, a keep-alive) past the
     drain: both of its sockets closed, the client told by a FIN."""
-    port, _ = upstream
-    gate = Gate(SECRET, lambda: upstream_at(port))
-    gate_port = await gate.start("127.0.0.1")
-    reader, writer = await asyncio.open_connection("127.0.0.1", gate_port)
-    writer.write(preamble(SECRET))
-    await writer.drain()
-    assert await reader.readline() == ACK
+    gate, gate_port, reader, writer = await acknowledged(upstream[0])
     assert await gate.drain(timeout=0.1) == 1
     assert gate.active == 0
     assert await asyncio.wait_for(reader.read(), 5) == b""
