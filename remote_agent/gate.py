@@ -31,7 +31,7 @@ from .joblog import Summariser
 from .limits import Budget
 from .listener import Listener, tcp_socket, unix_socket
 from .relay import Held
-from .splice import CHUNK, Splice
+from .splice import CHUNK, Splice, forget
 
 log = logging.getLogger("slurm_persist.gate")
 
@@ -242,9 +242,7 @@ class _Visitor:
 
     def close(self) -> None:
         """A pending connection: closed, and gone from the gate's books."""
-        if self.sock.fileno() >= 0:
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-            self.sock.close()
+        forget(asyncio.get_running_loop(), self.sock)
         self._leave()
 
     def _cancel_timer(self) -> None:

@@ -22,6 +22,15 @@ from .relay import COALESCE
 CHUNK = 256 * 1024
 
 
+def forget(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Out of the loop, then closed. In this order: a selector still holding
+    a closed descriptor would trip over the next socket given its number."""
+    if sock.fileno() >= 0:
+        loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
+        sock.close()
+
+
 class _Way:
     """One direction: what src receives goes to dst."""
 
@@ -137,12 +146,7 @@ class Splice:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for sock in (self._ways[0].src, self._ways[1].src):
-            if sock.fileno() >= 0:
-                # Before close: a selector still holding a closed fd would
-                # trip over the next socket given the same number.
-                self.loop.remove_reader(sock.fileno())
-                self.loop.remove_writer(sock.fileno())
-                sock.close()
+        for way in self._ways:
+            forget(self.loop, way.src)
         if not self.done.done():
             self.done.set_result(None)
