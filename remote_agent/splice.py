@@ -11,6 +11,13 @@ transports are C.
 Each direction stops reading while the other side has not taken what it
 was given, so memory is bounded by one read per direction. EOF is passed
 on as a half-close; a reset or any error on either side closes both.
+
+The greeting (the gate's acknowledgement) tells a's sender that its bytes
+may have reached b, so that it must not send them anywhere else. It waits
+up to COALESCE to go out with b's first answer, but b is given a's bytes
+at once: so when b fails inside that wait after taking some of them, the
+greeting still goes before a is closed. Without it, a request that made
+the server crash was sent on to the other replica, and crashed it too.
 """
 
 import asyncio
@@ -56,6 +63,7 @@ class Splice:
         self._closed = False
         self._ways = (_Way(a, b), _Way(b, a))
         self._greeting = greeting
+        self._delivered = False  # b has taken bytes from a
         self._timer: Optional[asyncio.TimerHandle] = None
         if greeting:
             self._timer = self.loop.call_later(COALESCE, self._greet)
@@ -105,6 +113,8 @@ class Splice:
         except OSError:
             self.close()
             return
+        if sent and way is self._ways[0]:
+            self._delivered = True
         if sent < len(data):
             # dst is full: hold src until dst has taken the rest.
             way.pending += data[sent:]
@@ -121,6 +131,8 @@ class Splice:
             self.close()
             return
         del way.pending[:sent]
+        if sent and way is self._ways[0]:
+            self._delivered = True
         if way.pending:
             return
         self.loop.remove_writer(way.dst.fileno())
@@ -140,13 +152,27 @@ class Splice:
             self.close()
 
     def close(self) -> None:
-        """Both sockets closed (what they still had to send is dropped)."""
+        """Both sockets closed (what they still had to send is dropped, but
+        a greeting owed for bytes b has taken goes first)."""
         if self._closed:  # not done.done(): a cancelled waiter cancels done too
             return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._greeting and self._delivered:
+            self._owe()
         for way in self._ways:
             forget(self.loop, way.src)
         if not self.done.done():
             self.done.set_result(None)
+
+    def _owe(self) -> None:
+        """The greeting, then a FIN, to a: nothing went to a before the
+        greeting, so its send buffer is empty and 19 bytes fit."""
+        a = self._ways[0].src
+        try:
+            a.send(self._greeting)
+            a.shutdown(socket.SHUT_WR)
+        except OSError:  # a failed as well: there is nobody left to tell
+            pass
+        self._greeting = b""

@@ -1,6 +1,8 @@
 """The gate, on loopback with a real upstream server."""
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
@@ -130,3 +132,23 @@ async def test_a_drain_that_times_out_ends_a_relayed_connection_with_a_fin(upstr
     assert gate.active == 0
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_a_request_that_crashes_the_server_is_acknowledged_not_replayed():
+    """The server read the request and died (a reset, well inside the wait
+    for its first answer): the sender is told it was delivered, and sees
+    the close, so its forwarder does not send it to the other replica."""
+    seen = []
+
+    async def crash(reader, writer):
+        seen.append(await reader.read(1024))
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(crash, "127.0.0.1", 0)
+    gate = Gate(SECRET, lambda: upstream_at(server.sockets[0].getsockname()[1]))
+    gate_port = await gate.start("127.0.0.1")
+    assert await talk(gate_port, preamble(SECRET), b"GET /crash HTTP/1.0\r\n\r\n") == ACK
+    assert seen == [b"GET /crash HTTP/1.0\r\n\r\n"]
+    server.close()

@@ -100,16 +100,47 @@ def tcp_pair() -> tuple:
     return one, other
 
 
+def reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    sock.close()  # linger 0: a reset
+
+
 async def test_a_side_that_resets_ends_both():
     client, a = tcp_pair()
     b, server = tcp_pair()
     splice = Splice(a, b)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-    server.close()  # linger 0: a reset
+    reset(server)
     await asyncio.wait_for(splice.done, 5)
     assert a.fileno() == -1 and b.fileno() == -1
     data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(client, 100), 5)
     assert data == b""  # the client is not left waiting
+    client.close()
+
+
+async def test_a_server_that_took_the_request_and_reset_still_gets_it_acknowledged():
+    """The request may have run (and crashed the server): the greeting says
+    so, and the sender must not send it to another replica."""
+    loop = asyncio.get_running_loop()
+    client, a = tcp_pair()
+    b, server = tcp_pair()
+    splice = Splice(a, b, greeting=b"OK\n", first=b"GET /crash")
+    assert await asyncio.wait_for(loop.sock_recv(server, 100), 5) == b"GET /crash"
+    reset(server)
+    await asyncio.wait_for(splice.done, 5)
+    assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"OK\n"
+    assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b""
+    client.close()
+
+
+async def test_a_server_that_reset_before_it_was_given_a_byte_is_not_acknowledged():
+    """Nothing reached it: the sender may try elsewhere."""
+    loop = asyncio.get_running_loop()
+    client, a = tcp_pair()
+    b, server = tcp_pair()
+    splice = Splice(a, b, greeting=b"OK\n")
+    reset(server)
+    await asyncio.wait_for(splice.done, 5)
+    assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b""
     client.close()
 
 
