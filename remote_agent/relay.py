@@ -16,9 +16,11 @@ gone.
 import asyncio
 from typing import Callable, Optional, Tuple, cast
 
-# How long a greeting waits to go out together with the first bytes. Two
-# small writes in a row meet Nagle's algorithm somewhere along the SSH hops
-# and the second waits for a delayed ACK: 40 ms per new connection here.
+# How long a greeting (the gate's, splice.py) or a client's first bytes
+# (the forwarder's, to go with the secret) wait to go out together with
+# what follows. Two small writes in a row meet Nagle's algorithm somewhere
+# along the SSH hops and the second waits for a delayed ACK: 40 ms per new
+# connection here.
 COALESCE = 0.05
 # What a Held connection buffers before it stops reading: the owner's
 # forwarder sends its secret and request in one write, well under this.
@@ -67,17 +69,13 @@ class _Side(asyncio.Protocol):
     """What one transport (src) receives goes to the other (dst)."""
 
     def __init__(self, pair: "_Pair", src: asyncio.Transport, dst: asyncio.Transport,
-                 count: Count, greeting: bytes = b""):
+                 count: Count):
         self.pair, self.src, self.dst, self.count = pair, src, dst, count
-        self.greeting: Optional[bytes] = greeting or None
-        self.timer: Optional[asyncio.TimerHandle] = None
 
     def adopt(self, left: bytes, eof: bool, gone: bool) -> None:
         """Take over src from the protocol that read the handshake, with
         the bytes it had read past it."""
         self.src.set_protocol(self)
-        if self.greeting is not None and not left and not eof and not gone:
-            self.timer = asyncio.get_running_loop().call_later(COALESCE, self._greet)
         if left:
             self.data_received(left)
         if gone or self.src.is_closing():  # reset, or closed, already
@@ -91,25 +89,13 @@ class _Side(asyncio.Protocol):
         elif not self.src.is_reading():
             self.src.resume_reading()  # paused, full, before we took it over
 
-    def _greet(self, data: bytes = b"") -> None:
-        if self.greeting is not None:
-            data, self.greeting = self.greeting + data, None
-            if self.timer is not None:
-                self.timer.cancel()
-        if data:
-            self._write(data)
-
-    def _write(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
         if not self.dst.is_closing():
             self.dst.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        self._greet(data)
         if self.count:
             self.count(len(data))
 
     def eof_received(self) -> bool:
-        self._greet()
         if not self.dst.is_closing() and self.dst.can_write_eof():
             self.dst.write_eof()
         self.pair.finished()
@@ -125,10 +111,6 @@ class _Side(asyncio.Protocol):
     def resume_writing(self) -> None:
         if not self.dst.is_closing():
             self.dst.resume_reading()
-
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
 
 
 class _Pair:
@@ -150,23 +132,18 @@ class _Pair:
             self.done.set_result(None)
 
 
-async def relay(a: Held, b: Held, greeting: bytes = b"",
-                counts: Tuple[Count, Count] = (None, None)) -> None:
-    """Copy bytes both ways until both sides are done, then close both; send
-    `greeting` to a before anything from b (in one write with b's first
-    bytes if they come within COALESCE). counts: told of the bytes a->b
-    and b->a. Cancelled, it closes both."""
+async def relay(a: Held, b: Held, counts: Tuple[Count, Count] = (None, None)) -> None:
+    """Copy bytes both ways until both sides are done, then close both.
+    counts: told of the bytes a->b and b->a. Cancelled, it closes both."""
     assert a.transport is not None and b.transport is not None  # connected
     # No TCP_NODELAY here: the loops set it on every TCP transport (see
     # listener.tcp_socket); setting it again was 3% of the forwarder's samples.
     ta, tb = a.transport, b.transport
     pair = _Pair(ta, tb)
-    sides = (_Side(pair, ta, tb, counts[0]), _Side(pair, tb, ta, counts[1], greeting))
+    sides = (_Side(pair, ta, tb, counts[0]), _Side(pair, tb, ta, counts[1]))
     try:
         sides[0].adopt(*a.take())
         sides[1].adopt(*b.take())
         await pair.done
     finally:
-        for side in sides:
-            side.cancel()
         pair.end()

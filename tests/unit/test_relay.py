@@ -11,10 +11,9 @@ class Front(Held):
     """Relays its client to a fresh upstream connection; with handshake, it
     first takes one line out of what it holds, as the gate does."""
 
-    def __init__(self, up_port: int, greeting: bytes, handshake: bool, relays: list):
+    def __init__(self, up_port: int, handshake: bool, relays: list):
         super().__init__()
-        self.up_port, self.greeting, self.handshake, self.relays = (up_port, greeting,
-                                                                    handshake, relays)
+        self.up_port, self.handshake, self.relays = up_port, handshake, relays
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -34,17 +33,17 @@ class Front(Held):
         async def run():
             loop = asyncio.get_running_loop()
             _, upstream = await loop.create_connection(Held, "127.0.0.1", self.up_port)
-            await relay(self, upstream, greeting=self.greeting)
+            await relay(self, upstream)
         self.relays.append(asyncio.ensure_future(run()))
 
 
-async def pipe_through(upstream_handler, greeting: bytes = b"", handshake: bool = False):
+async def pipe_through(upstream_handler, handshake: bool = False):
     """A front server that relays each client to a fresh upstream connection."""
     upstream = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
     up_port = upstream.sockets[0].getsockname()[1]
     relays: list = []
     server = await asyncio.get_running_loop().create_server(
-        lambda: Front(up_port, greeting, handshake, relays), "127.0.0.1", 0)
+        lambda: Front(up_port, handshake, relays), "127.0.0.1", 0)
     return server, upstream, server.sockets[0].getsockname()[1], relays
 
 
@@ -99,27 +98,6 @@ async def test_megabytes_both_ways_arrive_whole_through_flow_control():
     assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
     server.close()
     upstream.close()
-
-
-async def test_the_greeting_goes_first_with_the_first_answer_or_alone():
-    async def answer_at_once(reader, writer):
-        await reader.read(10)
-        writer.write(b"answer")
-        await asyncio.sleep(0.5)
-        writer.close()
-
-    async def silent(reader, writer):
-        await asyncio.sleep(0.5)
-        writer.close()
-
-    for handler, first in ((answer_at_once, b"OK\nanswer"), (silent, b"OK\n")):
-        server, upstream, port, _ = await pipe_through(handler, greeting=b"OK\n")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"request")
-        assert await asyncio.wait_for(reader.read(100), 5) == first  # one segment
-        writer.close()
-        server.close()
-        upstream.close()
 
 
 async def test_a_cancelled_relay_closes_both_sides():
