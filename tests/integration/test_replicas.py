@@ -4,13 +4,14 @@ chain per slot, and the service up while one replica waits in a busy queue."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import time
 
 import pytest
 
-from helpers import HPC, Load, cli, site_args, wait_for
+from helpers import HPC, Load, answers, cli, get, site_args, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -149,6 +150,42 @@ def test_rollout_moves_every_slot_to_the_new_code_without_a_failed_request(
     assert not before & set(load_jobs(after))
     assert len(old_hash) == len(new_hash) == 1 and old_hash != new_hash
     one_chain_per_slot(alice, "roll")
+
+
+CRASH = '''
+
+async def crash(request: web.Request) -> web.Response:
+    """Test only: the server dies on this request, its body unread."""
+    name = os.environ["SLURM_PERSIST_SERVICE"]
+    with open(os.path.expanduser(f"~/crash-hits-{name}"), "a") as hits:
+        hits.write(os.environ["SLURM_JOB_ID"] + "\\n")
+    os._exit(1)
+'''
+
+
+def test_a_request_that_crashes_a_replica_runs_once_not_on_both(start_up, alice, tmp_path):
+    """The server takes the request and dies with its body unread (a reset):
+    the gate had passed the request on, so it acknowledges it all the same,
+    and the forwarder hands the close to the client instead of sending the
+    request to the other replica, which would crash as well."""
+    app = tmp_path / "hpc"
+    shutil.copytree(HPC, app, ignore=shutil.ignore_patterns("__pycache__"))
+    code = (app / "hpc.py").read_text()
+    assert 'web.post("/upload", upload)])' in code
+    code = code.replace('web.post("/upload", upload)])',
+                        'web.post("/upload", upload), web.post("/crash", crash)])')
+    code = code.replace("\ndef app()", CRASH + "\n\ndef app()")
+    (app / "hpc.py").write_text(code)
+    alice.run("rm -f ~/crash-hits-crash")
+    up = start_up("crash", "--replicas", "2", "--local-hpc-script-dir", str(app))
+    up.wait_serving()
+    wait_for("both replicas answering", lambda: len(answered_by(up.port)) == 2, timeout=120)
+    with pytest.raises((OSError, http.client.HTTPException)):
+        get(up.port, "/crash", data=b"x" * (256 << 10), timeout=60)
+    hits = alice.out("cat ~/crash-hits-crash").split()
+    print(f"crash: the request reached {hits}")
+    assert len(hits) == 1
+    assert answers(up.port)  # the other replica serves on
 
 
 def app_hashes(cluster, up) -> set[str]:
