@@ -60,7 +60,9 @@ class Maintenance:
         now would wait behind (then keep serving), or None."""
         if self.shortest is None:
             return None
-        start = (time.time() if now is None else now) + 5.0
+        # The same start early_release assumed: where it saw no need to
+        # release early, the successor released now fits.
+        start = (time.time() if now is None else now) + LEAD
         return capacity.maintenance_ahead(self.reservations, start, self.shortest)
 
     async def watch(self, release: Callable[[], Awaitable[bool]],

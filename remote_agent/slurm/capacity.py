@@ -96,8 +96,13 @@ def early_release(reservations: Sequence[Reservation], warning: float, minutes: 
     warning, so that it starts early enough to run its `minutes` before the
     maintenance that a successor released at `warning` would wait behind;
     `lead` is the scheduler's time to start a released job. None: no such
-    maintenance, or it has begun by then."""
-    ahead = maintenance_ahead(reservations, warning, minutes)
+    maintenance, or it has begun by then. The successor released at the
+    warning is taken to start `lead` later, as the agent does at the warning
+    (Maintenance.serves_to_end): judged at the bare warning, a reservation
+    94 s after the job's end (90 s warning) needed no early release here,
+    yet was too close at the warning, and the service was down from the
+    job's end to the end of the maintenance (CI, 2026-12-05)."""
+    ahead = maintenance_ahead(reservations, warning + lead, minutes)
     if ahead is None or ahead.start <= warning:
         return None
     return ahead.start - minutes * 60 - lead

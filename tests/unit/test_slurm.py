@@ -252,6 +252,9 @@ def test_the_successor_is_released_early_only_when_the_warning_is_too_late():
     # At a warning 100 s before it would wait: release it 180 + 20 s before.
     assert capacity.early_release([maint], 900.0, 3, 20.0) == 800.0
     assert capacity.early_release([maint], 1000.0, 3, 20.0) is None  # begun by then
+    # CI: a warning 184 s before it fits 180 s only if the successor starts
+    # within 4 s; it is given the 20 s lead, so released early.
+    assert capacity.early_release([maint], 816.0, 3, 20.0) == 800.0
     assert capacity.early_release([], 900.0, 3, 20.0) is None
 
 
@@ -263,6 +266,6 @@ def test_an_early_release_leaves_the_successor_its_floor_before_every_maintenanc
     at = capacity.early_release(reservations, warning, minutes, lead)
     if at is None:
         return
-    assert at + lead + minutes * 60 <= warning + minutes * 60  # earlier than at the warning
-    ahead = capacity.maintenance_ahead(reservations, warning, minutes)
+    assert at < warning
+    ahead = capacity.maintenance_ahead(reservations, warning + lead, minutes)
     assert ahead is not None and at + lead + minutes * 60 == pytest.approx(ahead.start)
