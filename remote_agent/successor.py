@@ -15,6 +15,7 @@ from typing import Callable, List, Optional
 
 from . import chain, endpoint, layout, slots, slurm
 from .joblog import Summariser
+from .maintenance import LEAD
 from .publisher import describe
 from .slurm import capacity
 from .spec import Spec, SpecError
@@ -131,10 +132,14 @@ class Successor:
                 if slots.slot_of(self.spec.job_name, j.name) is not None]
 
     def _expected_start(self, own: Optional[slurm.Job]) -> Optional[float]:
-        """About when the successor starts: at this job's warning, or overlap."""
+        """About when the successor starts: at this job's warning, or overlap,
+        plus the scheduler's lead. --time-min is then decided on the start the
+        agent's maintenance decisions assume (maintenance.LEAD): judged at the
+        bare warning, a reservation 5 to 25 s too close went without it, and
+        SLURM held the successor until the maintenance ended."""
         end = own.end_epoch() if own else None
         ahead = max(self.spec.warn_seconds, self.spec.overlap_minutes * 60)
-        return end - ahead if end is not None else None
+        return end - ahead + LEAD if end is not None else None
 
     async def _sbatch(self, dependency: str, start: Optional[float]) -> str:
         # The reservations ahead decide --time-min (slurm.time_min); unknown: none.

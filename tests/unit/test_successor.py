@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import pytest
 
@@ -240,3 +241,25 @@ async def test_the_overlap_watch_skips_records_it_cannot_read(keeper, tmp_path):
     await asyncio.sleep(0.05)
     assert not watching.done()
     watching.cancel()
+
+
+async def test_a_successor_that_fits_before_maintenance_only_without_the_lead_gets_time_min(
+        keeper, tmp_path):
+    """Released at the warning (90 s before the end), a 5-minute successor
+    ends 10 s before the reservation if it starts at once; it starts up to
+    maintenance.LEAD later, so it asks for --time-min."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "slurm.sbatch").write_text("#!/bin/bash\n#SBATCH --time=5\n")
+    end = float(int(time.time())) + 600
+    own = Job("20", "sp-x", "RUNNING", "node1", "None", "5:00", stamp(end), "N/A")
+    start = end - 90 + 300 + 10
+    shown = (f"ReservationName=m StartTime={stamp(start)} EndTime={stamp(start + 180)} "
+             "Nodes=node1 Flags=MAINT,IGNORE_JOBS\n")
+    k = keeper(squeue=[(0, line("20") + "\n", "")], sbatch=[(0, "21\n", "")],
+               scontrol=[(0, shown, "")])
+    assert await k.keep(own) == "21"
+    assert "--time-min=3" in next(a for a in k.slurm.calls if "sbatch" in a)
+
+
+def stamp(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
