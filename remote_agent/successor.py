@@ -135,8 +135,9 @@ class Successor:
         """About when the successor starts: at this job's warning, or overlap,
         plus the scheduler's lead. --time-min is then decided on the start the
         agent's maintenance decisions assume (maintenance.LEAD): judged at the
-        bare warning, a reservation 5 to 25 s too close went without it, and
-        SLURM held the successor until the maintenance ended."""
+        bare warning, a successor whose limit would cross a reservation only
+        if it started up to 20 s late went without it, and SLURM holds such a
+        job until the maintenance has ended."""
         end = own.end_epoch() if own else None
         ahead = max(self.spec.warn_seconds, self.spec.overlap_minutes * 60)
         return end - ahead + LEAD if end is not None else None
