@@ -12,8 +12,12 @@ from remote_agent.maintenance import Maintenance
 from remote_agent.slurm import capacity
 
 
+def stamp(epoch: float) -> str:
+    """As squeue and scontrol print a time (slurm.parse_timestamp)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
+
+
 def show(start: float, minutes: float = 3) -> str:
-    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))  # noqa: E731
     return (f"ReservationName=m StartTime={stamp(start)} EndTime={stamp(start + minutes * 60)} "
             "Nodes=node[1-2] Flags=MAINT,IGNORE_JOBS\n")
 

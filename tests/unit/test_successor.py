@@ -8,6 +8,7 @@ import dataclasses
 import time
 
 import pytest
+from test_maintenance_ahead import show, stamp
 
 from remote_agent import chain, endpoint, successor
 from remote_agent.endpoint import Endpoint
@@ -252,14 +253,8 @@ async def test_a_successor_that_fits_before_maintenance_only_without_the_lead_ge
     (tmp_path / "app" / "slurm.sbatch").write_text("#!/bin/bash\n#SBATCH --time=5\n")
     end = float(int(time.time())) + 600
     own = Job("20", "sp-x", "RUNNING", "node1", "None", "5:00", stamp(end), "N/A")
-    start = end - 90 + 300 + 10
-    shown = (f"ReservationName=m StartTime={stamp(start)} EndTime={stamp(start + 180)} "
-             "Nodes=node1 Flags=MAINT,IGNORE_JOBS\n")
+    shown = show(end - 90 + 300 + 10)
     k = keeper(squeue=[(0, line("20") + "\n", "")], sbatch=[(0, "21\n", "")],
                scontrol=[(0, shown, "")])
     assert await k.keep(own) == "21"
     assert "--time-min=3" in next(a for a in k.slurm.calls if "sbatch" in a)
-
-
-def stamp(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
