@@ -122,8 +122,12 @@ class Sandbox:
             return False
         want = _run(["docker", "image", "inspect", "-f", "{{.Id}}", self.image_tag()],
                     check=False, quiet=True)
-        have = _run(["docker", "inspect", "-f", "{{.Image}}", cid], check=False, quiet=True)
-        return bool(want) and want == have
+        # Running too: `ps -q` lists exited containers, and after a reboot
+        # (dockerd gone, its containers exited 255) `up` took a site that
+        # refused every connection for a current one.
+        have = _run(["docker", "inspect", "-f", "{{.Image}} {{.State.Running}}", cid],
+                    check=False, quiet=True)
+        return bool(want) and have is not None and have.split() == [want.strip(), "true"]
 
     def image_tag(self) -> str:
         """The same docker/ files make one image per release: both carry the
