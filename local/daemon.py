@@ -6,14 +6,23 @@ local state directory, so `status` and `down` can find it later.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .paths import lock_file, log_file, pid_file
+
+log = logging.getLogger("slurm_persist.daemon")
+
+# How long the threads that `up` leaves behind get to end before the fork.
+# paramiko's Transport.close() does not join its thread (its loop stops at
+# once on a closed packetizer), which ends a few ms later.
+THREADS_GONE = 10.0
 
 
 def hold_lock(name: str) -> bool:
@@ -76,6 +85,7 @@ def clear_pid(name: str) -> None:
 def daemonize(name: str, body: Callable[[], int]) -> int:
     """Fork; the grandchild runs body() detached, logging to the log file.
     Returns the daemon's pid in the calling process."""
+    _wait_for_other_threads(THREADS_GONE)
     read_end, write_end = os.pipe()
     if os.fork() > 0:
         os.close(write_end)
@@ -103,6 +113,21 @@ def daemonize(name: str, body: Callable[[], int]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _wait_for_other_threads(timeout: float) -> None:
+    """Fork with this thread alone: a thread inside OpenSSL at the fork
+    leaves its lock held in the child for good. Seen once (bench): a
+    paramiko thread of `up`'s, still ending its closed connection, was
+    inside cryptography at the fork; the daemon's worker then hung in its
+    first key exchange, and the service never served."""
+    deadline = time.monotonic() + timeout
+    others = [each for each in threading.enumerate() if each is not threading.current_thread()]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [each.name for each in others if each.is_alive()]
+    if left:
+        log.warning("daemon=fork threads_left=%s waited=%.0fs", ",".join(left), timeout)
 
 
 def stop(name: str, timeout: float = 15) -> int | None:
