@@ -13,14 +13,11 @@ was given, so memory is bounded by one read per direction. EOF is passed
 on as a half-close; a reset or any error on either side closes both.
 
 The greeting (the gate's acknowledgement) tells a's sender that its bytes
-may have reached b, so that it must not send them anywhere else. So it goes
-to a before any byte of a's reaches b: a route that fails after that may
-have carried a request to the server, one that fails before carried
-nothing, and the sender may retry only then. While nothing of a's has gone
-to b (a server that speaks first), it waits up to COALESCE to go out with
-b's first answer. (It used to wait for that answer after b had a's bytes:
-a route lost inside those 50 ms left a request run, unacknowledged, and
-sent again to another job.)
+may have reached b, so that it must not send them anywhere else. It waits
+up to COALESCE to go out with b's first answer, but b is given a's bytes
+at once: so when b fails inside that wait after taking some of them, the
+greeting still goes before a is closed. Without it, a request that made
+the server crash was sent on to the other replica, and crashed it too.
 """
 
 import asyncio
@@ -56,9 +53,8 @@ class _Way:
 class Splice:
     """Relays a and b until both directions end or one fails; `done` then
     resolves, and both sockets are closed. `first` (bytes already read
-    from a) goes to b at once, after `greeting` to a. Until a's bytes go
-    to b, the greeting waits up to COALESCE for b's first bytes, to go in
-    one write with them."""
+    from a) goes to b at once; `greeting` goes to a before anything from
+    b, in one write with b's first bytes if they come within COALESCE."""
 
     def __init__(self, a: socket.socket, b: socket.socket, greeting: bytes = b"",
                  first: bytes = b""):
@@ -67,6 +63,7 @@ class Splice:
         self._closed = False
         self._ways = (_Way(a, b), _Way(b, a))
         self._greeting = greeting
+        self._delivered = False  # b has taken bytes from a
         self._timer: Optional[asyncio.TimerHandle] = None
         if greeting:
             self._timer = self.loop.call_later(COALESCE, self._greet)
@@ -99,10 +96,6 @@ class Splice:
             self._shut(way)
 
     def _send(self, way: _Way, data: bytes) -> None:
-        if way is self._ways[0] and self._greeting:
-            self._send(self._ways[1], b"")  # the greeting, before a's bytes reach b
-            if self._closed:
-                return
         if way is self._ways[1] and self._greeting:
             data, self._greeting = self._greeting + data, b""
             if self._timer is not None:
@@ -120,6 +113,8 @@ class Splice:
         except OSError:
             self.close()
             return
+        if sent and way is self._ways[0]:
+            self._delivered = True
         if sent < len(data):
             # dst is full: hold src until dst has taken the rest.
             way.pending += data[sent:]
@@ -136,6 +131,8 @@ class Splice:
             self.close()
             return
         del way.pending[:sent]
+        if sent and way is self._ways[0]:
+            self._delivered = True
         if way.pending:
             return
         self.loop.remove_writer(way.dst.fileno())
@@ -155,13 +152,27 @@ class Splice:
             self.close()
 
     def close(self) -> None:
-        """Both sockets closed; what they still had to send is dropped."""
+        """Both sockets closed (what they still had to send is dropped, but
+        a greeting owed for bytes b has taken goes first)."""
         if self._closed:  # not done.done(): a cancelled waiter cancels done too
             return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._greeting and self._delivered:
+            self._owe()
         for way in self._ways:
             forget(self.loop, way.src)
         if not self.done.done():
             self.done.set_result(None)
+
+    def _owe(self) -> None:
+        """The greeting, then a FIN, to a: nothing went to a before the
+        greeting, so its send buffer is empty and 19 bytes fit."""
+        a = self._ways[0].src
+        try:
+            a.send(self._greeting)
+            a.shutdown(socket.SHUT_WR)
+        except OSError:  # a failed as well: there is nobody left to tell
+            pass
+        self._greeting = b""

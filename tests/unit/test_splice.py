@@ -160,21 +160,3 @@ async def test_closing_it_leaves_no_descriptor_behind_in_the_loop():
     assert await asyncio.wait_for(loop.sock_recv(ends.server, 100), 5) == b"still works"
     ends.splice.close()
     ends.close()
-
-
-async def test_the_greeting_goes_before_the_first_bytes_reach_the_server(monkeypatch):
-    """A route lost after the server has a request but before the sender
-    has the greeting would have the request sent again elsewhere: so it
-    does not wait for the server's answer once it has the sender's bytes."""
-    monkeypatch.setattr("remote_agent.splice.COALESCE", 60.0)
-    loop = asyncio.get_running_loop()
-    ends = Ends(greeting=b"OK\n", first=b"POST /once")
-    assert await asyncio.wait_for(loop.sock_recv(ends.client, 100), 5) == b"OK\n"
-    assert await asyncio.wait_for(loop.sock_recv(ends.server, 100), 5) == b"POST /once"
-    ends.close()
-
-    ends = Ends(greeting=b"OK\n")  # the sender spoke later: the same
-    await loop.sock_sendall(ends.client, b"POST /later")
-    assert await asyncio.wait_for(loop.sock_recv(ends.client, 100), 5) == b"OK\n"
-    assert await asyncio.wait_for(loop.sock_recv(ends.server, 100), 5) == b"POST /later"
-    ends.close()
