@@ -127,7 +127,9 @@ class Sandbox:
         # refused every connection for a current one.
         have = _run(["docker", "inspect", "-f", "{{.Image}} {{.State.Running}}", cid],
                     check=False, quiet=True)
-        return bool(want) and have is not None and have.split() == [want.strip(), "true"]
+        if not want or not have:
+            return False
+        return have.split() == [want.strip(), "true"]
 
     def image_tag(self) -> str:
         """The same docker/ files make one image per release: both carry the
