@@ -8,10 +8,12 @@ A connection must first send one line, ``SLURM-PERSIST/1 <secret>\\n``,
 with the secret from this job's 0600 endpoint record. Once the gate has
 reached the server it answers ``SLURM-PERSIST/1 OK\\n`` and from then on
 relays bytes both ways, untouched. Anything else is closed before a byte
-reaches the server. The acknowledgement lets the sender know that nothing
-it sent before it can have reached the server when the connection fails
-first, so it may safely try again elsewhere. The gate also counts open
-connections, so a job can drain.
+reaches the server. A sender whose connection fails before the
+acknowledgement tries again elsewhere; one that failed after it does not.
+The gate passes the first bytes on as it connects and acknowledges with
+the server's first answer (splice.py), within 50 ms: a route lost inside
+that window has delivered a request that is then sent again (the README
+says so). The gate also counts open connections, so a job can drain.
 
 The gate relays with :mod:`splice` (raw sockets on the standard event
 loop); the local forwarder speaks the other end and relays with
@@ -50,8 +52,9 @@ def preamble(secret: str) -> bytes:
 
 
 class NotAcknowledged(ConnectionError):
-    """The route failed before the gate confirmed the server: nothing sent
-    so far reached the server, so the connection may be tried elsewhere."""
+    """The route failed before the gate's acknowledgement arrived: the
+    connection is tried elsewhere (its bytes reached the server only if
+    the route failed within the gate's 50 ms wait, splice.py)."""
 
 
 class Acknowledgement(Held):
