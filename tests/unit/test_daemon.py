@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from helpers import wait_for
 from local import daemon
 
 
@@ -28,7 +29,5 @@ def test_the_daemon_is_forked_once_no_other_thread_holds_a_lock(tmp_path, monkey
         return 0
 
     assert daemon.daemonize("test", body) > 0
-    deadline = time.monotonic() + 10
-    while not result.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("the daemon's answer", result.exists, timeout=10, every=0.05)
     assert result.read_text() == "free"
