@@ -1,4 +1,5 @@
-"""The forwarder's processes as the benchmark sees them: pids, memory, CPU."""
+"""Processes as the benchmark sees them: the forwarder's pids, memory and
+CPU, and the part any process plays on a path (its role)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,31 @@ def usage(pids: list[int], seconds: float) -> dict:
     time.sleep(seconds)
     cpu = cpu_percent(before, ticks(pids), time.monotonic() - start)
     return {"rss_mb": rss_mb(pids), "cpu_percent": cpu}
+
+
+def command(pid: int) -> str:
+    """Its command line, "" if it is gone (or a kernel thread)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+ROLES = ("forwarder", "gate", "ssh", "sshd", "server", "docker", "load tool", "other")
+
+
+def role(pid: int, cmd: str, forwarder: int) -> str:
+    if pid == forwarder:
+        return "forwarder"
+    if "remote_agent" in cmd:
+        return "gate"  # the job's agent: its gate relays, the rest of it sleeps
+    if cmd.startswith("sshd"):
+        return "sshd"
+    if cmd.startswith("ssh "):
+        return "ssh"
+    if "hpc.py" in cmd:
+        return "server"
+    if "docker" in cmd:
+        return "docker"
+    return "other"

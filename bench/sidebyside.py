@@ -22,10 +22,10 @@ import statistics
 from pathlib import Path
 
 from . import client, tools
-from .procs import stat_ticks
-from .table import BASE, OURS
+from .pinned import CannotPin, Pinned
+from .procs import ROLES, command, role, stat_ticks
+from .table import BASE, OURS, PINNED
 
-ROLES = ("forwarder", "gate", "ssh", "sshd", "server", "docker", "load tool", "other")
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 
 Snapshot = dict[int, tuple[int, str]]
@@ -39,28 +39,10 @@ def snapshot() -> Snapshot:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
         except OSError:  # gone meanwhile
             continue
-        seen[int(entry)] = (stat_ticks(stat), cmd.strip())
+        seen[int(entry)] = (stat_ticks(stat), command(int(entry)))
     return seen
-
-
-def role(pid: int, cmd: str, forwarder: int) -> str:
-    if pid == forwarder:
-        return "forwarder"
-    if "remote_agent" in cmd:
-        return "gate"  # the job's agent: its gate relays, the rest of it sleeps
-    if cmd.startswith("sshd"):
-        return "sshd"
-    if cmd.startswith("ssh "):
-        return "ssh"
-    if "hpc.py" in cmd:
-        return "server"
-    if "docker" in cmd:
-        return "docker"
-    return "other"
 
 
 def children_seconds() -> float:
@@ -96,8 +78,14 @@ def costed(run, forwarder: int) -> tuple[dict, dict]:
 
 def rounds(ports: dict[str, int], forwarder: int, settings) -> list[dict]:
     """`settings.rounds` rounds; in each, our client on both paths, then ab
-    on both, then wrk on both (slurm-persist first)."""
-    done = []
+    on both, then wrk on both (slurm-persist first), then wrk again with
+    the relays on a core of their own (pinned.py) unless that cannot be."""
+    done: list[dict] = []
+    try:
+        with Pinned(forwarder):  # can it be here (two CPUs, the right to pin)?
+            cannot = ""
+    except CannotPin as exc:
+        cannot = str(exc)
     for _ in range(settings.rounds):
         one: dict = {"paths": {}, "tools": {path: {} for path in ports},
                      "cpu": {path: {} for path in ports}}
@@ -110,6 +98,13 @@ def rounds(ports: dict[str, int], forwarder: int, settings) -> list[dict]:
             for path, port in ports.items():
                 row, cpu = costed(lambda run=run, port=port: run(port), forwarder)
                 one["tools"][path][tool], one["cpu"][path][tool] = row, cpu
+        for path, port in ports.items():
+            if cannot:
+                one["pinned_skipped"] = cannot
+                break
+            with Pinned(forwarder):
+                row, cpu = costed(lambda wrk=runs["wrk"], port=port: wrk(port), forwarder)
+            one["tools"][path][PINNED], one["cpu"][path][PINNED] = row, cpu
         done.append(one)
     return done
 
@@ -124,8 +119,14 @@ def summary(done: list[dict]) -> dict:
     """The median of each figure over the rounds, as results' "paths",
     "tools" and "cpu" (the rounds themselves stay in results["rounds"])."""
     paths = (OURS, BASE)
-    return {"paths": {path: median([one["paths"][path] for one in done]) for path in paths},
-            "tools": {path: {tool: median([one["tools"][path][tool] for one in done])
-                             for tool in ("ab", "wrk")} for path in paths},
-            "cpu": {path: {tool: median([one["cpu"][path][tool] for one in done])
-                           for tool in ("ab", "wrk")} for path in paths}}
+    tools = [tool for tool in done[0]["tools"][OURS] if all(tool in one["tools"][OURS]
+                                                             for one in done)]
+    got = {"paths": {path: median([one["paths"][path] for one in done]) for path in paths},
+           "tools": {path: {tool: median([one["tools"][path][tool] for one in done])
+                            for tool in tools} for path in paths},
+           "cpu": {path: {tool: median([one["cpu"][path][tool] for one in done])
+                          for tool in tools} for path in paths}}
+    skipped = [one["pinned_skipped"] for one in done if "pinned_skipped" in one]
+    if skipped:
+        got["pinned_skipped"] = skipped[0]
+    return got

@@ -10,6 +10,7 @@ import statistics
 from collections.abc import Callable
 
 OURS, BASE = "slurm-persist", "ssh -L (baseline)"
+PINNED = "wrk-pinned"  # wrk, the relays on a core of their own (pinned.py)
 
 
 def table(results: dict) -> str:
@@ -28,8 +29,9 @@ def paths(results: dict) -> str:
 
 
 def tool_names(settings: dict) -> dict[str, str]:
+    wrk = f"`wrk -c50 -t2 -d{settings['wrk_seconds']:g}s`, keep-alive"
     return {"ab": f"`ab -c50 -n{settings['ab_requests']}`, a new connection per request",
-            "wrk": f"`wrk -c50 -t2 -d{settings['wrk_seconds']:g}s`, keep-alive"}
+            "wrk": wrk, PINNED: f"{wrk}, the relays on a core of their own"}
 
 
 def load_tools(results: dict) -> str:
@@ -40,6 +42,8 @@ def load_tools(results: dict) -> str:
              "|---|---|---|---|---|---|"]
     dropped = tools[OURS].get("forwarder_failed")
     for tool, title in tool_names(results["settings"]).items():
+        if tool not in tools[OURS]:
+            continue
         for path in (OURS, BASE):
             row = tools[path][tool]
             lines.append(f"| {title} | {path} | {row['req_per_s']:.0f} | {row['p50_ms']:.2f} | "
@@ -47,6 +51,9 @@ def load_tools(results: dict) -> str:
     if dropped:
         lines.append(f"\nThe forwarder closed {dropped} of these connections unanswered "
                      f"(ab counts those as complete).")
+    if results.get("pinned_skipped"):
+        lines.append(f"\nNo run with the relays on a core of their own: "
+                     f"{results['pinned_skipped']}.")
     return "\n".join(lines)
 
 
@@ -58,7 +65,10 @@ def cpu(results: dict) -> str:
     roles = list(costs[OURS]["ab"])
     lines = [f"| CPU per request, us | path | {' | '.join(roles)} |",
              "|---|---|" + "---|" * len(roles)]
-    for tool, title in (("ab", "ab, new connections"), ("wrk", "wrk, keep-alive")):
+    for tool, title in (("ab", "ab, new connections"), ("wrk", "wrk, keep-alive"),
+                        (PINNED, "wrk, keep-alive, relays on a core of their own")):
+        if tool not in costs[OURS]:
+            continue
         for path in (OURS, BASE):
             cells = " | ".join(f"{costs[path][tool][role]:.0f}" for role in roles)
             lines.append(f"| {title} | {path} | {cells} |")
@@ -118,6 +128,9 @@ def goals(results: dict) -> str:
     plus("p50 of a new connection at c=1 (our client)", path("p50_new_ms"), 0.5)
     if results.get("tools"):
         ratio("keep-alive at c=50 (wrk), rate", tool("wrk", "req_per_s"), "req/s", 1.0)
+    if PINNED in results.get("tools", {}).get(OURS, {}):  # in every round (summary)
+        ratio("keep-alive at c=50 (wrk), rate, the relays on a core of their own and the "
+              "rest of each path on one", tool(PINNED, "req_per_s"), "req/s", 1.0)
     warm = results.get("startup_warm")
     if warm and warm.get("health_to_answer_s") is not None:
         late = warm["health_to_answer_s"]

@@ -3,7 +3,8 @@ process's ticks by its role, per request, and the rounds' medians."""
 
 from __future__ import annotations
 
-from bench.sidebyside import TICK_US, median, per_request, role, summary
+from bench.procs import role
+from bench.sidebyside import TICK_US, median, per_request, summary
 
 
 def test_each_process_has_the_role_its_command_line_names():

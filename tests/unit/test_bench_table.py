@@ -103,3 +103,19 @@ def test_a_job_log_stamp_is_read_in_the_clusters_zone():
     stamp = log_time("2026-11-25 15:36:48,250 slurm-persist job=7 state=serving port=1", "+0100")
     when = datetime.datetime(2026, 11, 25, 14, 36, 48, 250000, tzinfo=datetime.timezone.utc)
     assert stamp == when.timestamp()
+
+
+def test_keep_alive_with_the_relays_on_a_core_of_their_own_or_why_not():
+    pinned = {**RESULTS, "tools": {
+        "slurm-persist": {**RESULTS["tools"]["slurm-persist"], "wrk-pinned": tool(3150, 13)},
+        "ssh -L (baseline)": {**RESULTS["tools"]["ssh -L (baseline)"],
+                              "wrk-pinned": tool(3000, 16)}}}
+    report = table(pinned)
+    assert row(report, "keep-alive at c=50 (wrk), rate, the relays on a core")[1:] == [
+        "3150 req/s", "3000 req/s", "1.05x", ">= 1.0x", "yes"]
+    assert row(report, "`wrk -c50 -t2 -d20s`, keep-alive, the relays on a core of their own")[
+        1:3] == ["slurm-persist", "3150"]
+    assert "relays on a core" not in table(RESULTS)
+    skipped = table({**RESULTS, "pinned_skipped": "needs CPUs 0 and 1; this process may use [0]"})
+    assert ("No run with the relays on a core of their own: needs CPUs 0 and 1; this process "
+            "may use [0].") in skipped
