@@ -98,6 +98,19 @@ def command(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+PF_KTHREAD = 0x00200000  # include/linux/sched.h
+
+
+def kernel_thread(pid: int) -> bool:
+    """Its flags say so (an empty command line does not: a process that is
+    just being exec'd has one too)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile
+        return False
+    return bool(int(stat.rsplit(")", 1)[1].split()[6]) & PF_KTHREAD)
+
+
 ROLES = ("forwarder", "gate", "ssh", "sshd", "server", "docker", "load tool", "other")
 
 
