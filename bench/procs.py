@@ -89,6 +89,11 @@ def usage(pids: list[int], seconds: float) -> dict:
     return {"rss_mb": rss_mb(pids), "cpu_percent": cpu}
 
 
+def pids() -> list[int]:
+    """Every process's, from /proc."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
 def command(pid: int) -> str:
     """Its command line, "" if it is gone (or a kernel thread)."""
     try:

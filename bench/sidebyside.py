@@ -22,8 +22,8 @@ import statistics
 from pathlib import Path
 
 from . import client, tools
-from .pinned import CannotPin, Pinned
-from .procs import ROLES, command, role, stat_ticks
+from .pinned import CannotPin, Pinned, cannot_pin
+from .procs import ROLES, command, pids, role, stat_ticks
 from .table import BASE, OURS, PINNED
 
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
@@ -34,14 +34,12 @@ Snapshot = dict[int, tuple[int, str]]
 def snapshot() -> Snapshot:
     """Every process's CPU ticks so far (user + system) and command line."""
     seen: Snapshot = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in pids():
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:  # gone meanwhile
             continue
-        seen[int(entry)] = (stat_ticks(stat), command(int(entry)))
+        seen[pid] = (stat_ticks(stat), command(pid))
     return seen
 
 
@@ -81,11 +79,7 @@ def rounds(ports: dict[str, int], forwarder: int, settings) -> list[dict]:
     on both, then wrk on both (slurm-persist first), then wrk again with
     the relays on a core of their own (pinned.py) unless that cannot be."""
     done: list[dict] = []
-    try:
-        with Pinned(forwarder):  # can it be here (two CPUs, the right to pin)?
-            cannot = ""
-    except CannotPin as exc:
-        cannot = str(exc)
+    cannot = cannot_pin()
     for _ in range(settings.rounds):
         one: dict = {"paths": {}, "tools": {path: {} for path in ports},
                      "cpu": {path: {} for path in ports}}
@@ -98,15 +92,26 @@ def rounds(ports: dict[str, int], forwarder: int, settings) -> list[dict]:
             for path, port in ports.items():
                 row, cpu = costed(lambda run=run, port=port: run(port), forwarder)
                 one["tools"][path][tool], one["cpu"][path][tool] = row, cpu
-        for path, port in ports.items():
-            if cannot:
-                one["pinned_skipped"] = cannot
-                break
-            with Pinned(forwarder):
-                row, cpu = costed(lambda wrk=runs["wrk"], port=port: wrk(port), forwarder)
-            one["tools"][path][PINNED], one["cpu"][path][PINNED] = row, cpu
+        if not cannot:
+            try:
+                pinned(one, ports, runs["wrk"], forwarder)
+            except CannotPin as exc:
+                cannot = str(exc)
+        if cannot:
+            one["pinned_skipped"] = cannot
         done.append(one)
     return done
+
+
+def pinned(one: dict, ports: dict[str, int], wrk, forwarder: int) -> None:
+    """wrk on each path with the relays on a core of their own, into one."""
+    unmovable: set[str] = set()
+    for path, port in ports.items():
+        with Pinned(forwarder) as pins:
+            row, cpu = costed(lambda port=port: wrk(port), forwarder)
+        unmovable |= pins.unmovable
+        one["tools"][path][PINNED], one["cpu"][path][PINNED] = row, cpu
+    one["pinned_unmovable"] = sorted(unmovable)
 
 
 def median(rows: list[dict]) -> dict:
@@ -119,14 +124,16 @@ def summary(done: list[dict]) -> dict:
     """The median of each figure over the rounds, as results' "paths",
     "tools" and "cpu" (the rounds themselves stay in results["rounds"])."""
     paths = (OURS, BASE)
-    tools = [tool for tool in done[0]["tools"][OURS] if all(tool in one["tools"][OURS]
-                                                             for one in done)]
+    skipped = [one["pinned_skipped"] for one in done if "pinned_skipped" in one]
+    tools = ["ab", "wrk"] if skipped else ["ab", "wrk", PINNED]
     got = {"paths": {path: median([one["paths"][path] for one in done]) for path in paths},
            "tools": {path: {tool: median([one["tools"][path][tool] for one in done])
                             for tool in tools} for path in paths},
            "cpu": {path: {tool: median([one["cpu"][path][tool] for one in done])
                           for tool in tools} for path in paths}}
-    skipped = [one["pinned_skipped"] for one in done if "pinned_skipped" in one]
     if skipped:
         got["pinned_skipped"] = skipped[0]
+    unmovable = sorted({name for one in done for name in one.get("pinned_unmovable", [])})
+    if unmovable and not skipped:
+        got["pinned_unmovable"] = unmovable
     return got

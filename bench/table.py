@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 OURS, BASE = "slurm-persist", "ssh -L (baseline)"
 PINNED = "wrk-pinned"  # wrk, the relays on a core of their own (pinned.py)
+OWN_CORE = "the relays on a core of their own"
 
 
 def table(results: dict) -> str:
@@ -31,7 +32,7 @@ def paths(results: dict) -> str:
 def tool_names(settings: dict) -> dict[str, str]:
     wrk = f"`wrk -c50 -t2 -d{settings['wrk_seconds']:g}s`, keep-alive"
     return {"ab": f"`ab -c50 -n{settings['ab_requests']}`, a new connection per request",
-            "wrk": wrk, PINNED: f"{wrk}, the relays on a core of their own"}
+            "wrk": wrk, PINNED: f"{wrk}, {OWN_CORE}"}
 
 
 def load_tools(results: dict) -> str:
@@ -52,8 +53,10 @@ def load_tools(results: dict) -> str:
         lines.append(f"\nThe forwarder closed {dropped} of these connections unanswered "
                      f"(ab counts those as complete).")
     if results.get("pinned_skipped"):
-        lines.append(f"\nNo run with the relays on a core of their own: "
-                     f"{results['pinned_skipped']}.")
+        lines.append(f"\nNo run with {OWN_CORE}: {results['pinned_skipped']}.")
+    if results.get("pinned_unmovable"):
+        lines.append(f"\nWith {OWN_CORE}, threads the kernel would not move: "
+                     f"{', '.join(results['pinned_unmovable'])}.")
     return "\n".join(lines)
 
 
@@ -66,7 +69,7 @@ def cpu(results: dict) -> str:
     lines = [f"| CPU per request, us | path | {' | '.join(roles)} |",
              "|---|---|" + "---|" * len(roles)]
     for tool, title in (("ab", "ab, new connections"), ("wrk", "wrk, keep-alive"),
-                        (PINNED, "wrk, keep-alive, relays on a core of their own")):
+                        (PINNED, f"wrk, keep-alive, {OWN_CORE}")):
         if tool not in costs[OURS]:
             continue
         for path in (OURS, BASE):
@@ -129,8 +132,8 @@ def goals(results: dict) -> str:
     if results.get("tools"):
         ratio("keep-alive at c=50 (wrk), rate", tool("wrk", "req_per_s"), "req/s", 1.0)
     if PINNED in results.get("tools", {}).get(OURS, {}):  # in every round (summary)
-        ratio("keep-alive at c=50 (wrk), rate, the relays on a core of their own and the "
-              "rest of each path on one", tool(PINNED, "req_per_s"), "req/s", 1.0)
+        ratio(f"keep-alive at c=50 (wrk), rate, {OWN_CORE} and the rest of each path on "
+              "one", tool(PINNED, "req_per_s"), "req/s", 1.0)
     warm = results.get("startup_warm")
     if warm and warm.get("health_to_answer_s") is not None:
         late = warm["health_to_answer_s"]

@@ -4,13 +4,19 @@ stand-ins named as the benchmark's roles are, and only they are moved."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from bench.pinned import RELAY_CPU, SHARED_CPU, Pinned
+from bench.pinned import RELAY_CPU, SHARED_CPU, CannotPin, Pinned
 from helpers import wait_for
+
+pytestmark = pytest.mark.skipif(not {SHARED_CPU, RELAY_CPU} <= os.sched_getaffinity(0),
+                                reason="needs CPUs 0 and 1")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def named(name: str) -> subprocess.Popen:
@@ -18,42 +24,80 @@ def named(name: str) -> subprocess.Popen:
     return subprocess.Popen([name, "60"], executable="sleep")
 
 
-@pytest.mark.skipif(not {SHARED_CPU, RELAY_CPU} <= os.sched_getaffinity(0),
-                    reason="needs CPUs 0 and 1")
+def end(procs: list[int]) -> None:
+    for pid in procs:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def test_relays_on_one_cpu_the_rest_on_the_other_then_every_thread_as_it_was():
     everything = os.sched_getaffinity(0)
     sshd, forwarder = named("sshd: alice@notty"), named("python slurm-persist up")
     agent, slurmd = named("python3 -m remote_agent job /home/alice/x"), named("slurmd -D")
-    watched = [sshd.pid, forwarder.pid, agent.pid, slurmd.pid]
+    own = named("ssh -W login1:22 jump")  # pinned by someone else beforehand
+    os.sched_setaffinity(own.pid, {RELAY_CPU})
+    watched = [sshd.pid, forwarder.pid, agent.pid, slurmd.pid, own.pid]
     try:
         with Pinned(forwarder.pid, among=lambda: list(watched)):
             assert os.sched_getaffinity(sshd.pid) == {SHARED_CPU}
             assert os.sched_getaffinity(forwarder.pid) == {RELAY_CPU}
             assert os.sched_getaffinity(agent.pid) == {RELAY_CPU}
             assert os.sched_getaffinity(slurmd.pid) == {SHARED_CPU}  # every other process
+            assert os.sched_getaffinity(own.pid) == {SHARED_CPU}
             assert os.sched_getaffinity(0) == {SHARED_CPU}  # and so the load tool it starts
             born = subprocess.Popen(["sleep", "60"])  # inherits the pinned CPU
             watched.append(born.pid)
             assert os.sched_getaffinity(born.pid) == {SHARED_CPU}
-        for pid in [0, *watched]:
+        assert os.sched_getaffinity(own.pid) == {RELAY_CPU}  # as it was, not all CPUs
+        for pid in [0, sshd.pid, forwarder.pid, agent.pid, slurmd.pid, born.pid]:
             assert os.sched_getaffinity(pid) == everything
     finally:
-        for pid in watched:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
+        end(watched)
 
 
-@pytest.mark.skipif(not {SHARED_CPU, RELAY_CPU} <= os.sched_getaffinity(0),
-                    reason="needs CPUs 0 and 1")
 def test_every_thread_of_a_relay_is_pinned_not_only_its_first():
     code = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start()"
     forwarder = subprocess.Popen([sys.executable, "-c", code])
+    agent = named("python3 -m remote_agent job /home/alice/x")
     try:
         wait_for("the second thread", lambda: len(os.listdir(f"/proc/{forwarder.pid}/task")) == 2,
                  timeout=10, every=0.05)
-        with Pinned(forwarder.pid, among=lambda: [forwarder.pid]):
+        with Pinned(forwarder.pid, among=lambda: [forwarder.pid, agent.pid]):
             tids = os.listdir(f"/proc/{forwarder.pid}/task")
             assert [os.sched_getaffinity(int(tid)) for tid in tids] == [{RELAY_CPU}] * 2
     finally:
-        forwarder.kill()
-        forwarder.wait()
+        end([forwarder.pid, agent.pid])
+
+
+def test_no_relay_found_is_said_and_nothing_stays_pinned():
+    everything = os.sched_getaffinity(0)
+    sshd = named("sshd: alice@notty")
+    try:
+        with pytest.raises(CannotPin, match="found no forwarder and no gate"):
+            with Pinned(12345678, among=lambda: [sshd.pid]):
+                pass
+        assert os.sched_getaffinity(sshd.pid) == os.sched_getaffinity(0) == everything
+    finally:
+        end([sshd.pid])
+
+
+def test_a_sigterm_inside_the_run_puts_every_thread_back_first():
+    everything = os.sched_getaffinity(0)
+    sshd, forwarder = named("sshd: alice@notty"), named("python slurm-persist up")
+    agent = named("python3 -m remote_agent job /home/alice/x")
+    stand_ins = [sshd.pid, forwarder.pid, agent.pid]
+    code = ("import sys, time; from bench.pinned import Pinned\n"
+            "with Pinned(int(sys.argv[2]), among=lambda: [int(p) for p in sys.argv[1:]]):\n"
+            "    print('pinned', flush=True); time.sleep(60)\n")
+    bench = subprocess.Popen([sys.executable, "-c", code, *map(str, stand_ins)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert bench.stdout is not None and bench.stdout.readline() == "pinned\n"
+        assert os.sched_getaffinity(sshd.pid) == {SHARED_CPU}
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+        assert [os.sched_getaffinity(pid) for pid in stand_ins] == [everything] * 3
+    finally:
+        bench.kill()
+        bench.wait()
+        end(stand_ins)

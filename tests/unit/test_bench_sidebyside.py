@@ -32,16 +32,31 @@ def test_ticks_per_request_by_role_a_new_process_from_zero_a_reused_pid_too():
     assert cpu["total"] == round((37 * TICK_US + 500_000) / 1000, 1)
 
 
+def round_of(rate: float, pinned: bool = True) -> dict:
+    tool = {"req_per_s": rate, "requests": 10}
+    tools = ("ab", "wrk", "wrk-pinned") if pinned else ("ab", "wrk")
+    one = {"paths": {p: {"mb_per_s": rate} for p in ("slurm-persist", "ssh -L (baseline)")},
+           "tools": {p: dict.fromkeys(tools, tool) for p in ("slurm-persist",
+                                                             "ssh -L (baseline)")},
+           "cpu": {p: dict.fromkeys(tools, {"gate": rate}) for p in ("slurm-persist",
+                                                                     "ssh -L (baseline)")}}
+    if pinned:
+        one["pinned_unmovable"] = ["iou-wrk-7"] if rate == 3 else []
+    return one
+
+
 def test_the_summary_is_each_figures_median_over_the_rounds():
-    def one(rate: float) -> dict:
-        tool = {"req_per_s": rate, "requests": 10}
-        return {"paths": {p: {"mb_per_s": rate} for p in ("slurm-persist", "ssh -L (baseline)")},
-                "tools": {p: {"ab": tool, "wrk": tool} for p in ("slurm-persist",
-                                                                 "ssh -L (baseline)")},
-                "cpu": {p: {"ab": {"gate": rate}, "wrk": {"gate": rate}}
-                        for p in ("slurm-persist", "ssh -L (baseline)")}}
-    got = summary([one(3), one(1), one(2)])
+    got = summary([round_of(3), round_of(1), round_of(2)])
     assert got["paths"]["slurm-persist"] == {"mb_per_s": 2}
     assert got["tools"]["ssh -L (baseline)"]["wrk"] == {"req_per_s": 2, "requests": 10}
+    assert got["tools"]["slurm-persist"]["wrk-pinned"] == {"req_per_s": 2, "requests": 10}
     assert got["cpu"]["slurm-persist"]["ab"] == {"gate": 2}
+    assert got["pinned_unmovable"] == ["iou-wrk-7"]
     assert median([{"a": 1, "name": "x"}, {"a": 5, "name": "y"}]) == {"a": 3}
+
+
+def test_a_round_without_the_pinned_run_leaves_it_out_and_says_why():
+    skipped = {**round_of(1, pinned=False), "pinned_skipped": "found no gate"}
+    got = summary([round_of(3), skipped])
+    assert set(got["tools"]["slurm-persist"]) == {"ab", "wrk"}
+    assert got["pinned_skipped"] == "found no gate" and "pinned_unmovable" not in got

@@ -116,6 +116,8 @@ def test_keep_alive_with_the_relays_on_a_core_of_their_own_or_why_not():
     assert row(report, "`wrk -c50 -t2 -d20s`, keep-alive, the relays on a core of their own")[
         1:3] == ["slurm-persist", "3150"]
     assert "relays on a core" not in table(RESULTS)
+    assert ("With the relays on a core of their own, threads the kernel would not move: "
+            "iou-wrk-7.") in table({**pinned, "pinned_unmovable": ["iou-wrk-7"]})
     skipped = table({**RESULTS, "pinned_skipped": "needs CPUs 0 and 1; this process may use [0]"})
     assert ("No run with the relays on a core of their own: needs CPUs 0 and 1; this process "
             "may use [0].") in skipped
