@@ -13,12 +13,13 @@ common, and ours gets the second for its relays (the baseline leaves it
 idle). What the relays start meanwhile (an ssh command) runs on theirs.
 
 Affinity belongs to a thread, so every thread is pinned, and each is put
-back. A child started while its parent is being pinned or put back takes
-the parent's mask of that moment, so both directions repeat until a pass
-changes nothing; a thread born meanwhile with a pinned mask gets this
-process's own set back. A SIGTERM or SIGHUP ends the run through the same
-restore. A SIGKILL cannot: the pins would stay until each thread ends.
-Kernel threads are left alone.
+back where it was when the run began. A child forked while its parent is
+being pinned or put back takes the parent's mask of that moment, so both
+directions repeat until a pass changes nothing; a thread born pinned gets
+this process's own set. In the main thread, a SIGTERM or SIGHUP ends the
+run through the same restore (one during the restore waits for its end).
+A SIGKILL cannot: the pins would stay until each thread ends. Kernel
+threads are left alone.
 """
 
 from __future__ import annotations
@@ -73,15 +74,17 @@ class Pinned:
     """`with Pinned(forwarder):` the relays' threads on RELAY_CPU, every
     other user thread on SHARED_CPU, this one (so the load tool it starts)
     too. among: the processes to pin (all of the machine's by default).
-    `unmovable`: threads the kernel would not move (EINVAL), by name."""
+    Any job's agent counts as a gate, as in the CPU accounting (procs.role).
+    `unmovable`: threads the kernel would not move, or not put back, by name."""
 
     def __init__(self, forwarder: int, among: Callable[[], list[int]] = pids):
         self.forwarder, self.among = forwarder, among
         self.own = os.sched_getaffinity(0)
         self.before: dict[int, set[int]] = {}
         self.unmovable: set[str] = set()
-        self._handlers: dict[int, signal.Handlers | object] = {}
-        self._deferred: list[int] = []
+        self._trapped: list[int] = []
+        self._restoring = False
+        self._deferred: set[int] = set()
 
     def _threads(self) -> dict[int, int]:
         """Each user thread, and the CPU it goes on."""
@@ -92,86 +95,97 @@ class Pinned:
                 where.update(dict.fromkeys(threads(pid), cpu))
         return where
 
+    def _remember(self, tids, born_pinned: bool) -> None:
+        """Where each thread not seen yet was; one born pinned, of a parent
+        pinned a moment before, was where this process was."""
+        for tid in tids:
+            if tid not in self.before and (mask := affinity(tid)) is not None:
+                pinned = mask in ({SHARED_CPU}, {RELAY_CPU})
+                self.before[tid] = self.own if born_pinned and pinned else mask
+
     def __enter__(self) -> Pinned:
+        found = {role(pid, command(pid), self.forwarder) for pid in self.among()}
+        if not set(RELAYS) <= found:
+            raise CannotPin(f"found no {' and no '.join(sorted(set(RELAYS) - found))} "
+                            f"(the forwarder's pid: {self.forwarder})")
         self._trap_signals()
         try:
+            self._remember(self._threads(), born_pinned=False)  # before any pin
             os.sched_setaffinity(0, {SHARED_CPU})
             for _ in range(PASSES):
                 where = self._threads()
-                if not any([self._move(tid, {cpu}, keep=True) for tid, cpu in where.items()]):
+                self._remember(where, born_pinned=True)
+                moved = False
+                for tid, cpu in where.items():  # every one: not any(), which stops at one
+                    moved |= self._move(tid, {cpu}, restoring=False)
+                if not moved:
                     break
-            found = {role(pid, command(pid), self.forwarder) for pid in self.among()}
-            if not set(RELAYS) <= found:
-                raise CannotPin(f"found no {' and no '.join(sorted(set(RELAYS) - found))} "
-                                f"(the forwarder's pid: {self.forwarder})")
         except PermissionError as exc:
             self.__exit__()
-            raise CannotPin(f"pinning another user's process needs CAP_SYS_NICE: {exc}") from None
+            raise CannotPin(f"the kernel refused a pin: {exc}") from None
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        for sig in self._handlers:  # not halfway through putting them back
-            signal.signal(sig, self._defer)
-        os.sched_setaffinity(0, self.own)
+        self._restoring = True  # a SIGTERM now waits until every thread is back
         try:
+            os.sched_setaffinity(0, self.own)
             for _ in range(PASSES):
+                tids = self._threads()
+                self._remember(tids, born_pinned=True)
                 moved = False
-                for tid in self._threads():
-                    was = self.before.get(tid)
-                    if was is None and affinity(tid) in ({SHARED_CPU}, {RELAY_CPU}):
-                        was = self.own  # born meanwhile, of a pinned parent
-                    if was is not None:
-                        moved |= self._move(tid, was, keep=False)
+                for tid in tids:
+                    was = self.before.get(tid)  # none: gone meanwhile
+                    moved |= was is not None and self._move(tid, was, restoring=True)
                 if not moved:
                     break
+            else:
+                self.unmovable.add(f"threads still being forked after {PASSES} passes")
         finally:
             self._untrap_signals()
 
-    def _move(self, tid: int, cpus: set[int], keep: bool) -> bool:
-        """Put tid on cpus if it is not there; keep: remember where it was."""
+    def _move(self, tid: int, cpus: set[int], restoring: bool) -> bool:
+        """Put tid on cpus if it is not there; whether it moved."""
         now = affinity(tid)
         if now is None or now == cpus:
             return False
-        if keep:
-            self.before.setdefault(tid, now)
         try:
             os.sched_setaffinity(tid, cpus)
         except ProcessLookupError:  # gone meanwhile
             return False
-        except PermissionError:
-            if keep:
-                raise
-            self.unmovable.add(f"{_name(tid)} (left pinned: it changed user)")
-            return False
         except OSError as exc:
-            if exc.errno != errno.EINVAL:
+            if exc.errno != errno.EINVAL and not restoring:
                 raise
-            self.unmovable.add(_name(tid))  # an io_uring worker, say
+            # EINVAL: an io_uring worker, say. Putting back, carry on with the rest.
+            self.unmovable.add(f"{_name(tid)} ({exc.strerror})")
             return False
         return True
 
     def _trap_signals(self) -> None:
+        """SIGTERM and SIGHUP end the run through __exit__, where they would
+        have killed it outright; a handler someone set (nohup's SIG_IGN, say)
+        is kept. Only the main thread can set handlers: elsewhere a SIGTERM
+        leaves the pins in place."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
-                self._handlers[sig] = signal.signal(sig, _exit_on)
+                if signal.getsignal(sig) is signal.SIG_DFL:
+                    signal.signal(sig, self._on_signal)
+                    self._trapped.append(sig)
 
-    def _defer(self, signum: int, _frame: object) -> None:
-        self._deferred.append(signum)
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._restoring:
+            self._deferred.add(signum)
+        else:
+            raise SystemExit(128 + signum)  # through __exit__, which puts every thread back
 
     def _untrap_signals(self) -> None:
-        for sig, handler in self._handlers.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
-        self._handlers.clear()
-        for sig in self._deferred:  # now that every thread is back
-            os.kill(os.getpid(), sig)
-        self._deferred.clear()
-
-
-def _exit_on(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # through __exit__, which puts every thread back
+        for sig in self._trapped:
+            signal.signal(sig, signal.SIG_DFL)
+        self._trapped.clear()
+        if self._deferred:  # now that every thread is back; the bench's own cleanup runs
+            raise SystemExit(128 + min(self._deferred))
 
 
 def _name(tid: int) -> str:
