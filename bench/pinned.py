@@ -35,7 +35,7 @@ from .procs import command, kernel_thread, pids, role
 
 RELAYS = ("forwarder", "gate")
 SHARED_CPU, RELAY_CPU = 0, 1
-PASSES = 10  # until a pass changes nothing; forks between passes converge in 2-3
+PASSES = 10  # at most; a pass only meets what was forked during the one before
 CAP_SYS_NICE = 23  # include/uapi/linux/capability.h
 
 
