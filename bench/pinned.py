@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .procs import command, kernel_thread, pids, role
+from .procs import comm, command, kernel_thread, pids, role
 
 RELAYS = ("forwarder", "gate")
 SHARED_CPU, RELAY_CPU = 0, 1
@@ -159,7 +159,7 @@ class Pinned:
             if exc.errno != errno.EINVAL and not restoring:
                 raise
             # EINVAL: an io_uring worker, say. Putting back, carry on with the rest.
-            self.unmovable.add(f"{_name(tid)} ({exc.strerror})")
+            self.unmovable.add(f"{comm(tid) or tid} ({exc.strerror})")
             return False
         return True
 
@@ -187,9 +187,3 @@ class Pinned:
         if self._deferred:  # now that every thread is back; the bench's own cleanup runs
             raise SystemExit(128 + min(self._deferred))
 
-
-def _name(tid: int) -> str:
-    try:
-        return Path(f"/proc/{tid}/comm").read_text().strip()
-    except OSError:
-        return str(tid)
