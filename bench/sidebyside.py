@@ -76,8 +76,8 @@ def costed(run, forwarder: int) -> tuple[dict, dict]:
 
 def rounds(ports: dict[str, int], forwarder: int, settings) -> list[dict]:
     """`settings.rounds` rounds; in each, our client on both paths, then ab
-    on both, then wrk on both (slurm-persist first), then wrk again with
-    the relays on a core of their own (pinned.py) unless that cannot be."""
+    on both, then wrk on both (slurm-persist first), then ab and wrk again
+    with the relays on a core of their own (pinned.py) unless that cannot be."""
     done: list[dict] = []
     cannot = cannot_pin()
     for _ in range(settings.rounds):
@@ -94,7 +94,7 @@ def rounds(ports: dict[str, int], forwarder: int, settings) -> list[dict]:
                 one["tools"][path][tool], one["cpu"][path][tool] = row, cpu
         if not cannot:
             try:
-                pinned(one, ports, runs["wrk"], forwarder)
+                pinned(one, ports, runs, forwarder)
             except CannotPin as exc:
                 cannot = str(exc)
         if cannot:
@@ -103,14 +103,15 @@ def rounds(ports: dict[str, int], forwarder: int, settings) -> list[dict]:
     return done
 
 
-def pinned(one: dict, ports: dict[str, int], wrk, forwarder: int) -> None:
-    """wrk on each path with the relays on a core of their own, into one."""
+def pinned(one: dict, ports: dict[str, int], runs: dict, forwarder: int) -> None:
+    """Each load tool on each path with the relays on a core of their own, into one."""
     unmovable: set[str] = set()
-    for path, port in ports.items():
-        with Pinned(forwarder) as pins:
-            row, cpu = costed(lambda port=port: wrk(port), forwarder)
-        unmovable |= pins.unmovable
-        one["tools"][path][PINNED], one["cpu"][path][PINNED] = row, cpu
+    for tool, run in runs.items():
+        for path, port in ports.items():
+            with Pinned(forwarder) as pins:
+                row, cpu = costed(lambda run=run, port=port: run(port), forwarder)
+            unmovable |= pins.unmovable
+            one["tools"][path][PINNED[tool]], one["cpu"][path][PINNED[tool]] = row, cpu
     one["pinned_unmovable"] = sorted(unmovable)
 
 
@@ -125,7 +126,7 @@ def summary(done: list[dict]) -> dict:
     "tools" and "cpu" (the rounds themselves stay in results["rounds"])."""
     paths = (OURS, BASE)
     skipped = [one["pinned_skipped"] for one in done if "pinned_skipped" in one]
-    tools = ["ab", "wrk"] if skipped else ["ab", "wrk", PINNED]
+    tools = ["ab", "wrk"] if skipped else ["ab", "wrk", *PINNED.values()]
     got = {"paths": {path: median([one["paths"][path] for one in done]) for path in paths},
            "tools": {path: {tool: median([one["tools"][path][tool] for one in done])
                             for tool in tools} for path in paths},

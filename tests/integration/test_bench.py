@@ -21,11 +21,11 @@ def test_bench_short_mode_produces_every_figure(cluster, tmp_path):
     for row in results["paths"].values():
         assert row["mb_per_s"] > 0 and row["p50_new_ms"] > 0 and row["p99_keepalive_ms"] > 0
         assert row["upload_mb_per_s"] > 0
-    # With two CPUs and the right to pin every process, wrk runs once more
+    # With two CPUs and the right to pin every process, ab and wrk run again
     # with the relays on a core of their own (bench/pinned.py).
     can_pin = not cannot_pin()
     assert ("pinned_skipped" in results) is not can_pin
-    tools = ("ab", "wrk", "wrk-pinned") if can_pin else ("ab", "wrk")
+    tools = ("ab", "wrk", "ab-pinned", "wrk-pinned") if can_pin else ("ab", "wrk")
     for path in ("slurm-persist", "ssh -L (baseline)"):  # on both, same run
         for tool in tools:
             row = results["tools"][path][tool]

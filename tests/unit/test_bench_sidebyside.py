@@ -34,7 +34,7 @@ def test_ticks_per_request_by_role_a_new_process_from_zero_a_reused_pid_too():
 
 def round_of(rate: float, pinned: bool = True) -> dict:
     tool = {"req_per_s": rate, "requests": 10}
-    tools = ("ab", "wrk", "wrk-pinned") if pinned else ("ab", "wrk")
+    tools = ("ab", "wrk", "ab-pinned", "wrk-pinned") if pinned else ("ab", "wrk")
     one = {"paths": {p: {"mb_per_s": rate} for p in ("slurm-persist", "ssh -L (baseline)")},
            "tools": {p: dict.fromkeys(tools, tool) for p in ("slurm-persist",
                                                              "ssh -L (baseline)")},
@@ -50,6 +50,7 @@ def test_the_summary_is_each_figures_median_over_the_rounds():
     assert got["paths"]["slurm-persist"] == {"mb_per_s": 2}
     assert got["tools"]["ssh -L (baseline)"]["wrk"] == {"req_per_s": 2, "requests": 10}
     assert got["tools"]["slurm-persist"]["wrk-pinned"] == {"req_per_s": 2, "requests": 10}
+    assert got["tools"]["ssh -L (baseline)"]["ab-pinned"] == {"req_per_s": 2, "requests": 10}
     assert got["cpu"]["slurm-persist"]["ab"] == {"gate": 2}
     assert got["pinned_unmovable"] == ["iou-wrk-7"]
     assert median([{"a": 1, "name": "x"}, {"a": 5, "name": "y"}]) == {"a": 3}

@@ -105,14 +105,21 @@ def test_a_job_log_stamp_is_read_in_the_clusters_zone():
     assert stamp == when.timestamp()
 
 
-def test_keep_alive_with_the_relays_on_a_core_of_their_own_or_why_not():
+def test_the_load_tools_with_the_relays_on_a_core_of_their_own_or_why_not():
     pinned = {**RESULTS, "tools": {
-        "slurm-persist": {**RESULTS["tools"]["slurm-persist"], "wrk-pinned": tool(3150, 13)},
+        "slurm-persist": {**RESULTS["tools"]["slurm-persist"], "wrk-pinned": tool(3150, 13),
+                          "ab-pinned": tool(1100, 45)},
         "ssh -L (baseline)": {**RESULTS["tools"]["ssh -L (baseline)"],
-                              "wrk-pinned": tool(3000, 16)}}}
+                              "wrk-pinned": tool(3000, 16), "ab-pinned": tool(1000, 42)}}}
     report = table(pinned)
     assert row(report, "keep-alive at c=50 (wrk), rate, the relays on a core")[1:] == [
         "3150 req/s", "3000 req/s", "1.05x", ">= 1.0x", "yes"]
+    assert row(report, "new connections at c=50 (ab), rate, the relays on a core")[1:] == [
+        "1100 req/s", "1000 req/s", "1.10x", ">= 0.9x", "yes"]
+    assert row(report, "new connections at c=50 (ab), median, the relays on a core")[1:] == [
+        "45.00 ms", "42.00 ms", "+3.00 ms", "<= +2 ms", "no"]
+    assert row(report, "`ab -c50 -n5000`, a new connection per request, the relays on a core "
+                       "of their own")[1:3] == ["slurm-persist", "1100"]
     assert row(report, "`wrk -c50 -t2 -d20s`, keep-alive, the relays on a core of their own")[
         1:3] == ["slurm-persist", "3150"]
     assert "relays on a core" not in table(RESULTS)
