@@ -69,9 +69,9 @@ def cpu(results: dict) -> str:
     roles = list(costs[OURS]["ab"])
     lines = [f"| CPU per request, us | path | {' | '.join(roles)} |",
              "|---|---|" + "---|" * len(roles)]
-    for tool, title in (("ab", "ab, new connections"), ("wrk", "wrk, keep-alive"),
-                        (PINNED["ab"], f"ab, new connections, {OWN_CORE}"),
-                        (PINNED["wrk"], f"wrk, keep-alive, {OWN_CORE}")):
+    shared = {"ab": "ab, new connections", "wrk": "wrk, keep-alive"}
+    titles = {**shared, **{PINNED[tool]: f"{name}, {OWN_CORE}" for tool, name in shared.items()}}
+    for tool, title in titles.items():
         if tool not in costs[OURS]:
             continue
         for path in (OURS, BASE):
@@ -125,24 +125,26 @@ def goals(results: dict) -> str:
     def path(field: str) -> Pick:
         return lambda one, which: one["paths"][which][field]
 
-    # Pinned rows only when every round has them (summary).
-    own = set(results.get("tools", {}).get(OURS, {})) & set(PINNED.values())
-    apart = f", {OWN_CORE} and the rest of each path on one"
-    if results.get("tools"):
-        ratio("new connections at c=50 (ab), rate", tool("ab", "req_per_s"), "req/s", 0.9)
-        plus("new connections at c=50 (ab), median", tool("ab", "p50_ms"), 2)
-    if PINNED["ab"] in own:
-        ratio(f"new connections at c=50 (ab), rate{apart}", tool(PINNED["ab"], "req_per_s"),
-              "req/s", 0.9)
-        plus(f"new connections at c=50 (ab), median{apart}", tool(PINNED["ab"], "p50_ms"), 2)
+    def new_connections(name: str, where: str) -> None:
+        ratio(f"new connections at c=50 (ab), rate{where}", tool(name, "req_per_s"), "req/s", 0.9)
+        plus(f"new connections at c=50 (ab), median{where}", tool(name, "p50_ms"), 2)
+
+    def keep_alive(name: str, where: str) -> None:
+        ratio(f"keep-alive at c=50 (wrk), rate{where}", tool(name, "req_per_s"), "req/s", 1.0)
+
+    def on_both(name: str, rows: Callable[[str, str], None]) -> None:
+        """A load tool's goals on shared cores, then with the relays on a core
+        of their own when every round has that run (summary)."""
+        if results.get("tools"):
+            rows(name, "")
+        if PINNED[name] in results.get("tools", {}).get(OURS, {}):
+            rows(PINNED[name], f", {OWN_CORE} and the rest of each path on one")
+
+    on_both("ab", new_connections)
     ratio("bulk download", path("mb_per_s"), "MB/s", 0.95)
     ratio("bulk upload", path("upload_mb_per_s"), "MB/s", 0.95)
     plus("p50 of a new connection at c=1 (our client)", path("p50_new_ms"), 0.5)
-    if results.get("tools"):
-        ratio("keep-alive at c=50 (wrk), rate", tool("wrk", "req_per_s"), "req/s", 1.0)
-    if PINNED["wrk"] in own:
-        ratio(f"keep-alive at c=50 (wrk), rate{apart}", tool(PINNED["wrk"], "req_per_s"),
-              "req/s", 1.0)
+    on_both("wrk", keep_alive)
     warm = results.get("startup_warm")
     if warm and warm.get("health_to_answer_s") is not None:
         late = warm["health_to_answer_s"]
