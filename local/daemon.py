@@ -1,35 +1,29 @@
 """Running the forwarder in the background: a real daemon (double fork,
-new session, no terminal), with a pid file and a log file in the service's
-local state directory, so `status` and `down` can find it later.
+new session, no terminal, a new interpreter), with a pid file and a log
+file in the service's local state directory, so `status` and `down` can
+find it later.
 """
 
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from .paths import lock_file, log_file, pid_file
 
-log = logging.getLogger("slurm_persist.daemon")
-
-# How long the threads that `up` leaves behind get to end before the fork.
-# paramiko's Transport.close() does not join its thread (its loop stops at
-# once on a closed packetizer): after `up`'s SSH work 3 were still running,
-# gone 44 ms later. The bound keeps `up` from waiting for ever on a thread
-# that never ends; such a thread is logged, and the fork goes ahead.
-THREADS_GONE = 10.0
+# The environment variables that carry spawn()'s payload, and the number of
+# the forwarder lock's file descriptor, into the daemon.
+HANDED, LOCK_FD = "SLURM_PERSIST_DAEMON", "SLURM_PERSIST_LOCK_FD"
+_locks: dict[str, int] = {}  # service -> the fd that holds its lock in this process
 
 
 def hold_lock(name: str) -> bool:
     """Take the service's forwarder lock for the rest of this process's life
-    (and its daemon's: the lock goes with the open file into the fork).
+    (and its daemon's: spawn() hands the open file on through the exec).
     False when another process holds it: one forwarder per service and
     state folder, however many `up` start at once."""
     fd = os.open(lock_file(name), os.O_RDWR | os.O_CREAT, 0o600)
@@ -38,6 +32,7 @@ def hold_lock(name: str) -> bool:
     except BlockingIOError:
         os.close(fd)
         return False
+    _locks[name] = fd
     return True  # fd stays open on purpose: closing it would release the lock
 
 
@@ -84,52 +79,68 @@ def clear_pid(name: str) -> None:
         pid_path(name).unlink(missing_ok=True)
 
 
-def daemonize(name: str, body: Callable[[], int]) -> int:
-    """Fork; the grandchild runs body() detached, logging to the log file.
-    Returns the daemon's pid in the calling process."""
-    _wait_for_other_threads(THREADS_GONE)
+def spawn(name: str, module: str, handed: str) -> int:
+    """Start `python -m module` as the service's daemon (double fork, new
+    session, no terminal, its output to the log file), with `handed` in its
+    environment for payload(); returns its pid.
+
+    The daemon is a new interpreter, not a fork of this process: a fork
+    keeps whatever `up`'s threads held at that instant. Seen in the
+    benchmark: a paramiko thread of `up`'s, ending its closed connection,
+    was inside cryptography at the fork; the lock it held stayed held in
+    the daemon, whose worker hung in its first look at the cluster (no log
+    line for 120 s). Joining the threads before the fork was not enough:
+    the same hang came once more after that, its cause not found. Between
+    the forks and the exec only system calls run here."""
+    package_root = str(Path(__file__).resolve().parent.parent)  # the code `up` runs, not another
+    env = {**os.environ, HANDED: handed,
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                       os.environ.get("PYTHONPATH")]))}
+    lock = _locks.get(name)
+    if lock is not None:
+        env[LOCK_FD] = str(lock)
+    argv = [sys.executable, "-m", module]
+    log_fd = os.open(log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     read_end, write_end = os.pipe()
-    if os.fork() > 0:
+    first = os.fork()
+    if first > 0:
         os.close(write_end)
+        os.close(log_fd)
         with os.fdopen(read_end) as pipe:
-            return int(pipe.read() or 0)
-    os.close(read_end)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.write(write_end, str(os.getpid()).encode())
-    os.close(write_end)
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(devnull, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    code = 1
+            pid = int(pipe.read() or 0)
+        os.waitpid(first, 0)  # the middle process ends at once; no zombie is left behind
+        if not pid:
+            raise RuntimeError(f"the daemon did not start; see {log_path(name)}")
+        return pid
     try:
-        code = body()
-    except Exception as exc:  # the log is the only place left to say why
-        print(f"slurm-persist: error: {exc}", file=sys.stderr)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        os.close(read_end)
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        os.write(write_end, str(os.getpid()).encode())
+        os.close(write_end)
+        os.chdir("/")
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        if lock is not None:
+            os.set_inheritable(lock, True)  # payload() makes it close-on-exec again
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # kept across the exec
+        os.execve(argv[0], argv, env)
+    except BaseException as exc:  # the log is the only place left to say why
+        os.write(2, f"slurm-persist: error: cannot start the daemon: {exc}\n".encode())
+    os._exit(127)
 
 
-def _wait_for_other_threads(timeout: float) -> None:
-    """Fork with this thread alone: a thread inside OpenSSL at the fork
-    leaves its lock held in the child for good. Seen once (bench): a
-    paramiko thread of `up`'s, still ending its closed connection, was
-    inside cryptography at the fork; the daemon's worker then hung in its
-    first key exchange, and the service never served."""
-    deadline = time.monotonic() + timeout
-    others = [each for each in threading.enumerate() if each is not threading.current_thread()]
-    for thread in others:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    left = [each.name for each in others if each.is_alive()]
-    if left:
-        log.warning("daemon=fork threads_left=%s waited=%.0fs", ",".join(left), timeout)
+def payload() -> str:
+    """What spawn() handed this daemon; taken out of the environment, so
+    that the daemon's own children (ssh, hooks) do not see it. They do not
+    get the lock either: an ssh master that outlived the daemon would hold
+    it, and every later `up` would wait for an `up` that is not there."""
+    lock = os.environ.pop(LOCK_FD, None)
+    if lock is not None:
+        os.set_inheritable(int(lock), False)
+    return os.environ.pop(HANDED)
 
 
 def stop(name: str, timeout: float = 15) -> int | None:

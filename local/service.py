@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
+import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,6 @@ from .remote import Site
 from .report import JobLine, Report, age, forwarder_line, local_url, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
-from .supervisor import supervise
 
 log = logging.getLogger("slurm_persist")
 
@@ -102,7 +103,7 @@ def up(options: Options) -> int:
     prepare(options, port_check=not passed)
     if options.daemonize:
         return _start_daemon(options)
-    return _foreground(options, passed or None)
+    return foreground(options, passed or None)
 
 
 def prepare(options: Options, port_check: bool = True) -> None:
@@ -129,10 +130,13 @@ async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
         forwarder.chain.site.close()
 
 
-def _foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
+def foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
     """Forward in this process until SIGINT/SIGTERM, or until there is
     nothing to follow (the chain stopped, or never served). Sockets: a
-    supervisor's or systemd's (LISTEN_FDS), else bound here."""
+    supervisor's or systemd's (LISTEN_FDS), else bound here. SIGUSR1 writes
+    every thread's stack to stderr (the log, in a daemon): a forwarder that
+    stops saying anything can then say where it waits."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if not supervisor:
         daemon.write_pid(options.name)
     try:
@@ -177,7 +181,7 @@ async def _adopt_if_orphaned(options: Options, supervisor: int) -> None:
 
 def _start_daemon(options: Options) -> int:
     """Detach the forwarder; come back once it serves, or say why not."""
-    pid = daemon.daemonize(options.name, lambda: _supervised(options))
+    pid = daemon.spawn(options.name, "local.supervisor", json.dumps(dataclasses.asdict(options)))
     limit = options.max_looks * options.look_interval
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -192,30 +196,15 @@ def _start_daemon(options: Options) -> int:
                    else "see the log")
             raise ConfigError(f"the forwarder exited ({why}); log: {daemon.log_path(options.name)}")
         time.sleep(0.5)
+    status = read_status(options.name)
+    said = status is not None and pid in (status.pid, status.supervisor)
+    if not said:  # not one look came back: where does the worker wait? (SIGUSR1: its stacks)
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
     raise ConfigError(f"not serving after {limit:.0f} s; the forwarder (pid {pid}) keeps "
-                      f"trying, see {daemon.log_path(options.name)}")
-
-
-def _supervised(options: Options) -> int:
-    """The daemon: own the port, keep a forwarder worker on it (supervisor.py)."""
-    daemon.write_pid(options.name)
-    try:
-        try:
-            listening = local_sockets.bind(options.local_port, options.local_socket)
-        except OSError as exc:
-            raise ConfigError(f"{options.address}: {exc.strerror}") from None
-        supervisor = os.getpid()
-        return supervise(listening, lambda socks: _worker(options, socks, supervisor))
-    finally:
-        daemon.clear_pid(options.name)
-
-
-def _worker(options: Options, sockets, supervisor: int) -> int:
-    try:
-        return _foreground(options, sockets, supervisor)
-    except ConfigError as exc:  # nothing to follow: said once, not restarted
-        log.error("slurm-persist: error: %s", exc)
-        return 2
+                      f"trying, see {daemon.log_path(options.name)}" +
+                      ("" if said else " (no look at the cluster has come back yet; its "
+                       "threads' stacks are at the end)"))
 
 
 def down(options: Options) -> str:

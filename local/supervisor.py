@@ -10,16 +10,27 @@ backlog meanwhile; one that dies again within FAST seconds is replaced
 after a growing pause (0.2 s doubling to 30 s), so a bug cannot spin.
 A worker that ends because there is nothing to follow (the chain
 stopped; exit 2) or on SIGTERM (`down`) ends the supervisor too.
+
+The supervisor is the process daemon.spawn() starts (`python -m
+local.supervisor`), handed the service's options; SIGUSR1 to it writes
+its worker's thread stacks to the log (service.foreground).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
+
+from . import daemon, service
+from . import sockets as local_sockets
+from .config import ConfigError, Options
+from .tasks import setup_logging
 
 log = logging.getLogger("slurm_persist.supervisor")
 
@@ -35,13 +46,17 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
     """Run worker(sockets) in a child, again and again, until it ends for good."""
     state = {"child": 0, "stopping": False}
 
+    def tell(signum: int) -> None:
+        if state["child"]:
+            os.kill(state["child"], signum)
+
     def stop(signum, _frame) -> None:
         state["stopping"] = True
-        if state["child"]:
-            os.kill(state["child"], signal.SIGTERM)
+        tell(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: tell(signal.SIGUSR1))
     fast, restarts = 0, 0
     while not state["stopping"]:
         started = time.monotonic()
@@ -52,7 +67,7 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
             os._exit(_run(worker, sockets))
         state["child"] = pid
         if state["stopping"]:  # the signal came between fork and here
-            os.kill(pid, signal.SIGTERM)
+            stop(signal.SIGTERM, None)
         log.info("supervisor=%d worker=%d state=started restarts=%d", os.getpid(), pid, restarts)
         _, status = os.waitpid(pid, 0)
         state["child"] = 0
@@ -77,3 +92,32 @@ def _run(worker: Worker, sockets: list[socket.socket]) -> int:
     except BaseException as exc:  # the log is the only place to say why
         log.error("worker=%d state=crashed error=%r", os.getpid(), exc)
         return 1
+
+
+def main() -> int:
+    """The daemon: own the port, keep a forwarder worker on it."""
+    options = Options(**json.loads(daemon.payload()))
+    setup_logging(options.debug)
+    daemon.write_pid(options.name)
+    try:
+        try:
+            listening = local_sockets.bind(options.local_port, options.local_socket)
+        except OSError as exc:
+            print(f"slurm-persist: error: {options.address}: {exc.strerror}", file=sys.stderr)
+            return 1
+        supervisor = os.getpid()
+        return supervise(listening, lambda socks: _worker(options, socks, supervisor))
+    finally:
+        daemon.clear_pid(options.name)
+
+
+def _worker(options: Options, sockets: list[socket.socket], supervisor: int) -> int:
+    try:
+        return service.foreground(options, sockets, supervisor)
+    except ConfigError as exc:  # nothing to follow: said once, not restarted
+        log.error("slurm-persist: error: %s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -101,7 +101,7 @@ def service_task(*names: str, help: dict | None = None, start_sandbox: bool = Fa
                    if v is not None and v != [] and FLAGS.get(n) != v}
             try:
                 options = config.load(config.modern(cli, spell=as_flag))
-                _logging(options.debug)  # the flag or the toml; before resolve logs
+                setup_logging(options.debug)  # the flag or the toml; before resolve logs
                 options = service.resolve(options, start_sandbox=start_sandbox)
                 return body(c, options, **kwargs)
             except USER_ERRORS as exc:
@@ -117,7 +117,7 @@ def service_task(*names: str, help: dict | None = None, start_sandbox: bool = Fa
     return wrap
 
 
-def _logging(debug: bool) -> None:
+def setup_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     if not debug:
@@ -210,7 +210,7 @@ def down(c, options):
 @task
 def sandbox_up(c):
     """Build (first time) and start the docker mini cluster; print how to ssh in."""
-    _logging(False)
+    setup_logging(False)
     box = Sandbox.default()
     try:
         box.up()
@@ -222,7 +222,7 @@ def sandbox_up(c):
 @task
 def sandbox_down(c):
     """Stop the docker mini cluster and remove its shared /home volume."""
-    _logging(False)
+    setup_logging(False)
     Sandbox.default().down()
 
 

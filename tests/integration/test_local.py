@@ -113,8 +113,13 @@ def test_up_is_idempotent_and_down_cleans_up(cluster, alice, tmp_path):
     assert again.returncode == 0 and "already forwarding" in again.stdout
     assert chain_jobs(alice, "idem") == jobs
 
-    pid = int((Path(os.environ["XDG_STATE_HOME"]) / "slurm-persist/services/idem/forwarder.pid")
-              .read_text())
+    state = Path(os.environ["XDG_STATE_HOME"]) / "slurm-persist/services/idem"
+    pid = int((state / "forwarder.pid").read_text())
+    # Where does a forwarder that logs nothing wait? SIGUSR1: its worker's stacks, in the log.
+    os.kill(pid, signal.SIGUSR1)
+    wait_for("the worker's stacks", lambda: "in foreground" in (state / "forwarder.log")
+             .read_text(), timeout=10, every=0.2)
+    assert answers(port)
     # The whole daemon, supervisor and worker (its own session and process group).
     os.killpg(os.getpgid(pid), signal.SIGKILL)
     wait_for("the forwarder gone", lambda: not Path(f"/proc/{pid}").exists() or

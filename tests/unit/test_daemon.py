@@ -1,33 +1,99 @@
-"""daemonize() with a real double fork."""
+"""daemon.spawn() with a real double fork and exec."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
 import threading
-import time
 
 from helpers import wait_for
 from local import daemon
 
+# The daemon under test: it reports what it was started with, on its
+# stdout (the log), then keeps a child of its own and waits.
+REPORTER = """
+import json, os, signal, subprocess, sys, threading
+from local import daemon
+handed = daemon.payload()
+child = subprocess.Popen(["sleep", "60"], close_fds=False)  # would inherit an inheritable fd
+print(json.dumps({
+    "handed": handed, "still_in_env": daemon.HANDED in os.environ, "pid": os.getpid(),
+    "session": os.getsid(0), "threads": threading.active_count(),
+    "stdin": os.readlink("/proc/self/fd/0"), "child": child.pid,
+    "hangup_ignored": signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
+    "held_by_up": "held_by_up" in sys.modules}), flush=True)
+signal.pause()
+"""
 
-def test_the_daemon_is_forked_once_no_other_thread_holds_a_lock(tmp_path, monkeypatch):
-    """A thread of `up`'s inside a lock at the fork (paramiko's, ending a
-    closed connection, in cryptography) would leave that lock held in the
-    daemon for good: its first key exchange hung."""
-    monkeypatch.setattr(daemon, "log_path", lambda name: tmp_path / "log")
-    lock, result = threading.Lock(), tmp_path / "result"
 
-    def closing_connection():
+def started(tmp_path, monkeypatch, hold: bool) -> dict:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(daemon, "_locks", {})
+    (tmp_path / "reporter.py").write_text(REPORTER)
+    if hold:
+        assert daemon.hold_lock("test")
+    pid = daemon.spawn("test", "reporter", "the options")
+    log = daemon.log_path("test")
+    wait_for("the daemon's report", lambda: log.exists() and log.read_text().strip(),
+             timeout=30, every=0.05)
+    report = json.loads(log.read_text())
+    assert report["pid"] == pid
+    return report
+
+
+def stop(report: dict) -> None:
+    for pid in (report["pid"], report["child"]):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_the_daemon_is_a_new_interpreter_in_a_session_of_its_own(tmp_path, monkeypatch):
+    """Not a fork of `up`: a thread of `up`'s (paramiko's, ending a closed
+    connection, inside cryptography) left its lock held in a forked daemon,
+    whose first key exchange then hung. Nothing of the caller's process,
+    threads, locks or modules, reaches the daemon."""
+    lock, release = threading.Lock(), threading.Event()
+
+    def holding() -> None:
         with lock:
-            time.sleep(0.3)
+            release.wait()
 
-    thread = threading.Thread(target=closing_connection)
-    thread.start()
-    time.sleep(0.05)  # it holds the lock now
+    thread = threading.Thread(target=holding)
+    thread.start()  # holds the lock until the test ends, as a hung thread would
+    sys.modules["held_by_up"] = sys.modules[__name__]
+    try:
+        report = started(tmp_path, monkeypatch, hold=False)
+    finally:
+        del sys.modules["held_by_up"]
+        release.set()
+        thread.join()
+    try:
+        assert report["handed"] == "the options"
+        assert not report["still_in_env"]  # its children (ssh, hooks) do not see it
+        # A session of its own, whose leader has gone: no terminal can reach it.
+        assert report["session"] not in (os.getsid(0), report["pid"])
+        assert report["stdin"] == os.devnull
+        assert report["hangup_ignored"]
+        assert report["threads"] == 1
+        assert not report["held_by_up"]
+    finally:
+        stop(report)
 
-    def body() -> int:
-        result.write_text("free" if lock.acquire(timeout=2) else "held")
-        return 0
 
-    assert daemon.daemonize("test", body) > 0
-    wait_for("the daemon's answer", result.exists, timeout=10, every=0.05)
-    assert result.read_text() == "free"
+def test_the_daemon_holds_the_lock_of_up_and_its_children_do_not(tmp_path, monkeypatch):
+    """One forwarder per service: the daemon holds the lock `up` took, after
+    `up` has ended; an ssh master that outlives the daemon must not, or
+    every later `up` would wait for an `up` that is not there."""
+    report = started(tmp_path, monkeypatch, hold=True)
+    try:
+        os.close(daemon._locks.pop("test"))  # `up` has ended
+        assert not daemon.hold_lock("test")  # the daemon holds it
+        os.kill(report["pid"], signal.SIGKILL)
+        wait_for("the daemon's end", lambda: not daemon.alive(report["pid"]), timeout=10,
+                 every=0.05)
+        assert daemon.alive(report["child"])
+        assert daemon.hold_lock("test")  # its child, still running, does not
+    finally:
+        stop(report)

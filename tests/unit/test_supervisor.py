@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from helpers import wait_for
 from local import supervisor
 from local.sockets import from_systemd
 from remote_agent.listener import tcp_socket
@@ -78,3 +82,36 @@ def test_a_stop_during_the_pause_before_a_restart_starts_no_worker(tmp_path, mon
     os.kill(pid, signal.SIGTERM)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0 and runs.read_text() == "xx"
+
+
+def test_sigusr1_to_the_supervisor_reaches_its_worker(tmp_path):
+    """`up` gives up on a daemon whose worker never said anything: SIGUSR1
+    to the daemon (the supervisor) must reach the worker, which writes
+    where each of its threads waits (service.foreground registers it)."""
+    stacks, ready = tmp_path / "stacks", tmp_path / "ready"
+
+    def worker(sockets):
+        with stacks.open("w") as out:
+            faulthandler.register(signal.SIGUSR1, file=out, all_threads=True)
+            ready.touch()
+            waiting_where_nothing_logs()
+        return 2
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(supervisor.supervise([tcp_socket("127.0.0.1", 0)], worker))
+    try:
+        wait_for("the worker", ready.exists, timeout=10, every=0.05)
+        os.kill(pid, signal.SIGUSR1)
+        wait_for("the stacks", lambda: "waiting_where_nothing_logs" in stacks.read_text(),
+                 timeout=10, every=0.05)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # the supervisor itself lived on
+
+
+def waiting_where_nothing_logs() -> None:
+    while True:
+        time.sleep(0.05)
+
