@@ -144,7 +144,9 @@ def payload() -> str:
 
 
 def stop(name: str, timeout: float = 15) -> int | None:
-    """SIGTERM the forwarder and wait for it; returns its pid if one ran."""
+    """SIGTERM the forwarder and wait for it; returns its pid if one ran.
+    A daemon's supervisor kills a worker that outlives its SIGTERM by
+    supervisor.STOP_GRACE (10 s), within this timeout."""
     pid = running_pid(name)
     if pid is None:
         return None

@@ -38,6 +38,11 @@ FAST = 10.0
 PAUSE_FIRST, PAUSE_MAX = 0.2, 30.0
 # The worker's exit codes that mean "do not replace me".
 FINAL = (0, 2)
+# A worker still there this long after SIGTERM is killed. Seen: a thread
+# stuck in OpenSSL kept the worker's loop from ending; `down` killed the
+# supervisor after its 15 s, and the orphaned worker held the port and the
+# lock, so every later `up` found "another up" and nothing served.
+STOP_GRACE = 10.0
 
 Worker = Callable[[list[socket.socket]], int]
 
@@ -53,9 +58,11 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
     def stop(signum, _frame) -> None:
         state["stopping"] = True
         tell(signal.SIGTERM)
+        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)  # then SIGALRM: SIGKILL
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGALRM, lambda signum, _frame: tell(signal.SIGKILL))
     signal.signal(signal.SIGUSR1, lambda signum, _frame: tell(signal.SIGUSR1))
     fast, restarts = 0, 0
     while not state["stopping"]:
@@ -71,6 +78,7 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
         log.info("supervisor=%d worker=%d state=started restarts=%d", os.getpid(), pid, restarts)
         _, status = os.waitpid(pid, 0)
         state["child"] = 0
+        signal.setitimer(signal.ITIMER_REAL, 0)
         code = os.waitstatus_to_exitcode(status)
         if state["stopping"] or code in FINAL:
             log.info("supervisor=%d worker=%d state=ended code=%d", os.getpid(), pid, code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -115,3 +116,30 @@ def waiting_where_nothing_logs() -> None:
     while True:
         time.sleep(0.05)
 
+
+def test_a_worker_that_ignores_sigterm_is_killed_and_the_supervisor_ends(tmp_path, monkeypatch):
+    """A thread stuck in C (OpenSSL's lock, seen) keeps a worker from ending
+    on SIGTERM: left alone it outlived `down` and held the port for good."""
+    monkeypatch.setattr(supervisor, "STOP_GRACE", 0.5)
+    ready = tmp_path / "ready"
+
+    def worker(sockets):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        (tmp_path / "worker").write_text(str(os.getpid()))
+        ready.touch()
+        waiting_where_nothing_logs()
+        return 2
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(supervisor.supervise([tcp_socket("127.0.0.1", 0)], worker))
+    try:
+        wait_for("the worker", ready.exists, timeout=10, every=0.05)
+        os.kill(pid, signal.SIGTERM)
+        wait_for("the supervisor's end", lambda: os.waitpid(pid, os.WNOHANG)[0] == pid,
+                 timeout=10, every=0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    worker_pid = int((tmp_path / "worker").read_text())
+    assert not Path(f"/proc/{worker_pid}").exists()  # reaped by the supervisor: gone
