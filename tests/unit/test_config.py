@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import logging
 import os
 import socket
@@ -6,7 +8,7 @@ import pytest
 from invoke import Context
 
 from local import config, paths, tasks
-from local.config import ConfigError
+from local.config import FIELDS, ConfigError, Options
 
 
 def write(tmp_path, text):
@@ -121,3 +123,13 @@ def test_state_dirs_made_fresh_are_private(tmp_path, monkeypatch):
     path = paths.state_dir("svc")
     for folder in (path, path.parent, path.parent.parent):
         assert os.stat(folder).st_mode & 0o777 == 0o700, folder
+
+
+def test_every_option_reaches_the_daemon_unchanged():
+    """`up --daemonize` hands the options to a new interpreter as JSON
+    (service._start_daemon, supervisor.main): an option JSON cannot carry
+    (a Path, a tuple) would fail there, or arrive changed."""
+    samples = {"str": "a b", "str | None": "x", "list[str]": ["--a", "b c"], "bool": True,
+               "int": 7, "float": 2.5}
+    options = Options(**{name: samples[str(f.type)] for name, f in FIELDS.items()})
+    assert Options(**json.loads(json.dumps(dataclasses.asdict(options)))) == options
