@@ -89,20 +89,13 @@ def test_sigusr1_to_the_supervisor_reaches_its_worker(tmp_path):
     """`up` gives up on a daemon whose worker never said anything: SIGUSR1
     to the daemon (the supervisor) must reach the worker, which writes
     where each of its threads waits (service.foreground registers it)."""
-    stacks, ready = tmp_path / "stacks", tmp_path / "ready"
+    stacks = tmp_path / "stacks"
 
-    def worker(sockets):
-        with stacks.open("w") as out:
-            faulthandler.register(signal.SIGUSR1, file=out, all_threads=True)
-            ready.touch()
-            waiting_where_nothing_logs()
-        return 2
+    def setup() -> None:
+        faulthandler.register(signal.SIGUSR1, file=stacks.open("w"), all_threads=True)
 
-    pid = os.fork()
-    if pid == 0:
-        os._exit(supervisor.supervise([tcp_socket("127.0.0.1", 0)], worker))
+    pid, _ = waiting_worker(tmp_path, setup)
     try:
-        wait_for("the worker", ready.exists, timeout=10, every=0.05)
         os.kill(pid, signal.SIGUSR1)
         wait_for("the stacks", lambda: "waiting_where_nothing_logs" in stacks.read_text(),
                  timeout=10, every=0.05)
@@ -112,34 +105,41 @@ def test_sigusr1_to_the_supervisor_reaches_its_worker(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0  # the supervisor itself lived on
 
 
-def waiting_where_nothing_logs() -> None:
-    while True:
-        time.sleep(0.05)
-
-
 def test_a_worker_that_ignores_sigterm_is_killed_and_the_supervisor_ends(tmp_path, monkeypatch):
     """A thread stuck in C (OpenSSL's lock, seen) keeps a worker from ending
     on SIGTERM: left alone it outlived `down` and held the port for good."""
     monkeypatch.setattr(supervisor, "STOP_GRACE", 0.5)
-    ready = tmp_path / "ready"
+    pid, worker = waiting_worker(tmp_path, lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_for("the supervisor's end", lambda: os.waitpid(pid, os.WNOHANG)[0] == pid,
+                 timeout=10, every=0.05)
+    finally:
+        for each in (pid, worker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGKILL)
+    assert not Path(f"/proc/{worker}").exists()  # killed, and reaped by the supervisor
+
+
+def waiting_worker(tmp_path, setup) -> tuple[int, int]:
+    """supervise() in a child, over a worker that runs setup() and then
+    waits for ever; (the supervisor's pid, the worker's) once it waits."""
+    ready = tmp_path / "worker"
 
     def worker(sockets):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        (tmp_path / "worker").write_text(str(os.getpid()))
-        ready.touch()
+        setup()
+        ready.with_suffix(".tmp").write_text(str(os.getpid()))
+        ready.with_suffix(".tmp").rename(ready)
         waiting_where_nothing_logs()
         return 2
 
     pid = os.fork()
     if pid == 0:
         os._exit(supervisor.supervise([tcp_socket("127.0.0.1", 0)], worker))
-    try:
-        wait_for("the worker", ready.exists, timeout=10, every=0.05)
-        os.kill(pid, signal.SIGTERM)
-        wait_for("the supervisor's end", lambda: os.waitpid(pid, os.WNOHANG)[0] == pid,
-                 timeout=10, every=0.05)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    worker_pid = int((tmp_path / "worker").read_text())
-    assert not Path(f"/proc/{worker_pid}").exists()  # reaped by the supervisor: gone
+    wait_for("the worker", ready.exists, timeout=10, every=0.05)
+    return pid, int(ready.read_text())
+
+
+def waiting_where_nothing_logs() -> None:
+    while True:
+        time.sleep(0.05)
