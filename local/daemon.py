@@ -80,26 +80,28 @@ def clear_pid(name: str) -> None:
 
 
 def spawn(name: str, module: str, handed: str) -> int:
-    """Start `python -m module` as the service's daemon (double fork, new
-    session, no terminal, its output to the log file), with `handed` in its
-    environment for payload(); returns its pid.
+    """Run module as `__main__` in a new interpreter, as the service's
+    daemon (double fork, new session, no terminal, its output to the log
+    file), with `handed` in its environment for payload(); returns its pid.
 
-    The daemon is a new interpreter, not a fork of this process: a fork
-    keeps whatever `up`'s threads held at that instant. Seen in the
-    benchmark: a paramiko thread of `up`'s, ending its closed connection,
-    was inside cryptography at the fork; the lock it held stayed held in
-    the daemon, whose worker hung in its first look at the cluster (no log
-    line for 120 s). Joining the threads before the fork was not enough:
-    the same hang came once more after that, its cause not found. Between
-    the forks and the exec only system calls run here."""
-    package_root = str(Path(__file__).resolve().parent.parent)  # the code `up` runs, not another
-    env = {**os.environ, HANDED: handed,
-           "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
-                                                       os.environ.get("PYTHONPATH")]))}
+    A new interpreter, not a fork of this process: a fork keeps whatever
+    `up`'s threads held at that instant. Seen in the benchmark: a paramiko
+    thread of `up`'s, ending its closed connection, was inside cryptography
+    at the fork; the lock stayed held in the daemon, whose worker hung in
+    its first look at the cluster (no log line for 120 s). Joining `up`'s
+    threads before the fork was not enough: 1 of 46 daemons on the sandbox
+    still hung so, gdb showing the worker's thread in OpenSSL's
+    CRYPTO_THREAD_write_lock (ossl_init_thread_start). Between the forks
+    and the exec only system calls run here."""
+    # The code `up` runs, not another installed copy; PYTHONPATH is left
+    # alone, as the daemon's children (hooks, ssh) inherit it.
+    root = str(Path(__file__).resolve().parent.parent)
+    argv = [sys.executable, "-c", "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+            "runpy.run_module(sys.argv[2], run_name='__main__', alter_sys=True)", root, module]
+    env = {**os.environ, HANDED: handed}
     lock = _locks.get(name)
     if lock is not None:
         env[LOCK_FD] = str(lock)
-    argv = [sys.executable, "-m", module]
     log_fd = os.open(log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     read_end, write_end = os.pipe()
     first = os.fork()
@@ -110,7 +112,7 @@ def spawn(name: str, module: str, handed: str) -> int:
             pid = int(pipe.read() or 0)
         os.waitpid(first, 0)  # the middle process ends at once; no zombie is left behind
         if not pid:
-            raise RuntimeError(f"the daemon did not start; see {log_path(name)}")
+            raise RuntimeError("the daemon did not start (the reason is printed above)")
         return pid
     try:
         os.close(read_end)
@@ -125,7 +127,10 @@ def spawn(name: str, module: str, handed: str) -> int:
         os.dup2(log_fd, 2)
         if lock is not None:
             os.set_inheritable(lock, True)  # payload() makes it close-on-exec again
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # kept across the exec
+        # Ignored until the daemon sets its own handlers (kept across the
+        # exec): SIGUSR1's default would end a daemon still importing.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         os.execve(argv[0], argv, env)
     except BaseException as exc:  # the log is the only place left to say why
         os.write(2, f"slurm-persist: error: cannot start the daemon: {exc}\n".encode())

@@ -11,8 +11,8 @@ after a growing pause (0.2 s doubling to 30 s), so a bug cannot spin.
 A worker that ends because there is nothing to follow (the chain
 stopped; exit 2) or on SIGTERM (`down`) ends the supervisor too.
 
-The supervisor is the process daemon.spawn() starts (`python -m
-local.supervisor`), handed the service's options; SIGUSR1 to it writes
+The supervisor is the process daemon.spawn() starts (this module as
+`__main__` in a new interpreter), handed the options; SIGUSR1 to it writes
 its worker's thread stacks to the log (service.foreground).
 """
 
@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
 from . import daemon, service
 from . import sockets as local_sockets
@@ -53,12 +54,14 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
 
     def tell(signum: int) -> None:
         if state["child"]:
-            os.kill(state["child"], signum)
+            with suppress(ProcessLookupError):  # it ended; waitpid is about to say so
+                os.kill(state["child"], signum)
 
     def stop(signum, _frame) -> None:
+        if not state["stopping"]:  # a second SIGTERM must not put the SIGKILL off
+            signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)  # then SIGALRM: SIGKILL
         state["stopping"] = True
         tell(signal.SIGTERM)
-        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)  # then SIGALRM: SIGKILL
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -74,7 +77,7 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
             os._exit(_run(worker, sockets))
         state["child"] = pid
         if state["stopping"]:  # the signal came between fork and here
-            stop(signal.SIGTERM, None)
+            tell(signal.SIGTERM)
         log.info("supervisor=%d worker=%d state=started restarts=%d", os.getpid(), pid, restarts)
         _, status = os.waitpid(pid, 0)
         state["child"] = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,15 +15,16 @@ from local import daemon
 # The daemon under test: it reports what it was started with, on its
 # stdout (the log), then keeps a child of its own and waits.
 REPORTER = """
-import json, os, signal, subprocess, sys, threading
+import json, os, signal, subprocess, sys
 from local import daemon
 handed = daemon.payload()
 child = subprocess.Popen(["sleep", "60"], close_fds=False)  # would inherit an inheritable fd
 print(json.dumps({
     "handed": handed, "still_in_env": daemon.HANDED in os.environ, "pid": os.getpid(),
-    "session": os.getsid(0), "threads": threading.active_count(),
-    "stdin": os.readlink("/proc/self/fd/0"), "child": child.pid,
-    "hangup_ignored": signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
+    "session": os.getsid(0), "stdin": os.readlink("/proc/self/fd/0"),
+    "cwd": os.getcwd(), "child": child.pid, "pythonpath": os.environ.get("PYTHONPATH"),
+    "ignored": [s.name for s in (signal.SIGHUP, signal.SIGUSR1)
+                if signal.getsignal(s) == signal.SIG_IGN],
     "held_by_up": "held_by_up" in sys.modules}), flush=True)
 signal.pause()
 """
@@ -37,8 +39,12 @@ def started(tmp_path, monkeypatch, hold: bool) -> dict:
         assert daemon.hold_lock("test")
     pid = daemon.spawn("test", "reporter", "the options")
     log = daemon.log_path("test")
-    wait_for("the daemon's report", lambda: log.exists() and log.read_text().strip(),
-             timeout=30, every=0.05)
+    try:
+        wait_for("the daemon's report", lambda: log.exists() and log.read_text().strip(),
+                 timeout=30, every=0.05)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
     report = json.loads(log.read_text())
     assert report["pid"] == pid
     return report
@@ -46,7 +52,8 @@ def started(tmp_path, monkeypatch, hold: bool) -> dict:
 
 def stop(report: dict) -> None:
     for pid in (report["pid"], report["child"]):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # reaped already
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_the_daemon_is_a_new_interpreter_in_a_session_of_its_own(tmp_path, monkeypatch):
@@ -74,10 +81,11 @@ def test_the_daemon_is_a_new_interpreter_in_a_session_of_its_own(tmp_path, monke
         assert not report["still_in_env"]  # its children (ssh, hooks) do not see it
         # A session of its own, whose leader has gone: no terminal can reach it.
         assert report["session"] not in (os.getsid(0), report["pid"])
-        assert report["stdin"] == os.devnull
-        assert report["hangup_ignored"]
-        assert report["threads"] == 1
-        assert not report["held_by_up"]
+        assert report["stdin"] == os.devnull and report["cwd"] == "/"
+        # Until it sets its own: SIGUSR1's default would end a daemon still importing.
+        assert report["ignored"] == ["SIGHUP", "SIGUSR1"]
+        assert report["pythonpath"] == str(tmp_path)  # its hooks' Python is not ours
+        assert not report["held_by_up"]  # not a fork: nothing of the caller's process
     finally:
         stop(report)
 
