@@ -22,7 +22,6 @@ from local import config, service
 from local.sandbox import Sandbox
 from local.tasks import (
     USER_ERRORS,
-    _logging,
     deploy,
     doctor,
     down,
@@ -30,6 +29,7 @@ from local.tasks import (
     logs,
     rollout,
     sandbox,
+    setup_logging,
     status,
     systemd,
     up,
@@ -42,7 +42,7 @@ def bench(c, short=False, out="bench-results.json"):
     """Benchmark on the sandbox: throughput, latency, start-up, recovery, SLURM load, cost."""
     from bench.bench import main as run_bench
     from bench.tools import ToolMissing, require
-    _logging(False)
+    setup_logging(False)
     try:
         require("ab", "wrk")  # before the sandbox starts
         options = service.resolve(config.load({}), start_sandbox=True)
