@@ -233,6 +233,11 @@ class Site:
             except BaseException:
                 _close(conn.gateway)  # else one jumphost connection leaks per dead node
                 raise
+            # paramiko waits an hour for a channel by default, and Fabric's
+            # command timeout starts only once the channel is open: with our
+            # user's sshd on login1 stopped (SIGSTOP, the host up) a command
+            # waited past 195 s; bounded, it went to login2 after 15.4 s.
+            conn.transport.channel_timeout = CONNECT_TIMEOUT
             self._connections[host] = conn
             log.debug("login=%s state=connected", host)
         self.current = host

@@ -136,6 +136,14 @@ class Faults:
                        capture_output=True)
         self._undo.append(["docker", "network", "connect", "--alias", service, net, cid])
 
+    def freeze(self, service: str, pattern: str) -> None:
+        """SIGSTOP the processes matching pattern: they keep their
+        connections open and answer nothing, as when stuck on a dead
+        filesystem."""
+        self.kill(service, pattern, "STOP")
+        self._undo.append(["docker", "exec", self.cluster.container(service),
+                           "pkill", "-CONT", "-f", pattern])
+
     def kill(self, service: str, pattern: str, signal: str = "KILL") -> None:
         self.cluster.exec(service, "pkill", f"-{signal}", "-f", pattern, check=False)
 
