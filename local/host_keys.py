@@ -81,3 +81,16 @@ def paths(value, default: str) -> list[Path]:
     """An ssh_config list of files (a string or paramiko's list), or OpenSSH's default."""
     names = value.split() if isinstance(value, str) else value or [default]
     return [Path(name).expanduser() for name in names]
+
+
+def check_host_keys(client: paramiko.SSHClient, ssh_config) -> None:
+    """Load the known_hosts files ssh_config names (OpenSSH's defaults
+    otherwise) into client, and set its policy for an unknown host."""
+    files = paths(ssh_config.get("userknownhostsfile"), "~/.ssh/known_hosts")
+    site_wide = paths(ssh_config.get("globalknownhostsfile"), "/etc/ssh/ssh_known_hosts")
+    for path in site_wide + files:
+        load_known_hosts(client.get_host_keys(), path)
+    checking = str(ssh_config.get("stricthostkeychecking", "ask")).lower()
+    # "no" too: OpenSSH then also records a new key; a changed one is refused here regardless.
+    client.set_missing_host_key_policy(
+        AcceptNew(files[0]) if checking in ("accept-new", "no", "off") else RejectUnknown())

@@ -30,7 +30,7 @@ from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from .config import Options
-from .host_keys import AcceptNew, HostKeyUnknown, RejectUnknown, load_known_hosts, paths
+from .host_keys import HostKeyUnknown, check_host_keys
 
 log = logging.getLogger("slurm_persist.remote")
 
@@ -129,6 +129,9 @@ class Site:
         """Upload beside the target, then rename: a job never reads half a file."""
         def upload(host: str) -> None:
             sftp = self._connection(host).sftp()
+            # Else a reply never comes from an sshd stopped mid-session (a
+            # deploy waited past 120 s); socket.timeout moves to the next node.
+            sftp.get_channel().settimeout(COMMAND_TIMEOUT)
             # Its own name: two `up`s may deploy the same file at once.
             partial = f"{remote}.partial-{uuid.uuid4().hex[:12]}"
             sftp.put(str(local), partial)
@@ -260,14 +263,7 @@ class Site:
                           connect_timeout=CONNECT_TIMEOUT,
                           connect_kwargs={"allow_agent": True, "banner_timeout": CONNECT_TIMEOUT,
                                           "auth_timeout": CONNECT_TIMEOUT})
-        files = paths(conn.ssh_config.get("userknownhostsfile"), "~/.ssh/known_hosts")
-        site_wide = paths(conn.ssh_config.get("globalknownhostsfile"), "/etc/ssh/ssh_known_hosts")
-        for path in site_wide + files:
-            load_known_hosts(conn.client.get_host_keys(), path)
-        checking = str(conn.ssh_config.get("stricthostkeychecking", "ask")).lower()
-        # "no" too: OpenSSH then also records a new key; a changed one is refused here regardless.
-        conn.client.set_missing_host_key_policy(
-            AcceptNew(files[0]) if checking in ("accept-new", "no", "off") else RejectUnknown())
+        check_host_keys(conn.client, conn.ssh_config)
         return conn
 
     def _drop(self, host: str) -> None:

@@ -96,24 +96,48 @@ def test_munged_dead_on_login1_slurm_answers_from_login2(start_up, cluster, alic
     assert "slurm=unknown" not in log and "state=command-failed-here" in log, log
 
 
+def frozen_login1(faults, action):
+    """action() run with our user's sshd processes on login1 stopped
+    (SIGSTOP, as when stuck on a dead filesystem; the host and its sshd
+    listener up), then mended. An action still caught on login1 at 120 s
+    fails the test, and ends once they are continued."""
+    faults.freeze("login1", "sshd: alice")
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(action)
+        try:
+            return running.result(timeout=120)
+        finally:
+            faults.restore()
+
+
 def test_a_command_leaves_a_login_node_whose_sshd_froze(cluster, faults):
-    """A connection open to login1 whose sshd processes then stop (SIGSTOP;
-    as when stuck on a dead filesystem): the next command goes to login2.
-    paramiko waits an hour for a channel by default, and Fabric's command
-    timeout starts only once the channel is open."""
+    """On a connection already open to login1, the next command goes to
+    login2. paramiko waits an hour for a channel by default, and Fabric's
+    command timeout starts only once the channel is open."""
     site = Site(site_options(cluster))
     try:
         assert site.run(["hostname"]).host == "login1"
-        faults.freeze("login1", "sshd: alice")
-        with ThreadPoolExecutor(1) as pool:
-            command = pool.submit(site.run, ["hostname"])
-            try:
-                result = command.result(timeout=120)
-            finally:
-                faults.restore()  # a command still caught on login1 then ends
+        result = frozen_login1(faults, lambda: site.run(["hostname"]))
         assert (result.host, result.stdout.strip()) == ("login2", "login2")
     finally:
         site.close()
+
+
+def test_an_upload_leaves_a_login_node_whose_sshd_froze(cluster, alice, faults):
+    """An SFTP session already open to login1 (as in a deploy): the next
+    file goes through login2, whole. (Once continued, login1's sftp-server
+    still runs the open it was sent: an empty .partial-* file is left.)"""
+    site = Site(site_options(cluster))
+    target = "/home/alice/frozen-upload.txt"
+    try:
+        site.put_text("first\n", target, 0o600)
+        assert site.current == "login1"
+        frozen_login1(faults, lambda: site.put_text("second\n", target, 0o600))
+        assert site.current == "login2"
+        assert alice.out(f"cat {target}", host="login2") == "second"
+    finally:
+        site.close()
+        alice.run(f"rm -f {target} {target}.partial-*", check=False)
 
 
 def test_a_switch_drops_the_old_forward(start_up, alice):
