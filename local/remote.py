@@ -1,6 +1,6 @@
-"""The control plane: Fabric connections to the site's login nodes.
+"""The control plane: which login node runs each command.
 
-One connection per login node, through the jumphost, reused for every
+One connection per login node (:mod:`local.logins`), reused for every
 command. The login nodes are tried in order (primary, then fallbacks), the
 whole list up to ``retries`` more times with backoff; the first that answers
 is used until it fails. A node that failed goes to the back of the list for
@@ -17,7 +17,6 @@ import io
 import logging
 import shlex
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,29 +25,15 @@ from pathlib import Path
 from typing import TypeVar
 
 import paramiko
-from fabric import Config, Connection
+from fabric import Connection
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from .config import Options
-from .host_keys import HostKeyUnknown, check_host_keys
+from .host_keys import HostKeyUnknown
+from .logins import Logins
 
 log = logging.getLogger("slurm_persist.remote")
 
-
-def _dead_transport(args: threading.ExceptHookArgs, default=threading.excepthook) -> None:
-    """paramiko's transport thread raises EOFError when the connection died
-    under it while a channel closes (seen: sshd killed mid-command, `status`
-    printed a traceback). Site reports that command's failure itself."""
-    if isinstance(args.thread, paramiko.Transport) and issubclass(args.exc_type,
-                                                                   (EOFError, OSError)):
-        log.debug("ssh=transport-ended error=%r", str(args.exc_value))
-        return
-    default(args)
-
-
-threading.excepthook = _dead_transport
-
-CONNECT_TIMEOUT = 15
 # How long a login node that failed is tried only after the others.
 SUSPECT_SECONDS = 300.0
 COMMAND_TIMEOUT = 30
@@ -80,7 +65,7 @@ class Site:
 
     def __init__(self, options: Options):
         self.options = options
-        self._connections: dict[str, Connection] = {}
+        self._logins = Logins(options)
         self._failed: dict[str, float] = {}
         self.current: str | None = None
 
@@ -166,11 +151,10 @@ class Site:
 
     def _notice_broken(self) -> None:
         """A connection that died while idle is a node that failed."""
-        for host, conn in list(self._connections.items()):
-            if not conn.is_connected:
-                log.warning("login=%s state=connection-lost", host)
-                self._drop(host)
-                self.failed(host)
+        for host in self._logins.lost():
+            log.warning("login=%s state=connection-lost", host)
+            self._drop(host)
+            self.failed(host)
 
     def _on_any(self, action: Callable[[str], T]) -> T:
         """The first login node (best first) where action succeeds."""
@@ -206,8 +190,8 @@ class Site:
         raise Unreachable("; ".join(f"{host}: {why}" for host, why in errors.items()))
 
     def close(self) -> None:
-        for host in list(self._connections):
-            self._drop(host)
+        self._logins.close()
+        self.current = None
 
     def _run_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
         conn = self._connection(host)
@@ -229,59 +213,14 @@ class Site:
         return Result(out.exited, out.stdout, out.stderr, host)
 
     def _connection(self, host: str) -> Connection:
-        if host not in self._connections:
-            conn = self._make(host, self.options.username, gateway=self._gateway())
-            try:
-                conn.open()
-            except BaseException:
-                _close(conn.gateway)  # else one jumphost connection leaks per dead node
-                raise
-            # paramiko waits an hour for a channel by default, and Fabric's
-            # command timeout starts only once the channel is open: with our
-            # user's sshd on login1 stopped (SIGSTOP, the host up) a command
-            # waited past 195 s; bounded, it went to login2 after 15.4 s.
-            conn.transport.channel_timeout = CONNECT_TIMEOUT
-            self._connections[host] = conn
-            log.debug("login=%s state=connected", host)
+        conn = self._logins.get(host)
         self.current = host
-        return self._connections[host]
-
-    def _gateway(self) -> Connection | None:
-        if not self.options.jumphost:
-            return None
-        gateway = self._make(self.options.jumphost, self.options.jumphost_username)
-        gateway.open()
-        # The jumphost's connect to a login node that vanished waits for the
-        # kernel's TCP time-out (2 min here); paramiko's default is an hour.
-        gateway.transport.channel_timeout = CONNECT_TIMEOUT
-        return gateway
-
-    def _make(self, host: str, user: str | None, gateway=None) -> Connection:
-        config = Config(runtime_ssh_path=self.options.ssh_config) if self.options.ssh_config \
-            else Config()
-        conn = Connection(host, user=user, gateway=gateway, config=config,
-                          connect_timeout=CONNECT_TIMEOUT,
-                          connect_kwargs={"allow_agent": True, "banner_timeout": CONNECT_TIMEOUT,
-                                          "auth_timeout": CONNECT_TIMEOUT})
-        check_host_keys(conn.client, conn.ssh_config)
         return conn
 
     def _drop(self, host: str) -> None:
-        conn = self._connections.pop(host, None)
-        if conn is not None:
-            _close(conn)
-            _close(conn.gateway)  # Fabric's close leaves the jumphost connection open
+        self._logins.drop(host)
         if self.current == host:
             self.current = None
-
-
-def _close(conn) -> None:
-    """A Connection, or a gateway that may be None or a ProxyCommand string."""
-    if isinstance(conn, Connection):
-        try:
-            conn.close()
-        except Exception:  # closing a broken transport may raise anything
-            pass
 
 
 def _stream(stdin: str | None):

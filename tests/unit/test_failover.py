@@ -4,7 +4,7 @@ runs on a node; the SSH side is tested on the docker cluster."""
 
 import pytest
 
-from local import remote
+from local import logins, remote
 from local.config import Options
 from remote_agent import slurm
 
@@ -101,9 +101,9 @@ def jumped(monkeypatch):
     site = remote.Site(Options(login_node="login1", fallback_login_nodes=["login2"],
                                jumphost="jump", retries=0))
     opened = []
-    monkeypatch.setattr(site, "_make", lambda host, user, gateway=None: FakeConnection(
+    monkeypatch.setattr(site._logins, "_make", lambda host, user, gateway=None: FakeConnection(
         host, opened, gateway, refuse=host == "login1"))
-    monkeypatch.setattr(remote, "Connection", FakeConnection)
+    monkeypatch.setattr(logins, "Connection", FakeConnection)
     return site, opened
 
 
@@ -160,7 +160,7 @@ def test_a_transport_dying_under_a_closing_channel_prints_no_traceback():
 
     import paramiko
 
-    from local.remote import _dead_transport
+    from local.logins import _dead_transport
 
     class Dying(paramiko.Transport):
         def __init__(self):
