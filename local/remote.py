@@ -30,7 +30,8 @@ from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from .config import Options
 from .host_keys import HostKeyUnknown
-from .logins import Logins
+from .logins import CONNECT_TIMEOUT, Logins
+from .watchdog import Watchdog
 
 log = logging.getLogger("slurm_persist.remote")
 
@@ -68,6 +69,7 @@ class Site:
         self._logins = Logins(options)
         self._failed: dict[str, float] = {}
         self.current: str | None = None
+        self.watchdog = Watchdog()  # started where a hang must end the process (service.forward)
 
     def run(self, argv: Sequence[str], stdin: str | None = None,
             timeout: float = COMMAND_TIMEOUT,
@@ -194,6 +196,15 @@ class Site:
         self.current = None
 
     def _run_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
+        # The watchdog's bound: each wait of a connection (the jumphost's TCP,
+        # banner and authentication, the hop's channel, the node's banner and
+        # authentication, the command's channel: 7 x CONNECT_TIMEOUT) and the
+        # command, twice over.
+        with self.watchdog.watch(f"{argv0(command)} on {host}",
+                                 14 * CONNECT_TIMEOUT + 2 * timeout):
+            return self._command_on(host, command, stdin, timeout)
+
+    def _command_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
         conn = self._connection(host)
         try:
             out = conn.run(command, hide=True, warn=True, in_stream=_stream(stdin),

@@ -119,6 +119,8 @@ def prepare(options: Options, port_check: bool = True) -> None:
 async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
     """Forward until cancelled. The chain keeps running afterwards."""
     forwarder = Forwarder(options, connect(options), supervisor)
+    site = forwarder.chain.site
+    site.watchdog.start()  # a hung command ends this process: the supervisor starts another
     try:
         try:
             await forwarder.listen(sockets)
@@ -127,7 +129,8 @@ async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
                               "another forwarder serves it (`slurm-persist status`)") from None
         await forwarder.run()
     finally:
-        forwarder.chain.site.close()
+        site.watchdog.stop()
+        site.close()
 
 
 def foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
