@@ -137,9 +137,9 @@ class Faults:
         self._undo.append(["docker", "network", "connect", "--alias", service, net, cid])
 
     def freeze(self, service: str, pattern: str) -> None:
-        """SIGSTOP the processes matching pattern: they keep their
-        connections open and answer nothing, as when stuck on a dead
-        filesystem."""
+        """SIGSTOP the processes matching pattern (pkill -f, an extended
+        regex): they keep their connections open and answer nothing, as
+        when stuck on a dead filesystem."""
         self.kill(service, pattern, "STOP")
         self._undo.append(["docker", "exec", self.cluster.container(service),
                            "pkill", "-CONT", "-f", pattern])

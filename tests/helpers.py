@@ -128,6 +128,12 @@ class Up:
         cli("down", *site_args(self.cluster, self.name))
 
 
+# A cluster user's sshd processes, for pkill -f: "sshd: alice@notty" up to
+# OpenSSH 9.7 (bookworm), "sshd-session: alice@notty" from 9.8 (trixie).
+def user_sshd(user: str) -> str:
+    return f"sshd(-session)?: {user}"
+
+
 def site_options(cluster: Sandbox, **changes) -> Options:
     """Options that reach the test cluster the way a user's would."""
     values = dict(login_node="login1", fallback_login_nodes=["login2"],

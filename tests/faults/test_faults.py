@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import Load, cli, event_sink, events, free_port, site_args, up_args, wait_for
+from helpers import (
+    Load,
+    cli,
+    event_sink,
+    events,
+    free_port,
+    site_args,
+    up_args,
+    user_sshd,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -194,7 +204,7 @@ def test_login1_sshd_frozen_while_serving(serve, alice, faults, report):
     with Load(up.port, timeout=90) as load:
         current_job(load)
         t0 = time.time()
-        faults.freeze("login1", "sshd: alice")
+        faults.freeze("login1", user_sshd("alice"))
         wait_for("serving through login2", lambda: "login=login2 state=serving"
                  in up.log.read_text(), timeout=120)
         time.sleep(3)

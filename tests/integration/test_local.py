@@ -28,6 +28,7 @@ from helpers import (
     site_args,
     site_options,
     up_args,
+    user_sshd,
     wait_for,
 )
 from local.remote import Site
@@ -101,7 +102,7 @@ def frozen_login1(faults, action):
     (SIGSTOP, as when stuck on a dead filesystem; the host and its sshd
     listener up), then mended. An action still caught on login1 at 120 s
     fails the test, and ends once they are continued."""
-    faults.freeze("login1", "sshd: alice")
+    faults.freeze("login1", user_sshd("alice"))
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(action)
         try:
