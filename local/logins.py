@@ -1,6 +1,7 @@
 """Fabric connections to the login nodes, one per node, each through its
-own jumphost connection: opened with every wait bounded, host keys checked
-as :mod:`local.host_keys` says. Which node to use is local.remote's choice.
+own jumphost connection: opened with a time-out on each wait paramiko lets
+us bound, host keys checked as :mod:`local.host_keys` says. Which node to
+use is local.remote's choice.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ class Logins:
     def get(self, host: str) -> Connection:
         """host's connection, opened now if it is not open."""
         if host not in self._open:
-            conn = self._make(host, self.options.username, gateway=self._gateway())
+            gateway = self._gateway()
             try:
+                conn = self._make(host, self.options.username, gateway=gateway)
                 conn.open()
             except BaseException:
-                _close(conn.gateway)  # else one jumphost connection leaks per dead node
+                _close(gateway)  # else one jumphost connection leaks per dead node
                 raise
             # paramiko waits an hour for a channel by default, and Fabric's
             # command timeout starts only once the channel is open: with our
@@ -61,6 +63,14 @@ class Logins:
     def lost(self) -> list[str]:
         """The nodes whose connection died while idle."""
         return [host for host, conn in self._open.items() if not conn.is_connected]
+
+    def abort(self, host: str) -> None:
+        """Close host's connection from another thread; it stays listed. A
+        call waiting on it raises, and its own thread drops it."""
+        conn = self._open.get(host)
+        if conn is not None:
+            _close(conn)
+            _close(conn.gateway)
 
     def drop(self, host: str) -> None:
         conn = self._open.pop(host, None)
@@ -76,7 +86,11 @@ class Logins:
         if not self.options.jumphost:
             return None
         gateway = self._make(self.options.jumphost, self.options.jumphost_username)
-        gateway.open()
+        try:
+            gateway.open()
+        except BaseException:
+            _close(gateway)  # its transport, when key exchange or authentication failed
+            raise
         # The jumphost's connect to a login node that vanished waits for the
         # kernel's TCP time-out (2 min here); paramiko's default is an hour.
         gateway.transport.channel_timeout = CONNECT_TIMEOUT
@@ -98,5 +112,6 @@ def _close(conn) -> None:
     if isinstance(conn, Connection):
         try:
             conn.close()
+            conn.client.close()  # also a transport that never became active
         except Exception:  # closing a broken transport may raise anything
             pass

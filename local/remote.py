@@ -196,12 +196,14 @@ class Site:
         self.current = None
 
     def _run_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
-        # The watchdog's bound: each wait of a connection (the jumphost's TCP,
-        # banner and authentication, the hop's channel, the node's banner and
-        # authentication, the command's channel: 7 x CONNECT_TIMEOUT) and the
-        # command, twice over.
-        with self.watchdog.watch(f"{argv0(command)} on {host}",
-                                 14 * CONNECT_TIMEOUT + 2 * timeout):
+        # The watchdog's bound: a healthy path's worst case twice over, each
+        # wait of a connection (the jumphost's TCP, banner and key exchange,
+        # authentication, the hop's channel, the node's banner and
+        # authentication, the command's channel: 7 x CONNECT_TIMEOUT with one
+        # key) and the command. Past it, the node's connection is closed: the
+        # wait raises, and the command goes to the next node.
+        with self.watchdog.watch(f"{command[:100]} on {host}", 14 * CONNECT_TIMEOUT + 2 * timeout,
+                                 unstick=lambda: self._logins.abort(host)):
             return self._command_on(host, command, stdin, timeout)
 
     def _command_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:

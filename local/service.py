@@ -120,7 +120,7 @@ async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
     """Forward until cancelled. The chain keeps running afterwards."""
     forwarder = Forwarder(options, connect(options), supervisor)
     site = forwarder.chain.site
-    site.watchdog.start()  # a hung command ends this process: the supervisor starts another
+    site.watchdog.start()  # a hung command is cut loose, or ends this process (local.watchdog)
     try:
         try:
             await forwarder.listen(sockets)

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from helpers import (
@@ -31,8 +32,10 @@ from helpers import (
     user_sshd,
     wait_for,
 )
+from local import remote
 from local.remote import Site
 from local.sandbox import JUMP_ALIAS, JUMP_USER
+from local.watchdog import Watchdog
 
 pytestmark = pytest.mark.cluster
 
@@ -139,6 +142,39 @@ def test_an_upload_leaves_a_login_node_whose_sshd_froze(cluster, alice, faults):
     finally:
         site.close()
         alice.run(f"rm -f {target} {target}.partial-*", check=False)
+
+
+def test_a_command_caught_where_paramiko_waits_for_ever_goes_to_the_next_node(
+        cluster, faults, monkeypatch):
+    """paramiko awaits the answer to an exec request without a time-out
+    (Channel._wait_for_event). Our sshd processes on login1 stopped just
+    before one, on an open channel: the watchdog closes login1's connection
+    at the command's bound, and the command runs on login2."""
+    monkeypatch.setattr(remote, "CONNECT_TIMEOUT", 1)  # the bound: 14 s + 2 x timeout
+    site = Site(site_options(cluster))
+    exits: list = []
+    site.watchdog = Watchdog(on_stuck=lambda what, bound: exits.append(what), every=0.5)
+    exec_command, armed = paramiko.Channel.exec_command, []
+
+    def stopped_first(channel, command):
+        if armed and armed.pop():
+            faults.freeze("login1", user_sshd("alice"))
+        return exec_command(channel, command)
+    monkeypatch.setattr(paramiko.Channel, "exec_command", stopped_first)
+    site.watchdog.start()
+    try:
+        assert site.run(["hostname"]).host == "login1"
+        armed.append(True)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(site.run, ["hostname"], timeout=5)
+            try:
+                result = running.result(timeout=120)
+            finally:
+                faults.restore()
+        assert (result.host, result.stdout.strip(), exits) == ("login2", "login2", [])
+    finally:
+        site.watchdog.stop()
+        site.close()
 
 
 def test_a_switch_drops_the_old_forward(start_up, alice):

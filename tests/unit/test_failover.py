@@ -110,6 +110,9 @@ def jumped(monkeypatch):
 def test_a_failover_leaves_no_jumphost_connection_open(jumped):
     site, opened = jumped
     site._on_any(lambda host: site._connection(host).host)  # login1 refuses, login2 answers
+    # paramiko's own wait for a channel is an hour; the hop's and the node's are bounded.
+    assert [(c.host, c.transport.channel_timeout) for c in opened if c.is_connected] == [
+        ("jump", logins.CONNECT_TIMEOUT), ("login2", logins.CONNECT_TIMEOUT)]
     site.close()
     assert [c.host for c in opened if c.is_connected] == []
     assert [c.host for c in opened if c.host == "jump"] == ["jump", "jump"]

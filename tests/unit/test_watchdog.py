@@ -1,5 +1,6 @@
-"""The worker's watchdog: a watched call past its bound ends the process
-(exit 3, stacks in the log), and the supervisor starts a new worker."""
+"""The worker's watchdog: a watched call past its bound is cut loose
+(unstick), and one still there after GRACE ends the process (exit 3, its
+stacks in the log), which the supervisor replaces."""
 
 from __future__ import annotations
 
@@ -9,46 +10,76 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
-from local import supervisor
+from local import supervisor, watchdog
 from local.config import Options
-from local.remote import Site
+from local.launch import LOCK_WAIT
+from local.remote import COMMAND_TIMEOUT, Site
 from local.watchdog import STUCK, Watchdog
 from remote_agent.listener import tcp_socket
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recording() -> tuple[Watchdog, list]:
+    stuck: list = []
+    return Watchdog(on_stuck=lambda what, bound: stuck.append((what, bound))), stuck
+
 
 def test_only_a_call_past_its_bound_is_stuck():
-    stuck: list = []
-    dog = Watchdog(on_stuck=lambda what, bound: stuck.append((what, bound)))
+    dog, stuck = recording()
     with dog.watch("squeue on login1", 3600):
         dog.check()
-    with dog.watch("sbatch on login2", 0):
+    with dog.watch("sbatch on login2", -1):
         dog.check()
     dog.check()  # ended: no longer watched
-    assert stuck == [("sbatch on login2", 0)]
+    assert stuck == [("sbatch on login2", -1)]
+    assert dog.watching() == []
+
+
+def test_a_stuck_call_is_unstuck_once():
+    dog, stuck = recording()
+    unstuck: list = []
+    with dog.watch("squeue on login1", -1, unstick=lambda: unstuck.append(1)):
+        dog.check()
+        dog.check()  # within GRACE of the first
+    assert (unstuck, stuck) == ([1], [])
+
+
+def test_a_call_still_stuck_after_grace_ends_the_process(monkeypatch):
+    monkeypatch.setattr(watchdog, "GRACE", -1)
+    dog, stuck = recording()
+    unstuck: list = []
+    with dog.watch("squeue on login1", -1, unstick=lambda: unstuck.append(1)):
+        dog.check()
+        assert (unstuck, stuck) == ([1], [])
+        dog.check()
+    assert (unstuck, stuck) == ([1], [("squeue on login1", -1)])
 
 
 def test_a_site_command_is_watched_with_its_own_bound(monkeypatch):
-    """The bound grows with the command's timeout (sbatch under the lock waits longer)."""
+    """The bound grows with the command's time-out: the lock waits longest."""
     site = Site(Options(login_node="login1"))
+    site.watchdog, stuck = recording()
     watched: list = []
 
     def command_on(host, command, stdin, timeout):
         site.watchdog.check()
-        watched.extend(site.watchdog._watched.values())
+        watched.extend(site.watchdog.watching())
         return "done"
     monkeypatch.setattr(site, "_command_on", command_on)
-    assert site._run_on("login1", "squeue -h", None, 30) == "done"
-    assert site._run_on("login1", "python3 -m remote_agent lock", None, 130) == "done"
-    assert [(what, bound) for _, what, bound in watched] == [
-        ("squeue on login1", 270), ("python3 on login1", 470)]
-    assert site.watchdog._watched == {}
+    lock = LOCK_WAIT + COMMAND_TIMEOUT
+    assert site._run_on("login1", "squeue -h", None, COMMAND_TIMEOUT) == "done"
+    assert site._run_on("login1", "env A=1 python3 -m remote_agent lock", None, lock) == "done"
+    assert watched == [("squeue -h on login1", 210 + 2 * COMMAND_TIMEOUT),
+                       ("env A=1 python3 -m remote_agent lock on login1", 210 + 2 * lock)]
+    assert site.watchdog.watching() == [] and stuck == []
 
 
 def test_a_hang_ends_the_process_with_its_stacks():
     code = textwrap.dedent("""
-        import logging, sys, time
-        logging.basicConfig(stream=sys.stderr)
+        import time
         from local.watchdog import Watchdog
         dog = Watchdog(every=0.05)
         dog.start()
@@ -56,10 +87,10 @@ def test_a_hang_ends_the_process_with_its_stacks():
             time.sleep(60)
     """)
     ended = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=30, cwd=os.getcwd())
+                           timeout=30, cwd=ROOT)
     assert ended.returncode == STUCK, ended.stderr
     assert "state=stuck call='squeue on login1' bound=0 action=exit code=3" in ended.stderr
-    assert 'line 8 in <module>' in ended.stderr  # where it waited: the sleep
+    assert 'File "<string>", line 7 in <module>' in ended.stderr  # where it waited: the sleep
 
 
 def test_a_stuck_worker_is_replaced(tmp_path):
@@ -79,7 +110,10 @@ def test_a_stuck_worker_is_replaced(tmp_path):
 
     pid = os.fork()
     if pid == 0:
-        os._exit(supervisor.supervise([sock], worker))
+        try:
+            os._exit(supervisor.supervise([sock], worker))
+        finally:
+            os._exit(1)  # never back into pytest in the child
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 2
     assert count.read_text() == "xx"
