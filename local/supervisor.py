@@ -72,7 +72,6 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            os.setpgid(0, 0)  # its ssh masters and hooks with it: see _leftovers
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os._exit(_run(worker, sockets))
@@ -83,7 +82,6 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
         _, status = os.waitpid(pid, 0)
         state["child"] = 0
         signal.setitimer(signal.ITIMER_REAL, 0)
-        _leftovers(pid)
         code = os.waitstatus_to_exitcode(status)
         if state["stopping"] or code in FINAL:
             log.info("supervisor=%d worker=%d state=ended code=%d", os.getpid(), pid, code)
@@ -95,16 +93,6 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
                     pid, code, pause)
         time.sleep(pause)  # a signal meanwhile sets stopping: the loop then ends
     return 0
-
-
-def _leftovers(worker: int) -> None:
-    """SIGTERM to what a dead worker started. A worker that ends well has
-    closed its ssh masters; one killed (-9, out of memory, the watchdog's
-    exit) leaves them running with their login-node sessions, up to one per
-    lane, and nothing would ever end them: their stdin is /dev/null and
-    ServerAlive keeps them connected."""
-    with suppress(ProcessLookupError, PermissionError):  # none left
-        os.killpg(worker, signal.SIGTERM)
 
 
 def _run(worker: Worker, sockets: list[socket.socket]) -> int:

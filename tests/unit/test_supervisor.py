@@ -47,35 +47,6 @@ def test_a_dead_worker_is_replaced_on_the_same_socket(tmp_path):
     assert count.read_text() == "xx"
 
 
-def test_what_a_dead_worker_started_does_not_outlive_it(tmp_path):
-    """Worker 1 starts a child (an ssh master, say) and is killed; the
-    child is ended before worker 2 starts."""
-    left = tmp_path / "child"
-
-    def worker(sockets):
-        if not left.exists():
-            child = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
-            left.write_text(str(child.pid))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return 2
-
-    pid = os.fork()
-    if pid == 0:
-        os._exit(supervisor.supervise([tcp_socket("127.0.0.1", 0)], worker))
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 2
-    child = int(left.read_text())
-    wait_for("the dead worker's child ended", lambda: not alive(child), timeout=10, every=0.05)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for whoever adopted it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def test_systemd_sockets_are_taken_only_by_the_process_they_are_for():
     env = {"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1"}
     assert from_systemd(env) == [] and "LISTEN_FDS" in env
