@@ -65,18 +65,16 @@ class Logins:
         return [host for host, conn in self._open.items() if not conn.is_connected]
 
     def abort(self, host: str) -> None:
-        """Close host's connection from another thread; it stays listed. A
-        call waiting on it raises, and its own thread drops it."""
+        """Close host's connection, from any thread; it stays listed. A call
+        waiting on it raises, and its own thread drops it."""
         conn = self._open.get(host)
         if conn is not None:
             _close(conn)
-            _close(conn.gateway)
+            _close(conn.gateway)  # Fabric's close leaves the jumphost connection open
 
     def drop(self, host: str) -> None:
-        conn = self._open.pop(host, None)
-        if conn is not None:
-            _close(conn)
-            _close(conn.gateway)  # Fabric's close leaves the jumphost connection open
+        self.abort(host)
+        self._open.pop(host, None)
 
     def close(self) -> None:
         for host in list(self._open):

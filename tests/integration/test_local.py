@@ -103,9 +103,14 @@ def test_munged_dead_on_login1_slurm_answers_from_login2(start_up, cluster, alic
 def frozen_login1(faults, action):
     """action() run with our user's sshd processes on login1 stopped
     (SIGSTOP, as when stuck on a dead filesystem; the host and its sshd
-    listener up), then mended. An action still caught on login1 at 120 s
-    fails the test, and ends once they are continued."""
+    listener up), then mended."""
     faults.freeze("login1", user_sshd("alice"))
+    return then_mended(faults, action)
+
+
+def then_mended(faults, action):
+    """action()'s result, the faults mended after it. An action still caught
+    on login1 at 120 s fails the test, and ends once they are mended."""
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(action)
         try:
@@ -165,12 +170,7 @@ def test_a_command_caught_where_paramiko_waits_for_ever_goes_to_the_next_node(
     try:
         assert site.run(["hostname"]).host == "login1"
         armed.append(True)
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(site.run, ["hostname"], timeout=5)
-            try:
-                result = running.result(timeout=120)
-            finally:
-                faults.restore()
+        result = then_mended(faults, lambda: site.run(["hostname"], timeout=5))
         assert (result.host, result.stdout.strip(), exits) == ("login2", "login2", [])
     finally:
         site.watchdog.stop()
