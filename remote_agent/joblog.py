@@ -11,6 +11,9 @@ rollover. Two bounds keep that from happening again:
 - :class:`Capped`: a byte budget per writer (the agent's own lines, the
   server's output); past it, bytes are dropped and counted, and one line
   says so. A write the file system refuses (ENOSPC) is counted, never raised.
+
+And the logs of ended jobs do not pile up over months of rollovers:
+:func:`prune` keeps the newest few for `slurm-persist logs --job`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import asyncio
 import logging
 import os
 import time
-from typing import Callable, Dict
+from pathlib import Path
+from typing import Callable, Collection, Dict, List
 
 WINDOW = 10.0
 # A healthy job writes a few KB of its own lines a day; 5 MB is years of
@@ -27,6 +31,11 @@ WINDOW = 10.0
 AGENT_CAP = 5 * 1024 * 1024
 # The user's server: generous for a chatty model server, finite for a loop.
 SERVER_CAP = 50 * 1024 * 1024
+# Ended jobs' logs kept: a daily rollover's 20 days, or 10 with two
+# replicas; and at most 256 MB of them (the newest is kept whatever its
+# size: the predecessor's, the one read when something went wrong).
+KEEP_LOGS = 20
+KEEP_BYTES = 256 * 1024 * 1024
 
 
 class Summariser:
@@ -129,3 +138,23 @@ class CappedHandler(logging.Handler):
         except Exception:  # a bad format string must not end the job
             line = f"log=unformattable message={record.msg!r}\n"
         self.capped.write(line.encode("utf-8", "replace"))
+
+
+def prune(folder: Path, alive: Collection[str], keep: int = KEEP_LOGS,
+          keep_bytes: int = KEEP_BYTES) -> List[str]:
+    """Remove the logs of ended jobs (<job>.out, not in alive) past the
+    newest keep, or past keep_bytes of them; the job ids removed. A log
+    that cannot be removed stays: the next job tries again."""
+    ended = sorted((p for p in folder.glob("*.out") if p.stem.isdigit() and p.stem not in alive),
+                   key=lambda p: int(p.stem), reverse=True)
+    kept_bytes, removed = 0, []
+    for index, path in enumerate(ended):
+        try:
+            kept_bytes += path.stat().st_size
+            if index == 0 or (index < keep and kept_bytes <= keep_bytes):
+                continue
+            path.unlink()
+        except OSError:  # gone meanwhile, or the home refuses: harmless either way
+            continue
+        removed.append(path.stem)
+    return removed

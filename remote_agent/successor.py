@@ -13,7 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from . import chain, endpoint, layout, slots, slurm
+from . import chain, endpoint, joblog, layout, slots, slurm
 from .joblog import Summariser
 from .maintenance import LEAD
 from .publisher import describe
@@ -121,6 +121,9 @@ class Successor:
                     self.events.note("record=unremovable", f"job={path.stem} {describe(exc)}")
                     continue
                 self.say("record=%s state=removed-stale", path.stem)
+        removed = joblog.prune(layout.logs(self.service_dir), alive)
+        if removed:
+            self.say("logs=pruned count=%d jobs=%s..%s", len(removed), removed[-1], removed[0])
 
     async def _squeue(self, **query) -> List[slurm.Job]:
         rc, out, err = await self.slurm(slurm.squeue_argv(self.user, **query))

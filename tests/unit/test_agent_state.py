@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from remote_agent import __main__ as agent_main
-from remote_agent import chain, endpoint, slurm
+from remote_agent import chain, endpoint, joblog, slurm
 from remote_agent.agent import TIME_LIMIT_NEAR, Agent
 from remote_agent.spec import Spec
 
@@ -160,3 +160,24 @@ def test_a_draining_job_stops_accepting_before_it_says_so_or_releases_its_succes
 
     asyncio.run(shut_down())
     assert seen[:3] == ["stop accepting", "draining", "release"]
+
+
+def test_ended_jobs_logs_past_the_newest_few_go(agent):
+    folder = agent.service_dir / "logs"
+    folder.mkdir(exist_ok=True)
+    for job_id in range(100, 130):
+        (folder / f"{job_id}.out").write_text("x")
+    (folder / "sp-doctor.out").write_text("not a job's")
+    agent.keeper.clean_stale([job("105"), job("129")])  # 105 runs still: a replica, say
+    left = sorted(p.name for p in folder.iterdir())
+    # 129 and 105 run; of the 28 ended, the newest 20 (128 down to 109) stay.
+    assert left == sorted(["sp-doctor.out", "105.out", "129.out"]
+                          + [f"{i}.out" for i in range(109, 129)]), left
+
+
+def test_ended_jobs_logs_are_kept_within_a_byte_budget_the_newest_always(tmp_path):
+    for job_id, size in (("7", 300), ("8", 50), ("9", 60), ("10", 500)):
+        (tmp_path / f"{job_id}.out").write_bytes(b"x" * size)
+    # 10 (500 bytes) is the newest: kept over budget. 9 takes it past 100.
+    assert joblog.prune(tmp_path, alive={"11"}, keep=20, keep_bytes=100) == ["9", "8", "7"]
+    assert [p.name for p in tmp_path.iterdir()] == ["10.out"]
