@@ -105,6 +105,7 @@ class Forwarder:
             await self.listen()
         flushing = asyncio.ensure_future(flush_every(self.events))
         try:
+            await self.router.end_left_masters()
             # New connection per probe: a kept-alive one would hold a draining job open.
             connector = aiohttp.TCPConnector(force_close=True)
             async with aiohttp.ClientSession(connector=connector) as session:

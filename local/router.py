@@ -21,7 +21,7 @@ from remote_agent.endpoint import Endpoint
 from .config import Options
 from .remote import Site
 from .route import Route
-from .tunnel import Tunnel, TunnelError
+from .tunnel import Tunnel, TunnelError, end_left_masters
 
 log = logging.getLogger("slurm_persist.router")
 
@@ -40,6 +40,10 @@ class Router:
         self._routes_retiring: set[Route] = set()
         self._extra_masters = 0
         self._starting: dict[tuple[str, int], asyncio.Future] = {}
+
+    async def end_left_masters(self) -> None:
+        """Before the first master: those a dead worker left (tunnel.end_left_masters)."""
+        await end_left_masters(self.options, self.runtime)
 
     async def candidate(self, target: Endpoint, session: aiohttp.ClientSession
                         ) -> Route | None:

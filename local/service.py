@@ -31,10 +31,12 @@ from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
+from .paths import runtime_dir
 from .remote import Site
 from .report import JobLine, Report, age, forwarder_line, local_url, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
+from .tunnel import end_left_masters
 
 log = logging.getLogger("slurm_persist")
 
@@ -212,10 +214,16 @@ def _start_daemon(options: Options) -> int:
 
 def down(options: Options) -> str:
     pid = daemon.stop(options.name)
+    # A forwarder killed without closing (kill -9, stop's SIGKILL) leaves its
+    # ssh masters; none is running once its lock is free.
+    left = asyncio.run(end_left_masters(options, runtime_dir(options.name))) \
+        if daemon.hold_lock(options.name) else 0
     with connected(options) as chain:
         cancelled = chain.cancel_all()
     parts = [f"forwarder pid {pid} stopped" if pid else "no forwarder was running",
              f"cancelled jobs {', '.join(cancelled)}" if cancelled else "no jobs were queued"]
+    if left:
+        parts.append(f"ended {left} ssh masters a killed forwarder left")
     return f"{options.name}: " + "; ".join(parts)
 
 

@@ -130,6 +130,23 @@ class Up:
 
 # A cluster user's sshd processes, for pkill -f: "sshd: alice@notty" up to
 # OpenSSH 9.7 (bookworm), "sshd-session: alice@notty" from 9.8 (trixie).
+def ssh_masters(runtime: Path) -> dict[int, tuple[int, str]]:
+    """The running ssh masters whose control socket is in runtime:
+    pid -> (parent pid, control socket's name)."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if Path(argv[0]).name == "ssh" and "-M" in argv:
+            control = Path(argv[argv.index("-S") + 1])
+            if control.parent == runtime:
+                found[int(proc.name)] = (parent, control.name)
+    return found
+
+
 def user_sshd(user: str) -> str:
     return f"sshd(-session)?: {user}"
 

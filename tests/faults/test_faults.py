@@ -24,6 +24,7 @@ from helpers import (
     events,
     free_port,
     site_args,
+    ssh_masters,
     up_args,
     user_sshd,
     wait_for,
@@ -323,6 +324,12 @@ def test_forwarder_worker_killed(cluster, alice, tmp_path, report):
             wait_for("served again", lambda: any(s > time.time() - 1 and not e
                      for s, _, _, e in load.results), timeout=30)
             time.sleep(2)
+            # The dead worker's ssh masters do not outlive it: each one left
+            # is the new worker's (before: 2 more, adopted by init, for good).
+            new_worker = json.loads((state / "status.json").read_text())["pid"]
+            masters = ssh_masters(Path(os.environ["XDG_RUNTIME_DIR"])
+                                  / f"slurm-persist-{os.getuid()}" / "f-fwd")
+            assert masters and {p for p, _ in masters.values()} == {new_worker}, masters
         # A request the dead worker was carrying is lost with its socket; none
         # is refused, and every one that came after the kill is answered.
         refused = [r for r in load.results if "Refused" in r[3]]

@@ -28,6 +28,7 @@ from helpers import (
     get,
     site_args,
     site_options,
+    ssh_masters,
     up_args,
     user_sshd,
     wait_for,
@@ -230,6 +231,26 @@ def test_up_is_idempotent_and_down_cleans_up(cluster, alice, tmp_path):
         # connections do not count, as for any server that binds it.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+def test_down_ends_the_ssh_masters_of_a_killed_forwarder(cluster, alice):
+    """Supervisor and worker killed one by one (kill -9: no group signal,
+    no close): their ssh masters run on, adopted; `down` ends them."""
+    port = free_port()
+    assert cli(*up_args(cluster, "orphan", port, "--daemonize")).returncode == 0
+    state = Path(os.environ["XDG_STATE_HOME"]) / "slurm-persist/services/orphan"
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / f"slurm-persist-{os.getuid()}" / "orphan"
+    supervisor = int((state / "forwarder.pid").read_text())
+    worker = json.loads((state / "status.json").read_text())["pid"]
+    for pid in (supervisor, worker):
+        os.kill(pid, signal.SIGKILL)
+    wait_for("the masters adopted", lambda: (m := ssh_masters(runtime)) and all(
+        parent != worker for parent, _ in m.values()), timeout=10, every=0.2)
+    down = cli("down", *site_args(cluster, "orphan"))
+    assert down.returncode == 0, down.stderr
+    assert "no forwarder was running" in down.stdout and "ended 2 ssh masters" in down.stdout
+    wait_for("no master left", lambda: not ssh_masters(runtime), timeout=10, every=0.2)
+    assert chain_jobs(alice, "orphan") == []
 
 
 def test_status_reads_well(start_up, cluster):

@@ -1,5 +1,7 @@
+import asyncio
 import os
 import shlex
+import socket
 import tempfile
 from pathlib import Path
 
@@ -79,3 +81,21 @@ def test_through_our_own_jumphost_master_instead_of_proxyjump():
         "-S", "/run/x/c0j", "-W", "[%h]:%p", "jump"]
     assert tunnel.ssh_base(Options(login_node="login1"), via=Path("/run/x/c0j")) == [
         "ssh", "-o", "BatchMode=yes"]  # no jumphost: nothing to go through
+
+
+def test_a_dead_workers_sockets_are_swept_login_masters_first(tmp_path):
+    """What a killed worker left: control sockets (login masters before
+    their jumphost's) are asked to exit; forwards' sockets just go. Nothing
+    answers here (no master runs), so none counts, and none is left."""
+    bound = []
+    for name in ("c0j", "c1", "c0", "c0-f1.sock", "c0-f2.sock"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / name))
+        bound.append(sock)
+    (tmp_path / "c9").write_text("not a socket")
+    assert [c.name for c in tunnel._left_controls(tmp_path)] == ["c0", "c1", "c0j"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c0", "c0j", "c1", "c9"]
+    assert asyncio.run(tunnel.end_left_masters(Options(login_node="login1"), tmp_path)) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["c9"]
+    for sock in bound:
+        sock.close()
