@@ -115,7 +115,11 @@ class Site:
     def put(self, local: Path, remote: str, mode: int) -> None:
         """Upload beside the target, then rename: a job never reads half a file."""
         def upload(host: str) -> None:
-            sftp = self._connection(host).sftp()
+            # Opening SFTP waits without a time-out for the subsystem's
+            # answer and its version: the watchdog's bound, as a command's.
+            with self.watchdog.watch(f"sftp to {host}", 14 * CONNECT_TIMEOUT + 2 * COMMAND_TIMEOUT,
+                                     unstick=lambda: self._logins.abort(host)):
+                sftp = self._connection(host).sftp()
             # Else a reply never comes from an sshd stopped mid-session (a
             # deploy waited past 120 s); socket.timeout moves to the next node.
             sftp.get_channel().settimeout(COMMAND_TIMEOUT)

@@ -71,11 +71,14 @@ def connect(options: Options) -> Chain:
 
 @contextmanager
 def connected(options: Options) -> Iterator[Chain]:
-    """A chain whose SSH connections are closed when the block ends."""
+    """A chain whose SSH connections are closed when the block ends; a
+    command that hangs is cut loose meanwhile (local.watchdog)."""
     chain = connect(options)
+    chain.site.watchdog.start()
     try:
         yield chain
     finally:
+        chain.site.watchdog.stop()
         chain.site.close()
 
 

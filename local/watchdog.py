@@ -1,12 +1,13 @@
-"""The forwarder worker's watchdog: a cluster command that outlives its
-bound is cut loose, and if that does not free it, the process ends and the
-supervisor (or systemd) starts a new one.
+"""The watchdog of a process that talks to the cluster (the forwarder
+worker, a CLI command): a cluster command that outlives its bound is cut
+loose, and if that does not free it, the process ends; a worker's
+supervisor (or systemd) then starts a new one.
 
 Seen: paramiko waits an hour for a channel by default, and forever for an
 SFTP reply (an sshd stopped mid-session; both bounded since). It still
-waits without a time-out for the answer to an exec request, once the
-channel is open. A worker caught in such a wait follows no job: the port
-stays open, and at the next rollover nothing serves it. A bound is a
+waits without a time-out for the answer to an exec or a subsystem request,
+once the channel is open. A worker caught in such a wait follows no job:
+the port stays open, and at the next rollover nothing serves it. A bound is a
 command's own worst case twice over, so only a hang trips it. Then the
 call's unstick() runs first (Site closes that node's connection: the wait
 raises, and the command goes to the next node; a new worker would try the

@@ -178,6 +178,37 @@ def test_a_command_caught_where_paramiko_waits_for_ever_goes_to_the_next_node(
         site.close()
 
 
+def test_an_sftp_start_caught_where_paramiko_waits_for_ever_goes_to_the_next_node(
+        cluster, alice, faults, monkeypatch):
+    """Opening SFTP waits without a time-out for the subsystem's answer.
+    Our sshd processes on login1 stopped just before that request, on a
+    connection already open: the watchdog closes it at the bound, and the
+    file goes through login2."""
+    monkeypatch.setattr(remote, "CONNECT_TIMEOUT", 1)  # the bound: 14 s + 2 x 5 s
+    monkeypatch.setattr(remote, "COMMAND_TIMEOUT", 5)
+    site = Site(site_options(cluster))
+    exits: list = []
+    site.watchdog = Watchdog(on_stuck=lambda what, bound: exits.append(what), every=0.5)
+    invoke_subsystem, armed = paramiko.Channel.invoke_subsystem, [True]
+
+    def stopped_first(channel, subsystem):
+        if armed and armed.pop():
+            faults.freeze("login1", user_sshd("alice"))
+        return invoke_subsystem(channel, subsystem)
+    monkeypatch.setattr(paramiko.Channel, "invoke_subsystem", stopped_first)
+    target = "/home/alice/frozen-sftp-start.txt"
+    site.watchdog.start()
+    try:
+        assert site.run(["hostname"]).host == "login1"
+        then_mended(faults, lambda: site.put_text("whole\n", target, 0o600))
+        assert (site.current, exits) == ("login2", [])
+        assert alice.out(f"cat {target}", host="login2") == "whole"
+    finally:
+        site.watchdog.stop()
+        site.close()
+        alice.run(f"rm -f {target} {target}.partial-*", check=False)
+
+
 def test_a_switch_drops_the_old_forward(start_up, alice):
     up = start_up("switch")
     up.wait_serving()
