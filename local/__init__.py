@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from . import config, service
+from . import config, daemon, service
 
 
 def _options(kwargs: dict[str, Any]) -> config.Options:
@@ -35,6 +35,11 @@ def run_sync(**kwargs: Any) -> int:
 async def run(**kwargs: Any) -> None:
     """The forwarder inside the caller's event loop; cancel the task to stop."""
     options = await asyncio.to_thread(_options, kwargs)
+    # One forwarder per service, as for `up`: it owns the service's ssh
+    # sockets, and ends the masters a killed one left there.
+    if not daemon.hold_lock(options.name):
+        raise config.ConfigError(f"{options.name}: another forwarder serves it "
+                                 "(`slurm-persist status`)")
     await asyncio.to_thread(service.prepare, options)
     await service.forward(options)
 

@@ -25,7 +25,10 @@ def hold_lock(name: str) -> bool:
     """Take the service's forwarder lock for the rest of this process's life
     (and its daemon's: spawn() hands the open file on through the exec).
     False when another process holds it: one forwarder per service and
-    state folder, however many `up` start at once."""
+    state folder, however many `up` start at once. True again in the
+    process that holds it (a second `local.run` after the first ended)."""
+    if name in _locks:
+        return True
     fd = os.open(lock_file(name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -184,13 +184,14 @@ async def end_left_masters(options: Options, directory: Path) -> int:
     ever ends them (sandbox: 2 still running after the next worker served).
     One forwarder owns a service's directory (its lock): at its start, every
     master there is one it left. Returns how many answered."""
-    ended = 0
-    for control in _left_controls(directory):
+    controls, ended = _left_controls(directory), 0
+    for control in controls:
         if await _ask_master(options, control, "left-over", "exit") == 0:
             ended += 1
         control.unlink(missing_ok=True)  # noqa: ASYNC240 - a local socket file, microseconds
-    if ended:
-        log.warning("runtime=%s left_masters=%d state=ended", directory, ended)
+    if controls:
+        log.warning("runtime=%s left_sockets=%d left_masters=%d state=ended", directory,
+                    len(controls), ended)
     return ended
 
 
@@ -199,7 +200,7 @@ def _left_controls(directory: Path) -> list[Path]:
     A login master's connection goes through its jumphost master (c0j):
     the login one comes first, or it would end on its own and not answer."""
     for sock in directory.glob("c*-f*.sock"):
-        sock.unlink()
+        sock.unlink(missing_ok=True)
     controls = [c for c in directory.glob("c*") if "-" not in c.name and c.is_socket()]
     return sorted(controls, key=lambda c: (c.name.endswith("j"), c.name))
 

@@ -128,8 +128,6 @@ class Up:
         cli("down", *site_args(self.cluster, self.name))
 
 
-# A cluster user's sshd processes, for pkill -f: "sshd: alice@notty" up to
-# OpenSSH 9.7 (bookworm), "sshd-session: alice@notty" from 9.8 (trixie).
 def ssh_masters(runtime: Path) -> dict[int, tuple[int, str]]:
     """The running ssh masters whose control socket is in runtime:
     pid -> (parent pid, control socket's name)."""
@@ -147,6 +145,8 @@ def ssh_masters(runtime: Path) -> dict[int, tuple[int, str]]:
     return found
 
 
+# A cluster user's sshd processes, for pkill -f: "sshd: alice@notty" up to
+# OpenSSH 9.7 (bookworm), "sshd-session: alice@notty" from 9.8 (trixie).
 def user_sshd(user: str) -> str:
     return f"sshd(-session)?: {user}"
 
