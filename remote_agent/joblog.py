@@ -143,16 +143,25 @@ class CappedHandler(logging.Handler):
 def prune(folder: Path, alive: Collection[str], keep: int = KEEP_LOGS,
           keep_bytes: int = KEEP_BYTES) -> List[str]:
     """Remove the logs of ended jobs (<job>.out, not in alive) past the
-    newest keep, or past keep_bytes of them; the job ids removed. A log
-    that cannot be removed stays: the next job tries again."""
-    ended = sorted((p for p in folder.glob("*.out") if p.stem.isdigit() and p.stem not in alive),
-                   key=lambda p: int(p.stem), reverse=True)
-    kept_bytes, removed = 0, []
-    for index, path in enumerate(ended):
-        try:
-            kept_bytes += path.stat().st_size
-            if index == 0 or (index < keep and kept_bytes <= keep_bytes):
+    newest keep, or past keep_bytes of them; the job ids removed, newest
+    first. Newest by the last write, not the job id: ids start again from
+    1 past SLURM's MaxJobId (67,043,328 by default): in about four months
+    at half a million jobs a day. A log that cannot be removed stays: the next
+    job tries again."""
+    ended = []
+    for path in folder.glob("*.out"):
+        if path.stem.isdigit() and path.stem not in alive:
+            try:
+                ended.append((path.stat(), path))
+            except OSError:  # gone meanwhile
                 continue
+    ended.sort(key=lambda found: found[0].st_mtime, reverse=True)
+    kept_bytes, removed = 0, []
+    for index, (stat, path) in enumerate(ended):
+        kept_bytes += stat.st_size
+        if index == 0 or (index < keep and kept_bytes <= keep_bytes):
+            continue
+        try:
             path.unlink()
         except OSError:  # gone meanwhile, or the home refuses: harmless either way
             continue

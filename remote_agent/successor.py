@@ -121,9 +121,14 @@ class Successor:
                     self.events.note("record=unremovable", f"job={path.stem} {describe(exc)}")
                     continue
                 self.say("record=%s state=removed-stale", path.stem)
-        removed = joblog.prune(layout.logs(self.service_dir), alive)
+        try:
+            removed = joblog.prune(layout.logs(self.service_dir), alive)
+        except OSError as exc:  # the home (NFS: ESTALE): not worth holding the successor up
+            self.events.note("logs=unprunable", describe(exc))
+            return
         if removed:
-            self.say("logs=pruned count=%d jobs=%s..%s", len(removed), removed[-1], removed[0])
+            self.say("logs=pruned count=%d newest=%s oldest=%s", len(removed), removed[0],
+                     removed[-1])
 
     async def _squeue(self, **query) -> List[slurm.Job]:
         rc, out, err = await self.slurm(slurm.squeue_argv(self.user, **query))

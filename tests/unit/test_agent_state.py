@@ -2,6 +2,7 @@
 records it removes, and what it leaves of the chain's state."""
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -162,11 +163,17 @@ def test_a_draining_job_stops_accepting_before_it_says_so_or_releases_its_succes
     assert seen[:3] == ["stop accepting", "draining", "release"]
 
 
+def write_logs(folder: Path, sizes: dict) -> None:
+    """job id -> bytes, each written a second after the one before."""
+    folder.mkdir(exist_ok=True)
+    for second, (job_id, size) in enumerate(sizes.items()):
+        (folder / f"{job_id}.out").write_bytes(b"x" * size)
+        os.utime(folder / f"{job_id}.out", (1_000_000 + second,) * 2)
+
+
 def test_ended_jobs_logs_past_the_newest_few_go(agent):
     folder = agent.service_dir / "logs"
-    folder.mkdir(exist_ok=True)
-    for job_id in range(100, 130):
-        (folder / f"{job_id}.out").write_text("x")
+    write_logs(folder, {str(job_id): 1 for job_id in range(100, 130)})
     (folder / "sp-doctor.out").write_text("not a job's")
     agent.keeper.clean_stale([job("105"), job("129")])  # 105 runs still: a replica, say
     left = sorted(p.name for p in folder.iterdir())
@@ -176,8 +183,12 @@ def test_ended_jobs_logs_past_the_newest_few_go(agent):
 
 
 def test_ended_jobs_logs_are_kept_within_a_byte_budget_the_newest_always(tmp_path):
-    for job_id, size in (("7", 300), ("8", 50), ("9", 60), ("10", 500)):
-        (tmp_path / f"{job_id}.out").write_bytes(b"x" * size)
+    write_logs(tmp_path, {"7": 300, "8": 50, "9": 60, "10": 500})
     # 10 (500 bytes) is the newest: kept over budget. 9 takes it past 100.
     assert joblog.prune(tmp_path, alive={"11"}, keep=20, keep_bytes=100) == ["9", "8", "7"]
     assert [p.name for p in tmp_path.iterdir()] == ["10.out"]
+
+
+def test_the_newest_logs_stay_when_job_ids_start_again_from_1(tmp_path):
+    write_logs(tmp_path, {"67043327": 1, "67043328": 1, "1": 1, "2": 1})
+    assert joblog.prune(tmp_path, alive={"3"}, keep=2) == ["67043328", "67043327"]
