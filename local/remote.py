@@ -117,8 +117,7 @@ class Site:
         def upload(host: str) -> None:
             # Opening SFTP waits without a time-out for the subsystem's
             # answer and its version: the watchdog's bound, as a command's.
-            with self.watchdog.watch(f"sftp to {host}", 14 * CONNECT_TIMEOUT + 2 * COMMAND_TIMEOUT,
-                                     unstick=lambda: self._logins.abort(host)):
+            with self._watched(f"sftp to {host}", host, COMMAND_TIMEOUT):
                 sftp = self._connection(host).sftp()
             # Else a reply never comes from an sshd stopped mid-session (a
             # deploy waited past 120 s); socket.timeout moves to the next node.
@@ -200,15 +199,18 @@ class Site:
         self.current = None
 
     def _run_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
+        with self._watched(f"{command[:100]} on {host}", host, timeout):
+            return self._command_on(host, command, stdin, timeout)
+
+    def _watched(self, what: str, host: str, timeout: float):
         # The watchdog's bound: a healthy path's worst case twice over, each
         # wait of a connection (the jumphost's TCP, banner and key exchange,
         # authentication, the hop's channel, the node's banner and
         # authentication, the command's channel: 7 x CONNECT_TIMEOUT with one
         # key) and the command. Past it, the node's connection is closed: the
         # wait raises, and the command goes to the next node.
-        with self.watchdog.watch(f"{command[:100]} on {host}", 14 * CONNECT_TIMEOUT + 2 * timeout,
-                                 unstick=lambda: self._logins.abort(host)):
-            return self._command_on(host, command, stdin, timeout)
+        return self.watchdog.watch(what, 14 * CONNECT_TIMEOUT + 2 * timeout,
+                                   unstick=lambda: self._logins.abort(host))
 
     def _command_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
         conn = self._connection(host)
