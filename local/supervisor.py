@@ -108,7 +108,7 @@ def _run(worker: Worker, sockets: list[socket.socket]) -> int:
 def main() -> int:
     """The daemon: own the port, keep a forwarder worker on it."""
     options = Options(**json.loads(daemon.payload()))
-    setup_logging(options.debug)
+    setup_logging(options.debug, dated=True)
     daemon.write_pid(options.name)
     try:
         try:

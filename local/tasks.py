@@ -117,9 +117,11 @@ def service_task(*names: str, help: dict | None = None, start_sandbox: bool = Fa
     return wrap
 
 
-def setup_logging(debug: bool) -> None:
+def setup_logging(debug: bool, dated: bool = False) -> None:
+    """Lines on stderr; dated: with the day, for a daemon's log that spans months."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+                        format="%(asctime)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S" if dated else "%H:%M:%S", force=True)
     if not debug:
         logging.getLogger("paramiko").setLevel(logging.WARNING)
 
