@@ -19,9 +19,10 @@ import aiohttp
 from remote_agent.endpoint import Endpoint
 
 from .config import Options
+from .leftovers import end_left_masters
 from .remote import Site
 from .route import Route
-from .tunnel import Tunnel, TunnelError, end_left_masters
+from .tunnel import Tunnel, TunnelError
 
 log = logging.getLogger("slurm_persist.router")
 
@@ -42,7 +43,7 @@ class Router:
         self._starting: dict[tuple[str, int], asyncio.Future] = {}
 
     async def end_left_masters(self) -> None:
-        """Before the first master: those a dead worker left (tunnel.end_left_masters)."""
+        """Before the first master: those a dead worker left (local.leftovers)."""
         await end_left_masters(self.options, self.runtime)
 
     async def candidate(self, target: Endpoint, session: aiohttp.ClientSession

@@ -31,12 +31,13 @@ from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
+from .leftovers import end_left_masters
 from .paths import runtime_dir
 from .remote import Site
 from .report import JobLine, Report, age, forwarder_line, local_url, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
-from .tunnel import TunnelError, end_left_masters
+from .tunnel import TunnelError
 
 log = logging.getLogger("slurm_persist")
 

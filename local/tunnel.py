@@ -157,7 +157,7 @@ class Tunnel:
             log.info("tunnel=%s session=refused code=%d nodelay=no", self.login, code)
 
     async def _control(self, command: str, *extra: str) -> int:
-        return await _ask_master(self.options, self.control, self.login, command, *extra)
+        return await ask_master(self.options, self.control, self.login, command, *extra)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -177,35 +177,7 @@ class Tunnel:
             await self._jump.close()
 
 
-async def end_left_masters(options: Options, directory: Path) -> int:
-    """End the masters a worker left running when it died without closing
-    them (kill -9, the out-of-memory killer, the watchdog's exit): their
-    stdin is /dev/null and ServerAlive keeps them connected, so nothing else
-    ever ends them (sandbox: 2 still running after the next worker served).
-    One forwarder owns a service's directory (its lock): at its start, every
-    master there is one it left. Returns how many answered."""
-    controls, ended = _left_controls(directory), 0
-    for control in controls:
-        if await _ask_master(options, control, "left-over", "exit") == 0:
-            ended += 1
-        control.unlink(missing_ok=True)  # noqa: ASYNC240 - a local socket file, microseconds
-    if controls:
-        log.warning("runtime=%s left_sockets=%d left_masters=%d state=ended", directory,
-                    len(controls), ended)
-    return ended
-
-
-def _left_controls(directory: Path) -> list[Path]:
-    """The control sockets in directory, once their forwards' are removed.
-    A login master's connection goes through its jumphost master (c0j):
-    the login one comes first, or it would end on its own and not answer."""
-    for sock in directory.glob("c*-f*.sock"):
-        sock.unlink(missing_ok=True)
-    controls = [c for c in directory.glob("c*") if "-" not in c.name and c.is_socket()]
-    return sorted(controls, key=lambda c: (c.name.endswith("j"), c.name))
-
-
-async def _ask_master(options: Options, control: Path, login: str, command: str,
+async def ask_master(options: Options, control: Path, login: str, command: str,
                       *extra: str) -> int:
     """ssh -O command to the master on control; its exit code (255: none answered)."""
     proc = await asyncio.create_subprocess_exec(

@@ -1,7 +1,5 @@
-import asyncio
 import os
 import shlex
-import socket
 import tempfile
 from pathlib import Path
 
@@ -81,35 +79,3 @@ def test_through_our_own_jumphost_master_instead_of_proxyjump():
         "-S", "/run/x/c0j", "-W", "[%h]:%p", "jump"]
     assert tunnel.ssh_base(Options(login_node="login1"), via=Path("/run/x/c0j")) == [
         "ssh", "-o", "BatchMode=yes"]  # no jumphost: nothing to go through
-
-
-def test_a_dead_workers_sockets_are_swept_login_masters_first(tmp_path, monkeypatch):
-    """What a killed worker left: each control socket is asked to exit, a
-    login master before its jumphost's (else it ends on its own first and
-    does not answer), then removed; forwards' sockets just go."""
-    bound = []
-    for name in ("c0j", "c1", "c0", "c0-f1.sock", "c0-f2.sock"):
-        sock = socket.socket(socket.AF_UNIX)
-        sock.bind(str(tmp_path / name))
-        bound.append(sock)
-    (tmp_path / "c9").write_text("not a socket")
-    asked = []
-
-    async def answers_but_c1(options, control, login, command):
-        asked.append((control.name, command, control.exists()))
-        return 255 if control.name == "c1" else 0
-    monkeypatch.setattr(tunnel, "_ask_master", answers_but_c1)
-    assert asyncio.run(tunnel.end_left_masters(Options(login_node="login1"), tmp_path)) == 2
-    assert asked == [("c0", "exit", True), ("c1", "exit", True), ("c0j", "exit", True)]
-    assert [p.name for p in tmp_path.iterdir()] == ["c9"]
-    for sock in bound:
-        sock.close()
-
-
-def test_asking_a_socket_no_master_listens_on_is_answered_255(tmp_path):
-    """The real ssh client on a socket left by a master that is gone."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(str(tmp_path / "c0"))
-        code = asyncio.run(tunnel._ask_master(Options(login_node="login1"), tmp_path / "c0",
-                                              "left-over", "exit"))
-    assert code == 255

@@ -1,0 +1,59 @@
+import asyncio
+import socket
+import subprocess
+import sys
+
+from local import leftovers, tunnel
+from local.config import Options
+
+OPTIONS = Options(login_node="login1")
+
+
+def test_a_dead_workers_sockets_are_swept_login_masters_first(tmp_path, monkeypatch):
+    """What a killed worker left: each control socket is asked to exit, a
+    login master before its jumphost's (else it ends on its own first and
+    does not answer), then removed; forwards' sockets just go."""
+    bound = []
+    for name in ("c0j", "c1", "c0", "c0-f1.sock", "c0-f2.sock"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / name))
+        bound.append(sock)
+    (tmp_path / "c9").write_text("not a socket")
+    asked = []
+
+    async def answers_but_c1(options, control, login, command):
+        asked.append((control.name, command, control.exists()))
+        return 255 if control.name == "c1" else 0
+    monkeypatch.setattr(leftovers, "ask_master", answers_but_c1)
+    assert asyncio.run(leftovers.end_left_masters(OPTIONS, tmp_path)) == 2
+    assert asked == [("c0", "exit", True), ("c1", "exit", True), ("c0j", "exit", True)]
+    assert [p.name for p in tmp_path.iterdir()] == ["c9"]
+    for sock in bound:
+        sock.close()
+
+
+def test_asking_a_socket_no_master_listens_on_is_answered_255(tmp_path):
+    """The real ssh client on a socket left by a master that is gone."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "c0"))
+        code = asyncio.run(tunnel.ask_master(OPTIONS, tmp_path / "c0", "left-over", "exit"))
+    assert code == 255
+
+
+def test_a_process_naming_a_socket_here_is_ended_when_no_socket_is_left(tmp_path):
+    """A master killed while it started has no control socket yet: found
+    by its command line (pgrep), and signalled. One naming another
+    service's directory is left alone."""
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "-M", "-S", f"{tmp_path}/c0"])
+    other = tmp_path.parent / f"{tmp_path.name}-other"
+    theirs = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               "-M", "-S", f"{other}/c0"])
+    try:
+        assert asyncio.run(leftovers.end_left_masters(OPTIONS, tmp_path)) == 1
+        assert ours.wait(timeout=10) == -15
+        assert theirs.poll() is None
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()
