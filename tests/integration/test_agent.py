@@ -6,6 +6,7 @@ the first job here; everything after that is the agents' own doing."""
 from __future__ import annotations
 
 import re
+import shlex
 import threading
 import time
 
@@ -62,6 +63,10 @@ class ChainWatcher:
 
 def test_job_publishes_endpoint_and_queues_one_successor(make_service, alice):
     chain = make_service("chain1")
+    # 25 logs of jobs ended long ago, 1001 the oldest: each job keeps the newest 20.
+    logs = shlex.quote(f"{chain.layout.service_dir}/logs")
+    alice.run(f"cd {logs} && for i in $(seq 1001 1025); do "
+              "touch -d \"@$((1700000000 + i))\" $i.out; done")
     job_id, created = chain.ensure()
     assert created
     record = wait_for("a serving record", lambda: serving(chain, job_id))
@@ -71,6 +76,9 @@ def test_job_publishes_endpoint_and_queues_one_successor(make_service, alice):
     jobs = wait_for("a queued successor", lambda: len(chain.jobs()) == 2 and chain.jobs())
     successor = jobs[1]
     assert successor.pending and successor.reason == "Dependency"
+    # The job removed the 5 oldest before it queued its successor.
+    left = alice.out(f"ls {logs}").split()
+    assert sorted(left) == sorted([f"{i}.out" for i in range(1006, 1026)] + [f"{job_id}.out"])
     assert job_field(alice, successor.job_id, "Dependency").startswith(f"afterany:{job_id}")
     # A second ensure finds the chain instead of starting another.
     assert chain.ensure() == (job_id, False)
