@@ -18,8 +18,10 @@ import os
 import signal
 from pathlib import Path
 
+from . import daemon
 from .config import Options
-from .tunnel import ask_master
+from .paths import runtime_dir
+from .tunnel import TunnelError, ask_master
 
 log = logging.getLogger("slurm_persist.leftovers")
 
@@ -52,6 +54,19 @@ async def end_left_masters(options: Options, directory: Path) -> int:
         log.warning("runtime=%s left_sockets=%d left_masters=%d left_processes=%d state=ended",
                     directory, len(controls), answered, len(strays))
     return answered + len(strays)
+
+
+def after_down(options: Options) -> int:
+    """down's sweep, once no forwarder holds the service's lock (a
+    forwarder killed whole, or by stop's SIGKILL). Never in down's way: a
+    failure is logged."""
+    if not daemon.hold_lock(options.name):
+        return 0
+    try:
+        return asyncio.run(end_left_masters(options, runtime_dir(options.name)))
+    except (OSError, TunnelError) as exc:
+        log.warning("service=%s left_masters=unknown error=%r", options.name, str(exc))
+        return 0
 
 
 def _left_controls(directory: Path) -> list[Path]:

@@ -25,19 +25,16 @@ import uvloop
 from remote_agent import slurm
 from remote_agent.slurm import capacity
 
-from . import daemon
+from . import daemon, leftovers
 from . import sockets as local_sockets
 from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
-from .leftovers import end_left_masters
-from .paths import runtime_dir
 from .remote import Site
 from .report import JobLine, Report, age, forwarder_line, local_url, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
-from .tunnel import TunnelError
 
 log = logging.getLogger("slurm_persist")
 
@@ -220,25 +217,12 @@ def down(options: Options) -> str:
     pid = daemon.stop(options.name)
     with connected(options) as chain:
         cancelled = chain.cancel_all()
-    left = _end_left_masters(options)
+    left = leftovers.after_down(options)
     parts = [f"forwarder pid {pid} stopped" if pid else "no forwarder was running",
              f"cancelled jobs {', '.join(cancelled)}" if cancelled else "no jobs were queued"]
     if left:
         parts.append(f"ended {left} ssh masters a killed forwarder left")
     return f"{options.name}: " + "; ".join(parts)
-
-
-def _end_left_masters(options: Options) -> int:
-    """A forwarder killed without closing (kill -9, stop's SIGKILL) leaves
-    its ssh masters; none is running once its lock is free. Never in the
-    way of down: a failure here is logged."""
-    if not daemon.hold_lock(options.name):
-        return 0
-    try:
-        return asyncio.run(end_left_masters(options, runtime_dir(options.name)))
-    except (OSError, TunnelError) as exc:
-        log.warning("service=%s left_masters=unknown error=%r", options.name, str(exc))
-        return 0
 
 
 def status(options: Options) -> Report:

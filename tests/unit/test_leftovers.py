@@ -3,7 +3,7 @@ import socket
 import subprocess
 import sys
 
-from local import leftovers, tunnel
+from local import daemon, leftovers, paths, tunnel
 from local.config import Options
 
 OPTIONS = Options(login_node="login1")
@@ -57,3 +57,26 @@ def test_a_process_naming_a_socket_here_is_ended_when_no_socket_is_left(tmp_path
         for proc in (ours, theirs):
             proc.kill()
             proc.wait()
+
+
+def test_down_sweeps_only_once_no_forwarder_holds_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "run").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(daemon, "_locks", {})
+    options = Options(login_node="login1", name="svc")
+    left = paths.runtime_dir("svc") / "c0"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(left))
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys, time; "
+             "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+             "print(flush=True); time.sleep(60)", str(paths.lock_file("svc"))],
+            stdout=subprocess.PIPE)
+        try:
+            holder.stdout.readline()  # the lock is held
+            assert leftovers.after_down(options) == 0 and left.exists()  # a forwarder's own
+        finally:
+            holder.kill()
+            holder.wait()
+        assert leftovers.after_down(options) == 0 and not left.exists()  # none answered; gone
