@@ -121,19 +121,15 @@ def prepare(options: Options, port_check: bool = True) -> None:
 
 async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
     """Forward until cancelled. The chain keeps running afterwards."""
-    forwarder = Forwarder(options, connect(options), supervisor)
-    site = forwarder.chain.site
-    site.watchdog.start()  # a hung command is cut loose, or ends this process (local.watchdog)
-    try:
+    # connected(): its watchdog cuts a hung command loose, or ends this process.
+    with connected(options) as chain:
+        forwarder = Forwarder(options, chain, supervisor)
         try:
             await forwarder.listen(sockets)
         except OSError as exc:  # another forwarder took the port since prepare() looked
             raise ConfigError(f"{options.address}: {exc.strerror}; "
                               "another forwarder serves it (`slurm-persist status`)") from None
         await forwarder.run()
-    finally:
-        site.watchdog.stop()
-        site.close()
 
 
 def foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
