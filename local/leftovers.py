@@ -21,7 +21,7 @@ from pathlib import Path
 from . import daemon
 from .config import Options
 from .paths import runtime_dir
-from .tunnel import TunnelError, ask_master
+from .tunnel import CONTROL_PREFIX, TunnelError, ask_master, control_sockets, forward_sockets
 
 log = logging.getLogger("slurm_persist.leftovers")
 
@@ -70,20 +70,17 @@ def after_down(options: Options) -> int:
 
 
 def _left_controls(directory: Path) -> list[Path]:
-    """The control sockets in directory, once their forwards' are removed.
-    A login master's connection goes through its jumphost master (c0j):
-    the login one comes first, or it would end on its own and not answer."""
-    for sock in directory.glob("c*-f*.sock"):
+    """The control sockets in directory, once their forwards' are removed."""
+    for sock in forward_sockets(directory):
         sock.unlink(missing_ok=True)
-    controls = [c for c in directory.glob("c*") if "-" not in c.name and c.is_socket()]
-    return sorted(controls, key=lambda c: (c.name.endswith("j"), c.name))
+    return control_sockets(directory)
 
 
 async def _strays(directory: Path) -> list[int]:
     """Our processes whose command line names a control socket in
     directory (`-S DIR/c...`): pgrep, where it is installed."""
     pattern = "-S " + "".join("\\" + c if c in ".[]()*+?{}|^$\\" else c
-                              for c in f"{directory}/c")
+                              for c in f"{directory}/{CONTROL_PREFIX}")
     try:
         proc = await asyncio.create_subprocess_exec(
             "pgrep", "-u", str(os.getuid()), "-f", "--", pattern,

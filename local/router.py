@@ -22,7 +22,7 @@ from .config import Options
 from .leftovers import end_left_masters
 from .remote import Site
 from .route import Route
-from .tunnel import Tunnel, TunnelError
+from .tunnel import Tunnel, TunnelError, control_socket
 
 log = logging.getLogger("slurm_persist.router")
 
@@ -143,7 +143,7 @@ class Router:
             await old.close()
         # c0, c1 ... for slot 0 as before; slot k's from k * 100 on.
         index = slot * 100 + self.options.login_nodes.index(login)
-        tunnel = Tunnel(self.options, login, index, self.runtime)
+        tunnel = Tunnel(self.options, login, control_socket(self.runtime, index))
         await tunnel.start()
         self._tunnels[(login, slot)] = tunnel
         return tunnel
@@ -164,7 +164,7 @@ class Router:
         """Another ssh master to login, for a route whose lanes are full."""
         self._extra_masters += 1
         index = 10000 + self._extra_masters  # apart from the slots' c0, c1, c100 ...
-        tunnel = Tunnel(self.options, login, index, self.runtime)
+        tunnel = Tunnel(self.options, login, control_socket(self.runtime, index))
         try:
             await tunnel.start()
         except BaseException:  # cancelled with its route: no master left behind

@@ -50,17 +50,48 @@ def ssh_base(options: Options, via: Path | None = None) -> list[str]:
     return argv + ["-o", "BatchMode=yes"]
 
 
+# The names in a service's runtime directory, read back by leftovers.py
+# after a forwarder was killed: c<index> a login node's master, c<index>j
+# the jumphost master it goes through, c<index>-f<n>.sock its forwards.
+CONTROL_PREFIX = "c"
+
+
+def control_socket(directory: Path, index: int) -> Path:
+    return directory / f"{CONTROL_PREFIX}{index}"
+
+
+def jump_socket(control: Path) -> Path:
+    return control.with_name(f"{control.name}j")
+
+
+def forward_socket(control: Path, number: int) -> Path:
+    return control.with_name(f"{control.name}-f{number}.sock")
+
+
+def forward_sockets(directory: Path, control: str = f"{CONTROL_PREFIX}*") -> list[Path]:
+    """The forward sockets of control (a name; all masters' by default)."""
+    return list(directory.glob(f"{control}-f*.sock"))
+
+
+def control_sockets(directory: Path) -> list[Path]:
+    """The masters' control sockets in directory, login masters before the
+    jumphost ones they go through (a jumphost master asked first would
+    take its login master with it, which then does not answer)."""
+    found = [c for c in directory.glob(f"{CONTROL_PREFIX}*")
+             if "-" not in c.name and c.is_socket()]
+    return sorted(found, key=lambda c: (c.name.endswith("j"), c.name))
+
+
 def to_jumphost(options: Options) -> Options:
     """The options of a connection to the jumphost itself."""
     return dataclasses.replace(options, jumphost=None, username=options.jumphost_username)
 
 
 class Tunnel:
-    def __init__(self, options: Options, login: str, index: int | str, directory: Path):
+    def __init__(self, options: Options, login: str, control: Path):
         self.options = options
         self.login = login
-        self.directory = directory
-        self.control = directory / f"c{index}"
+        self.control = control
         self._proc: asyncio.subprocess.Process | None = None
         self._forwards = 0
         self._session: asyncio.Future | None = None
@@ -84,7 +115,7 @@ class Tunnel:
     async def start(self) -> None:
         if self.options.jumphost:
             self._jump = Tunnel(to_jumphost(self.options), self.options.jumphost,
-                                f"{self.control.name[1:]}j", self.directory)
+                                jump_socket(self.control))
         try:
             via = None
             if self._jump is not None:
@@ -125,7 +156,7 @@ class Tunnel:
         """A local Unix socket that reaches remote ("host:port", or a Unix
         socket's path on the login node) from the login node."""
         self._forwards += 1
-        path = self.directory / f"{self.control.name}-f{self._forwards}.sock"
+        path = forward_socket(self.control, self._forwards)
         if path.exists():
             path.unlink()
         if await self._control("forward", "-L", f"{path}:{remote}") != 0:
@@ -170,7 +201,7 @@ class Tunnel:
                 await asyncio.wait_for(proc.wait(), 5)
             except asyncio.TimeoutError:
                 proc.kill()
-        for sock in self.directory.glob(f"{self.control.name}-f*.sock"):
+        for sock in forward_sockets(self.control.parent, self.control.name):
             sock.unlink()
         log.info("tunnel=%s state=closed", self.login)
         if self._jump is not None:

@@ -349,8 +349,8 @@ async def test_a_master_started_ahead_is_the_one_the_route_gets(tmp_path, monkey
     started = []
 
     class SlowTunnel(FakeTunnel):
-        def __init__(self, options, login, index, directory):
-            super().__init__(login, directory)
+        def __init__(self, options, login, control):
+            super().__init__(login, control.parent)
 
         async def start(self):
             started.append(self.login)

@@ -32,6 +32,24 @@ def test_a_dead_workers_sockets_are_swept_login_masters_first(tmp_path, monkeypa
         sock.close()
 
 
+def test_the_sweep_reads_back_the_names_a_tunnel_gives(tmp_path):
+    """The names come from tunnel.py's helpers, the ones Tunnel and the
+    router use: a login master, an extra one, the jumphost master and a
+    forward are each found as what they are."""
+    login, extra = tunnel.control_socket(tmp_path, 0), tunnel.control_socket(tmp_path, 10001)
+    names = [login, extra, tunnel.jump_socket(login), tunnel.forward_socket(extra, 3)]
+    bound = []
+    for path in names:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        bound.append(sock)
+    assert tunnel.control_sockets(tmp_path) == [login, extra, names[2]]
+    assert tunnel.forward_sockets(tmp_path) == [names[3]]
+    assert tunnel.forward_sockets(tmp_path, login.name) == []
+    for sock in bound:
+        sock.close()
+
+
 def test_asking_a_socket_no_master_listens_on_is_answered_255(tmp_path):
     """The real ssh client on a socket left by a master that is gone."""
     with socket.socket(socket.AF_UNIX) as sock:
