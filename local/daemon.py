@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .paths import lock_file, log_file, pid_file
 
-# The environment variables that carry spawn()'s payload, and the number of
-# the forwarder lock's file descriptor, into the daemon.
+# The environment variables that carry spawn()'s payload, and the
+# forwarder lock's file descriptor ("FD:SERVICE"), into the daemon.
 HANDED, LOCK_FD = "SLURM_PERSIST_DAEMON", "SLURM_PERSIST_LOCK_FD"
 _locks: dict[str, int] = {}  # service -> the fd that holds its lock in this process
 
@@ -82,10 +82,12 @@ def clear_pid(name: str) -> None:
         pid_path(name).unlink(missing_ok=True)
 
 
-def spawn(name: str, module: str, handed: str) -> int:
+def spawn(name: str, module: str, handed: str, keep: tuple[int, ...] = ()) -> int:
     """Run module as `__main__` in a new interpreter, as the service's
     daemon (double fork, new session, no terminal, its output to the log
     file), with `handed` in its environment for payload(); returns its pid.
+    The service's lock, if this process holds it, and the descriptors in
+    keep stay open in the daemon, at the same numbers.
 
     A new interpreter, not a fork of this process: a fork keeps whatever
     `up`'s threads held at that instant. Seen in the benchmark: a paramiko
@@ -104,7 +106,7 @@ def spawn(name: str, module: str, handed: str) -> int:
     env = {**os.environ, HANDED: handed}
     lock = _locks.get(name)
     if lock is not None:
-        env[LOCK_FD] = str(lock)
+        env[LOCK_FD] = f"{lock}:{name}"
     log_fd = os.open(log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     read_end, write_end = os.pipe()
     first = os.fork()
@@ -128,8 +130,8 @@ def spawn(name: str, module: str, handed: str) -> int:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        if lock is not None:
-            os.set_inheritable(lock, True)  # payload() makes it close-on-exec again
+        for fd in (*keep, *([lock] if lock is not None else [])):
+            os.set_inheritable(fd, True)  # the daemon makes them close-on-exec again
         # Ignored until the daemon sets its own handlers (kept across the
         # exec): SIGUSR1's default would end a daemon still importing.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -144,10 +146,13 @@ def payload() -> str:
     """What spawn() handed this daemon; taken out of the environment, so
     that the daemon's own children (ssh, hooks) do not see it. They do not
     get the lock either: an ssh master that outlived the daemon would hold
-    it, and every later `up` would wait for an `up` that is not there."""
+    it, and every later `up` would wait for an `up` that is not there. The
+    lock counts as held here, for a spawn() of this daemon's own."""
     lock = os.environ.pop(LOCK_FD, None)
     if lock is not None:
-        os.set_inheritable(int(lock), False)
+        fd, _, name = lock.partition(":")
+        os.set_inheritable(int(fd), False)
+        _locks[name] = int(fd)
     return os.environ.pop(HANDED)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ import uvloop
 from remote_agent import slurm
 from remote_agent.slurm import capacity
 
-from . import daemon, leftovers
+from . import daemon, leftovers, orphaned
 from . import sockets as local_sockets
 from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
@@ -119,8 +118,11 @@ def prepare(options: Options, port_check: bool = True) -> None:
         chain.ensure()
 
 
-async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
-    """Forward until cancelled. The chain keeps running afterwards."""
+async def forward(options: Options, sockets=None, supervisor: int = 0,
+                  stopping: asyncio.Event | None = None) -> None:
+    """Forward until cancelled. The chain keeps running afterwards. A
+    supervisor's worker starts a new one if that is killed (orphaned.py),
+    not once stopping is set."""
     # connected(): its watchdog cuts a hung command loose, or ends this process.
     with connected(options) as chain:
         forwarder = Forwarder(options, chain, supervisor)
@@ -129,7 +131,14 @@ async def forward(options: Options, sockets=None, supervisor: int = 0) -> None:
         except OSError as exc:  # another forwarder took the port since prepare() looked
             raise ConfigError(f"{options.address}: {exc.strerror}; "
                               "another forwarder serves it (`slurm-persist status`)") from None
-        await forwarder.run()
+        adopting = asyncio.ensure_future(orphaned.watch(
+            options, sockets, supervisor, forwarder.status_file, stopping or asyncio.Event())) \
+            if supervisor else None
+        try:
+            await forwarder.run()
+        finally:
+            if adopting is not None:
+                adopting.cancel()
 
 
 def foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
@@ -156,34 +165,24 @@ def foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
 
 
 async def _until_signal(options: Options, sockets, supervisor: int) -> None:
-    task = asyncio.ensure_future(forward(options, sockets, supervisor))
+    stopping = asyncio.Event()
+    task = asyncio.ensure_future(forward(options, sockets, supervisor, stopping))
+
+    def stop() -> None:
+        stopping.set()
+        task.cancel()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    adopting = asyncio.ensure_future(_adopt_if_orphaned(options, supervisor)) if supervisor \
-        else None
+        loop.add_signal_handler(sig, stop)
     try:
         await task
     except asyncio.CancelledError:
         pass
-    finally:
-        if adopting is not None:
-            adopting.cancel()
-
-
-async def _adopt_if_orphaned(options: Options, supervisor: int) -> None:
-    """The supervisor was killed (kill -9, OOM): this worker serves on, and
-    writes its own pid, so that status sees it and down stops it."""
-    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event tells of a parent gone
-        await asyncio.sleep(1)
-    daemon.write_pid(options.name)
-    log.warning("service=%s supervisor=%d state=gone worker=%d state=adopted-pid-file",
-                options.name, supervisor, os.getpid())
 
 
 def _start_daemon(options: Options) -> int:
     """Detach the forwarder; come back once it serves, or say why not."""
-    pid = daemon.spawn(options.name, "local.supervisor", json.dumps(dataclasses.asdict(options)))
+    pid = daemon.spawn(options.name, "local.supervisor", orphaned.handing(options))
     limit = options.max_looks * options.look_interval
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:

@@ -48,6 +48,11 @@ class StatusFile:
         except OSError as exc:  # a full local disk: keep forwarding, say it once per window
             self._events.note("status=unwritable", f"path={tmp} error={exc.strerror}")
 
+    def supervised_by(self, pid: int) -> None:
+        """A new supervisor took this forwarder on (orphaned.py)."""
+        self.status.supervisor = pid
+        self.set(self.status.state, self.status.message)
+
 
 def read_status(name: str) -> Status | None:
     try:

@@ -27,10 +27,12 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 
 from . import daemon, service
 from . import sockets as local_sockets
 from .config import ConfigError, Options
+from .status_file import read_status
 from .tasks import setup_logging
 
 log = logging.getLogger("slurm_persist.supervisor")
@@ -45,12 +47,38 @@ FINAL = (0, 2)
 # lock, so every later `up` found "another up" and nothing served.
 STOP_GRACE = 10.0
 
+# How often an adopted worker, not a child to wait for, is looked at: the
+# port's clients queue in the backlog for at most this long after it dies.
+ADOPTED_LOOK = 0.5
+
 Worker = Callable[[list[socket.socket]], int]
 
 
-def supervise(sockets: list[socket.socket], worker: Worker) -> int:
-    """Run worker(sockets) in a child, again and again, until it ends for good."""
-    state = {"child": 0, "stopping": False}
+@dataclass(frozen=True)
+class Adopted:
+    """A worker already serving on the sockets, whose supervisor was killed
+    (orphaned.py). Not our child: no waitpid, and no exit code to read."""
+    pid: int
+    service: str
+
+    def wait(self) -> int:
+        """0 once it ended as it meant to (its status says stopped: the
+        chain stopped, or a SIGTERM); 1 if it died. A pid comes back only
+        after the kernel has handed out pid_max others (32768 at the least),
+        and it is looked at every ADOPTED_LOOK s."""
+        while daemon.alive(self.pid):
+            time.sleep(ADOPTED_LOOK)
+        said = read_status(self.service)
+        return 0 if said and said.pid == self.pid and said.state == "stopped" else 1
+
+
+def supervise(sockets: list[socket.socket], worker: Worker, adopted: Adopted | None = None,
+              ready: Callable[[], None] = lambda: None) -> int:
+    """Run worker(sockets) in a child, again and again, until it ends for
+    good; an adopted worker is waited for first, and replaced like any
+    other. ready() runs once a SIGTERM would reach the worker (write the
+    pid file there: `down` may signal at once)."""
+    state = {"child": adopted.pid if adopted else 0, "stopping": False}
 
     def tell(signum: int) -> None:
         if state["child"]:
@@ -67,10 +95,12 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGALRM, lambda signum, _frame: tell(signal.SIGKILL))
     signal.signal(signal.SIGUSR1, lambda signum, _frame: tell(signal.SIGUSR1))
+    ready()
     fast, restarts = 0, 0
-    while not state["stopping"]:
+    while adopted or not state["stopping"]:
         started = time.monotonic()
-        pid = os.fork()
+        waited, adopted = adopted, None
+        pid = waited.pid if waited else os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -78,11 +108,11 @@ def supervise(sockets: list[socket.socket], worker: Worker) -> int:
         state["child"] = pid
         if state["stopping"]:  # the signal came between fork and here
             tell(signal.SIGTERM)
-        log.info("supervisor=%d worker=%d state=started restarts=%d", os.getpid(), pid, restarts)
-        _, status = os.waitpid(pid, 0)
+        log.info("supervisor=%d worker=%d state=%s restarts=%d", os.getpid(), pid,
+                 "adopted" if waited else "started", restarts)
+        code = waited.wait() if waited else os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         state["child"] = 0
         signal.setitimer(signal.ITIMER_REAL, 0)
-        code = os.waitstatus_to_exitcode(status)
         if state["stopping"] or code in FINAL:
             log.info("supervisor=%d worker=%d state=ended code=%d", os.getpid(), pid, code)
             return code if code in FINAL else 0
@@ -107,19 +137,31 @@ def _run(worker: Worker, sockets: list[socket.socket]) -> int:
 
 def main() -> int:
     """The daemon: own the port, keep a forwarder worker on it."""
-    options = Options(**json.loads(daemon.payload()))
+    handed = json.loads(daemon.payload())
+    options = Options(**handed["options"])
     setup_logging(options.debug, dated=True)
-    daemon.write_pid(options.name)
+    adopted = Adopted(handed["worker"], options.name) if handed.get("worker") else None
     try:
         try:
-            listening = local_sockets.bind(options.local_port, options.local_socket)
+            listening = _handed_sockets(handed) or local_sockets.bind(options.local_port,
+                                                                       options.local_socket)
         except OSError as exc:
             print(f"slurm-persist: error: {options.address}: {exc.strerror}", file=sys.stderr)
             return 1
         supervisor = os.getpid()
-        return supervise(listening, lambda socks: _worker(options, socks, supervisor))
+        return supervise(listening, lambda socks: _worker(options, socks, supervisor), adopted,
+                         ready=lambda: daemon.write_pid(options.name))
     finally:
         daemon.clear_pid(options.name)
+
+
+def _handed_sockets(handed: dict) -> list[socket.socket]:
+    """The port's sockets an orphaned worker handed on (orphaned.handing)."""
+    sockets = []
+    for fd in handed.get("sockets", []):
+        os.set_inheritable(fd, False)  # not for the worker's ssh children
+        sockets.append(socket.socket(fileno=fd))
+    return sockets
 
 
 def _worker(options: Options, sockets: list[socket.socket], supervisor: int) -> int:

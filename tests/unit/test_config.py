@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import logging
 import os
@@ -7,7 +6,7 @@ import socket
 import pytest
 from invoke import Context
 
-from local import config, paths, tasks
+from local import config, orphaned, paths, tasks
 from local.config import FIELDS, ConfigError, Options
 
 
@@ -127,9 +126,9 @@ def test_state_dirs_made_fresh_are_private(tmp_path, monkeypatch):
 
 def test_every_option_reaches_the_daemon_unchanged():
     """`up --daemonize` hands the options to a new interpreter as JSON
-    (service._start_daemon, supervisor.main): an option JSON cannot carry
+    (orphaned.handing, supervisor.main): an option JSON cannot carry
     (a Path, a tuple) would fail there, or arrive changed."""
     samples = {"str": "a b", "str | None": "x", "list[str]": ["--a", "b c"], "bool": True,
                "int": 7, "float": 2.5}
     options = Options(**{name: samples[str(f.type)] for name, f in FIELDS.items()})
-    assert Options(**json.loads(json.dumps(dataclasses.asdict(options)))) == options
+    assert Options(**json.loads(orphaned.handing(options))["options"]) == options

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
+import json
 import os
 import signal
 import socket
@@ -13,8 +15,9 @@ import time
 from pathlib import Path
 
 from helpers import wait_for
-from local import supervisor
+from local import paths, supervisor
 from local.sockets import from_systemd
+from local.status_file import Status
 from remote_agent.listener import tcp_socket
 
 
@@ -30,12 +33,7 @@ def test_a_dead_worker_is_replaced_on_the_same_socket(tmp_path):
         count.write_text("x" * (runs + 1))
         if runs == 0:
             os._exit(137)
-        listening = sockets[0]
-        listening.setblocking(True)
-        conn, _ = listening.accept()
-        conn.sendall(f"worker {os.getpid()}".encode())
-        conn.close()
-        return 2
+        return answer_once(sockets)
 
     client = socket.create_connection(("127.0.0.1", port), timeout=10)  # before any worker
     pid = os.fork()
@@ -143,3 +141,89 @@ def waiting_worker(tmp_path, setup) -> tuple[int, int]:
 def waiting_where_nothing_logs() -> None:
     while True:
         time.sleep(0.05)
+
+
+def test_an_adopted_worker_is_watched_then_replaced_on_the_same_socket(tmp_path, monkeypatch):
+    """A new supervisor of an orphaned worker (orphaned.py): the worker is
+    not its child, so it cannot wait for it; once it dies, a worker of its
+    own answers on the same socket, also a client that connected meanwhile."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    sock = tcp_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    pid = os.fork()
+    if pid == 0:
+        os._exit(supervisor.supervise([sock], answer_once, supervisor.Adopted(orphan.pid, "svc")))
+    try:
+        time.sleep(1)  # the supervisor watches the orphan; none of its own yet
+        assert subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).stdout == b""
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        orphan.kill()
+        orphan.wait()
+        answer = client.recv(100)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        orphan.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert answer.startswith(b"worker ") and answer != f"worker {orphan.pid}".encode()
+    assert os.waitstatus_to_exitcode(status) == 2
+
+
+def test_down_reaches_an_adopted_worker_and_the_supervisor_ends(tmp_path, monkeypatch):
+    """SIGTERM to the new supervisor (what `down` sends) goes to the
+    adopted worker; the supervisor ends once that worker has, and starts
+    no other."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    pid, started = adopting(orphan.pid, tmp_path)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        assert orphan.wait(timeout=10) == -signal.SIGTERM
+        _, status = os.waitpid(pid, 0)
+    finally:
+        orphan.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert os.waitstatus_to_exitcode(status) == 0 and not started.exists()
+
+
+def test_an_adopted_worker_that_ended_as_it_meant_to_is_not_replaced(tmp_path, monkeypatch):
+    """Its status says stopped (the chain stopped): no worker of the new
+    supervisor's own, which would only find the chain stopped again."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    paths.status_file("svc").write_text(json.dumps(dataclasses.asdict(
+        Status(orphan.pid, "svc", 0, state="stopped", message="the chain is stopped"))))
+    pid, started = adopting(orphan.pid, tmp_path)
+    try:
+        orphan.wait(timeout=10)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert os.waitstatus_to_exitcode(status) == 0 and not started.exists()
+
+
+def adopting(orphan: int, tmp_path) -> tuple[int, Path]:
+    """supervise() in a child, adopting orphan, over a worker that only
+    marks that it started; (its pid, the mark) once its handlers are set."""
+    started, ready = tmp_path / "started", tmp_path / "ready"
+    pid = os.fork()
+    if pid == 0:
+        os._exit(supervisor.supervise([tcp_socket("127.0.0.1", 0)],
+                                      lambda _: started.write_text("x") or 2,
+                                      supervisor.Adopted(orphan, "svc"),
+                                      ready=lambda: ready.write_text("x")))
+    wait_for("the supervisor's handlers", ready.exists, timeout=10, every=0.05)
+    return pid, started
+
+
+def answer_once(sockets) -> int:
+    """A worker that tells one client its pid, then ends for good."""
+    listening = sockets[0]
+    listening.setblocking(True)
+    conn, _ = listening.accept()
+    conn.sendall(f"worker {os.getpid()}".encode())
+    conn.close()
+    return 2
