@@ -21,7 +21,7 @@ from typing import Any
 
 import uvloop
 
-from remote_agent import slurm
+from remote_agent import joblog, slurm
 from remote_agent.slurm import capacity
 
 from . import daemon, leftovers, orphaned
@@ -267,5 +267,11 @@ def logs(options: Options, job: str | None, lines: int, follow: bool) -> int:
             if not running:
                 raise ConfigError("no running job in the chain; name one with --job")
             job = running[-1].job_id
-        argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), chain.log_path(job)]
-        return chain.site.stream(argv)
+        path = chain.log_path(job)
+        # --follow waits for a log still to come (a pending job); without
+        # it, a log that is not there says why rather than tail's own error.
+        if not follow and chain.site.run(["test", "-e", path]).returncode == 1:
+            raise ConfigError(f"job {job} has no log ({path}): it never started here, or it "
+                              f"ended among all but the newest {joblog.KEEP_LOGS}, whose logs "
+                              "are pruned")
+        return chain.site.stream(["tail", "-n", str(lines), *(["-F"] if follow else []), path])

@@ -340,6 +340,9 @@ def test_status_reads_well(start_up, cluster):
     assert f"{running['job']}:RUNNING" in row and f"{pending['job']}:PENDING" in row
     logs = cli("logs", *site_args(cluster, "stat"), "--lines", "50")
     assert logs.returncode == 0 and "state=serving" in logs.stdout
+    # The pending job has no log yet (as a pruned one has none any more).
+    gone = cli("logs", *site_args(cluster, "stat"), "--job", pending["job"])
+    one_line_error(gone, f"job {pending['job']} has no log")
 
 
 def one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
