@@ -29,6 +29,7 @@ from helpers import (
     user_sshd,
     wait_for,
 )
+from local import daemon
 
 pytestmark = pytest.mark.cluster
 
@@ -317,12 +318,7 @@ def test_forwarder_worker_killed(cluster, alice, tmp_path, report):
         with Load(port) as load:
             current_job(load)
             t0 = time.time()
-            os.kill(worker, 9)
-            wait_for("a new worker serving", lambda: (s := json.loads(
-                (state / "status.json").read_text()))["pid"] != worker
-                and s["state"] == "serving", timeout=60)
-            wait_for("served again", lambda: any(s > time.time() - 1 and not e
-                     for s, _, _, e in load.results), timeout=30)
+            kill_the_worker(state, worker, load)
             time.sleep(2)
             # The dead worker's ssh masters do not outlive it: each one left
             # is the new worker's (before: 2 more, adopted by init, for good).
@@ -347,6 +343,64 @@ def test_forwarder_worker_killed(cluster, alice, tmp_path, report):
         down = cli("down", *site_args(cluster, "f-fwd"))
     assert f"forwarder pid {supervisor} stopped" in down.stdout, down.stdout
     wait_for("no worker left", lambda: not Path(f"/proc/{worker}").exists(), timeout=10)
+
+
+def test_forwarder_supervisor_killed_then_its_worker(cluster, alice, report):
+    """kill -9 of the daemon's supervisor alone, under load: its worker
+    serves on and starts a new supervisor, which replaces the worker when
+    that is killed too (before: nothing did, and the port went dead)."""
+    port = free_port()
+    state = Path(os.environ["XDG_STATE_HOME"]) / "slurm-persist/services/f-sup"
+    pid_file = state / "forwarder.pid"
+    try:
+        assert cli(*up_args(cluster, "f-sup", port, "--daemonize")).returncode == 0
+        supervisor = int(pid_file.read_text())
+        worker = json.loads((state / "status.json").read_text())["pid"]
+        with Load(port) as load:
+            current_job(load)
+            os.kill(supervisor, 9)
+            wait_for("a new supervisor", lambda: pid_file.read_text().strip() not in
+                     ("", str(supervisor), str(worker)), timeout=30, every=0.2)
+            heir = int(pid_file.read_text())
+            assert json.loads((state / "status.json").read_text())["supervisor"] == heir
+            status = cli("status", *site_args(cluster, "f-sup"), "--local-port", str(port))
+            assert f"pid {heir} serving" in status.stdout
+            assert f"worker pid {worker}" in status.stdout
+            t1 = time.time()
+            kill_the_worker(state, worker, load)
+            replaced = json.loads((state / "status.json").read_text())["pid"]
+            time.sleep(2)
+        # The hand-over to the new supervisor fails nothing; a request the
+        # killed worker was carrying is lost with its socket (as in the
+        # worker-kill test), and every one that came after is answered.
+        refused = [r for r in load.results if "Refused" in r[3]]
+        between = [r for r in load.failures() if r[1] < t1]
+        after = [r for r in load.failures() if r[0] > t1]
+        print(f"supervisor-kill: failed_before_worker_kill={len(between)} refused={len(refused)} "
+              f"in_flight_lost={len(load.failures()) - len(between) - len(after)} "
+              f"failed_after={len(after)}")
+        assert refused == [] and between == [] and after == [], load.failures()
+        report("forwarder supervisor kill -9, then its worker (daemon)", "the worker starts a "
+               "new supervisor, which starts a new worker; clients wait in the backlog",
+               load.outage_after(t1), load)
+        log = (state / "forwarder.log").read_text()
+        assert f"worker={worker} new_supervisor={heir}" in log
+        assert f"supervisor={heir} worker={worker} state=adopted" in log
+    finally:
+        down = cli("down", *site_args(cluster, "f-sup"))
+    assert f"forwarder pid {heir} stopped" in down.stdout, down.stdout
+    assert not any(daemon.alive(pid) for pid in (heir, replaced))
+
+
+def kill_the_worker(state: Path, worker: int, load: Load) -> None:
+    """kill -9 of the daemon's worker; back once a new one serves and a
+    request has been answered through it."""
+    os.kill(worker, 9)
+    wait_for("a new worker serving", lambda: (s := json.loads(
+        (state / "status.json").read_text()))["pid"] != worker
+        and s["state"] == "serving", timeout=60)
+    wait_for("served again", lambda: any(s > time.time() - 1 and not e
+             for s, _, _, e in load.results), timeout=30)
 
 
 def test_crash_loop_is_stopped_and_explained(cluster, alice, tmp_path, report):

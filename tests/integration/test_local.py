@@ -33,7 +33,7 @@ from helpers import (
     user_sshd,
     wait_for,
 )
-from local import daemon, remote
+from local import remote
 from local.remote import Site
 from local.sandbox import JUMP_ALIAS, JUMP_USER
 from local.watchdog import Watchdog
@@ -282,39 +282,6 @@ def test_down_ends_the_ssh_masters_of_a_killed_forwarder(cluster, alice):
     assert "no forwarder was running" in down.stdout and "ended 2 ssh masters" in down.stdout
     wait_for("no master left", lambda: not ssh_masters(runtime), timeout=10, every=0.2)
     assert chain_jobs(alice, "orphan") == []
-
-
-def test_a_worker_whose_supervisor_was_killed_gets_a_new_one(cluster, alice):
-    """kill -9 of the supervisor alone: the worker serves on and starts a
-    new supervisor, which replaces the worker when that is killed too. The
-    port answers throughout (before: a worker dying then left it dead)."""
-    port = free_port()
-    assert cli(*up_args(cluster, "heir", port, "--daemonize")).returncode == 0
-    state = Path(os.environ["XDG_STATE_HOME"]) / "slurm-persist/services/heir"
-    pid_file, status_file = state / "forwarder.pid", state / "status.json"
-    supervisor = int(pid_file.read_text())
-    worker = json.loads(status_file.read_text())["pid"]
-    os.kill(supervisor, signal.SIGKILL)
-    wait_for("a new supervisor", lambda: pid_file.read_text().strip() not in
-             ("", str(supervisor), str(worker)), timeout=20, every=0.2)
-    heir = int(pid_file.read_text())
-    assert json.loads(status_file.read_text())["supervisor"] == heir
-    assert answers(port)
-    status = cli("status", *site_args(cluster, "heir"), "--local-port", str(port))
-    assert f"pid {heir} serving" in status.stdout and f"worker pid {worker}" in status.stdout
-    os.kill(worker, signal.SIGKILL)
-    wait_for("a new worker", lambda: json.loads(status_file.read_text())["pid"] != worker,
-             timeout=20, every=0.2)
-    assert answers(port)
-    replaced = json.loads(status_file.read_text())["pid"]
-    log = (state / "forwarder.log").read_text()
-    assert f"worker={worker} new_supervisor={heir}" in log
-    assert f"supervisor={heir} worker={worker} state=adopted" in log
-    down = cli("down", *site_args(cluster, "heir"))
-    assert down.returncode == 0, down.stderr
-    assert f"forwarder pid {heir} stopped" in down.stdout
-    assert not any(daemon.alive(pid) for pid in (heir, replaced))
-    assert chain_jobs(alice, "heir") == []
 
 
 def test_status_reads_well(start_up, cluster):
