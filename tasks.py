@@ -82,13 +82,17 @@ def faults_table(c, report=None):
                        code=1)
     rows = [json.loads(line) for line in Path(report).read_text().splitlines() if line.strip()]
     lines = ["| fault | recovery | measured (s) | requests failed |", "|---|---|---|---|"]
-    lines += [f"| {r['fault']} | {r['recovery']} | {r['seconds']} | "
-              f"{r['failed']} of {r['requests']} |" for r in rows]
+    lines += [f"| {r['fault']} | {r['recovery']} | {r['seconds']} | {r['failed']} of "
+              f"{r['requests']}{_kinds(r.get('errors'))} |" for r in rows]
     readme = Path("README.md")
     block = f"{FAULTS_START}\n" + "\n".join(lines) + f"\n{FAULTS_END}"
     readme.write_text(re.sub(re.escape(FAULTS_START) + ".*?" + re.escape(FAULTS_END),
                              lambda _: block, readme.read_text(), flags=re.S))
     print(f"README.md: {len(rows)} faults")
+
+
+def _kinds(errors: list[str] | None) -> str:
+    return f" ({', '.join(errors)})" if errors else ""
 
 
 ns = Collection(deploy, up, rollout, status, logs, down, list_services, doctor, systemd, bench,
