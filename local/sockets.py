@@ -2,7 +2,8 @@
 
 The forwarder binds 127.0.0.1:PORT (and ::1:PORT) itself, unless it is
 handed sockets already listening: by its supervisor (`up --daemonize`),
-which keeps them across forwarder restarts, or by systemd's socket
+which keeps them across forwarder restarts; by an orphaned worker to its
+new supervisor, through the exec (orphaned.py); or by systemd's socket
 activation (LISTEN_FDS). Either way the port never closes while a
 forwarder is replaced: clients wait in the kernel's backlog, none is
 refused.
@@ -57,6 +58,16 @@ def private_unix_socket(path: str) -> socket.socket:
     finally:
         os.umask(mask)
     return sock
+
+
+def handed(fds: list[int]) -> list[socket.socket]:
+    """The port's sockets an orphaned worker handed its new supervisor
+    (orphaned.handing), open at these numbers through the exec."""
+    sockets = []
+    for fd in fds:
+        os.set_inheritable(fd, False)  # not for the worker's ssh children
+        sockets.append(socket.socket(fileno=fd))
+    return sockets
 
 
 def from_systemd(environ: dict | None = None) -> list[socket.socket]:

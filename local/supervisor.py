@@ -143,8 +143,8 @@ def main() -> int:
     adopted = Adopted(handed["worker"], options.name) if handed.get("worker") else None
     try:
         try:
-            listening = _handed_sockets(handed) or local_sockets.bind(options.local_port,
-                                                                       options.local_socket)
+            listening = (local_sockets.handed(handed.get("sockets", []))
+                         or local_sockets.bind(options.local_port, options.local_socket))
         except OSError as exc:
             print(f"slurm-persist: error: {options.address}: {exc.strerror}", file=sys.stderr)
             return 1
@@ -153,15 +153,6 @@ def main() -> int:
                          ready=lambda: daemon.write_pid(options.name))
     finally:
         daemon.clear_pid(options.name)
-
-
-def _handed_sockets(handed: dict) -> list[socket.socket]:
-    """The port's sockets an orphaned worker handed on (orphaned.handing)."""
-    sockets = []
-    for fd in handed.get("sockets", []):
-        os.set_inheritable(fd, False)  # not for the worker's ssh children
-        sockets.append(socket.socket(fileno=fd))
-    return sockets
 
 
 def _worker(options: Options, sockets: list[socket.socket], supervisor: int) -> int:
