@@ -59,9 +59,9 @@ class NeverServed(Exception):
 class Forwarder:
     def __init__(self, options: Options, chain: Chain, supervisor: int = 0):
         self.options, self.chain = options, chain
-        self.router = Router(options, chain.site, runtime_dir(options.name))
         self.healthy = asyncio.Event()
         self._kick = asyncio.Event()
+        self.router = Router(options, chain.site, runtime_dir(options.name), self._kick.set)
         self.events = Summariser(log.warning)
         self.served = Served()
         self._starting: set[str] = set()  # jobs whose records are read between looks
@@ -243,11 +243,13 @@ class Forwarder:
         await self.handover.until_serving(self._starting, seconds, self._sleep, RECORD_POLL)
 
     async def _sleep(self, seconds: float) -> None:
-        self._kick.clear()
+        """Up to seconds, less when kicked: a kick while the heartbeat was
+        busy (a lost master, a failed connection) ends the next sleep at once."""
         try:
             await asyncio.wait_for(self._kick.wait(), seconds)
         except asyncio.TimeoutError:
             pass
+        self._kick.clear()
 
     def _set_status(self, state: str, message: str = "") -> None:
         if state in STATES:

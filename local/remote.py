@@ -154,6 +154,13 @@ class Site:
         if self.current == host:
             self.current = None
 
+    def lost(self, host: str) -> None:
+        """Our ssh master to host ended on a connection error: this
+        connection there is likely stuck the same way. Closed (from any
+        thread), a command waiting on it raises and goes to the next node."""
+        self.failed(host)
+        self._logins.abort(host)
+
     def _notice_broken(self) -> None:
         """A connection that died while idle is a node that failed."""
         for host in self._logins.lost():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -28,8 +29,10 @@ log = logging.getLogger("slurm_persist.router")
 
 
 class Router:
-    def __init__(self, options: Options, site: Site, runtime: Path):
+    def __init__(self, options: Options, site: Site, runtime: Path,
+                 on_lost: Callable[[], None] = lambda: None):
         self.options, self.site, self.runtime = options, site, runtime
+        self._on_lost = on_lost
         self.routes: dict[int, Route] = {}
         self._turn = 0
         # One master per login node and slot: sshd serves a session in one
@@ -143,10 +146,20 @@ class Router:
             await old.close()
         # c0, c1 ... for slot 0 as before; slot k's from k * 100 on.
         index = slot * 100 + self.options.login_nodes.index(login)
-        tunnel = Tunnel(self.options, login, control_socket(self.runtime, index))
+        tunnel = Tunnel(self.options, login, control_socket(self.runtime, index), self._lost)
         await tunnel.start()
         self._tunnels[(login, slot)] = tunnel
         return tunnel
+
+    def _lost(self, login: str) -> None:
+        """A master to login ended on a connection error (its keep-alive
+        gave up on a frozen sshd, say). The commands' connection there goes
+        too: a record read caught on it waited out its 30 s bound, and the
+        heartbeat behind it kept the dead route (sandbox, the freeze timed
+        on a read: 31.0 and 31.3 s to login2; 7.5 and 7.7 s so). And the
+        heartbeat looks at once."""
+        self.site.lost(login)
+        self._on_lost()
 
     def prewarm(self) -> None:
         """While a first job is on its way (no route yet): its login node's
@@ -164,7 +177,7 @@ class Router:
         """Another ssh master to login, for a route whose lanes are full."""
         self._extra_masters += 1
         index = 10000 + self._extra_masters  # apart from the slots' c0, c1, c100 ...
-        tunnel = Tunnel(self.options, login, control_socket(self.runtime, index))
+        tunnel = Tunnel(self.options, login, control_socket(self.runtime, index), self._lost)
         try:
             await tunnel.start()
         except BaseException:  # cancelled with its route: no master left behind

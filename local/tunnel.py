@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import Options
@@ -88,11 +89,14 @@ def to_jumphost(options: Options) -> Options:
 
 
 class Tunnel:
-    def __init__(self, options: Options, login: str, control: Path):
+    def __init__(self, options: Options, login: str, control: Path,
+                 on_lost: Callable[[str], None] | None = None):
         self.options = options
         self.login = login
         self.control = control
+        self._on_lost = on_lost
         self._proc: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Future | None = None
         self._forwards = 0
         self._session: asyncio.Future | None = None
         self._base: list[str] = []
@@ -148,6 +152,7 @@ class Tunnel:
             if self.control.exists() and await self._control("check") == 0:
                 log.info("tunnel=%s state=up", self.login)
                 self._session = asyncio.ensure_future(self._open_session())
+                self._watch = asyncio.ensure_future(self._watch_master(self._proc))
                 return
             await asyncio.sleep(0.2)
         raise TunnelError(f"ssh to {self.login} did not come up within {START_TIMEOUT:.0f} s")
@@ -187,13 +192,23 @@ class Tunnel:
         if code != 0:
             log.info("tunnel=%s session=refused code=%d nodelay=no", self.login, code)
 
+    async def _watch_master(self, proc: asyncio.subprocess.Process) -> None:
+        """Tell on_lost as soon as the master ends on a connection error:
+        nobody else waits on it, and the heartbeat may be busy meanwhile."""
+        await proc.wait()
+        if self.lost:
+            log.warning("tunnel=%s state=lost", self.login)
+            if self._on_lost is not None:
+                self._on_lost(self.login)
+
     async def _control(self, command: str, *extra: str) -> int:
         return await ask_master(self.options, self.control, self.login, command, *extra)
 
     async def close(self) -> None:
-        if self._session is not None:
-            self._session.cancel()
-            await asyncio.gather(self._session, return_exceptions=True)
+        for task in (self._session, self._watch):  # ended here: no loss to tell
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         proc = self._proc
         if proc is not None and proc.returncode is None:
             proc.terminate()

@@ -3,6 +3,7 @@ through the jumphost, login1 first and login2 as fallback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -33,9 +34,10 @@ from helpers import (
     user_sshd,
     wait_for,
 )
-from local import remote
+from local import logins, remote
 from local.remote import Site
 from local.sandbox import JUMP_ALIAS, JUMP_USER
+from local.tunnel import Tunnel, control_socket
 from local.watchdog import Watchdog
 
 pytestmark = pytest.mark.cluster
@@ -207,6 +209,56 @@ def test_an_sftp_start_caught_where_paramiko_waits_for_ever_goes_to_the_next_nod
         site.watchdog.stop()
         site.close()
         alice.run(f"rm -f {target} {target}.partial-*", check=False)
+
+
+@pytest.mark.parametrize("caught", ["opening-its-channel", "running"])
+def test_a_command_caught_on_a_frozen_login_node_ends_with_the_tunnel_there(
+        cluster, faults, monkeypatch, caught):
+    """Our sshd processes on login1 stop, with a command there either
+    waiting for its channel or running. The ssh master to login1 (keep-alive
+    every 2 s, 3 missed) ends on it, and takes the command's connection
+    with it: the command comes back, on login2 or as cut off, where its own
+    bounds (raised to 600 s here) would have held it. Seen in the forwarder:
+    a record read caught so held the heartbeat 30 s behind a dead route."""
+    monkeypatch.setattr(logins, "CONNECT_TIMEOUT", 600)
+    options = site_options(cluster)
+    site = Site(options)
+    lost: list[str] = []
+    runtime = Path(tempfile.mkdtemp(prefix="spl-", dir="/tmp"))
+
+    def on_lost(login: str) -> None:
+        lost.append(login)
+        site.lost(login)
+
+    async def frozen_under_a_command():
+        tunnel = Tunnel(options, "login1", control_socket(runtime, 0), on_lost)
+        await tunnel.start()
+        try:
+            assert (await asyncio.to_thread(site.run, ["hostname"])).host == "login1"
+            if caught == "running":
+                command = asyncio.ensure_future(asyncio.to_thread(
+                    site.run, ["sh", "-c", "sleep 40; hostname"], timeout=600))
+                await asyncio.to_thread(wait_for, "the command running", lambda: cluster.exec(
+                    "login1", "pgrep", "-u", "alice", "-f", "sleep 40", check=False
+                ) is not None, every=0.2)
+                await asyncio.to_thread(faults.freeze, "login1", user_sshd("alice"))
+            else:
+                await asyncio.to_thread(faults.freeze, "login1", user_sshd("alice"))
+                command = asyncio.ensure_future(asyncio.to_thread(site.run, ["hostname"]))
+            return await command
+        finally:
+            await tunnel.close()
+    try:
+        result = then_mended(faults, lambda: asyncio.run(frozen_under_a_command()))
+    finally:
+        site.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+        cluster.exec("login1", "pkill", "-u", "alice", "-f", "sleep 40", check=False)
+    assert lost == ["login1"]
+    if caught == "running":  # cut off, not run again elsewhere: it may have done its work
+        assert (result.host, result.returncode) == ("login1", -1), result
+    else:
+        assert (result.host, result.stdout.strip()) == ("login2", "login2"), result
 
 
 def test_a_switch_drops_the_old_forward(start_up, alice):

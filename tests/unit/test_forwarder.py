@@ -349,7 +349,7 @@ async def test_a_master_started_ahead_is_the_one_the_route_gets(tmp_path, monkey
     started = []
 
     class SlowTunnel(FakeTunnel):
-        def __init__(self, options, login, control):
+        def __init__(self, options, login, control, on_lost):
             super().__init__(login, control.parent)
 
         async def start(self):
@@ -369,6 +369,34 @@ async def test_a_master_started_ahead_is_the_one_the_route_gets(tmp_path, monkey
     first.close = lambda: asyncio.sleep(0, closed.append(first))
     assert await r.tunnel("login1") is not first and closed == [first]
     assert started == ["login1", "login1"]
+
+
+async def test_a_lost_master_is_told_to_the_site_and_to_the_heartbeat(tmp_path, monkeypatch):
+    """What the router's masters report: the site closes its connection to
+    that login node (test_local shows why), and the heartbeat is kicked."""
+    from local import router as router_module
+
+    class TellingTunnel(FakeTunnel):
+        def __init__(self, options, login, control, on_lost):
+            super().__init__(login, control.parent)
+            self.on_lost = on_lost
+
+        async def start(self):
+            pass
+
+    told, kicks = [], []
+
+    class Site(FakeSite):
+        def lost(self, host):
+            told.append(host)
+
+    monkeypatch.setattr(router_module, "Tunnel", TellingTunnel)
+    r = router_module.Router(Options(login_node="login1", fallback_login_nodes=["login2"]),
+                             Site(), tmp_path, lambda: kicks.append(1))
+    (await r.tunnel("login2", slot=1)).on_lost("login2")
+    assert (told, kicks) == (["login2"], [1])
+    (await r.extra_tunnel("login1")).on_lost("login1")
+    assert (told, kicks) == (["login2", "login1"], [1, 1])
 
 
 async def test_a_client_gone_while_held_opens_no_channel(tmp_path):
