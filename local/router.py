@@ -85,11 +85,15 @@ class Router:
             self._retire(old)
 
     def drop(self, route: Route) -> None:
-        """A route that failed its probe: out at once, retired."""
+        """A route that failed its probe: out at once, retired. Its clients
+        still waiting for the gate's ack go to another replica, or are held
+        until a route serves: left on it, 32 at a time for 15 s each, they
+        waited for its ssh master's own end (sandbox, our sshd on login1
+        frozen, the default heartbeat: requests held 36-40 s, though
+        login2 served 20 s after the freeze)."""
         if self.routes.get(route.endpoint.slot) is route:
             del self.routes[route.endpoint.slot]
-            if self.routes:  # with another replica serving, its waiting clients go there
-                route.abandon()
+            route.abandon()
             self._retire(route)
 
     def pick(self, tried: set[Route]) -> Route | None:
