@@ -160,10 +160,14 @@ class Forwarder:
         await self._recover(session)
 
     def _drop(self, route: Route) -> None:
-        """A route that failed its probe is out at once; a lost tunnel puts
-        its login node last for the next route."""
+        """A route that failed its probe is out at once. Its login node goes
+        last, for commands and the next route, when its tunnel was lost or
+        a connection on it went unacknowledged (suspect): the path failed,
+        not the service's answer. A frozen sshd keeps the master up for
+        3 keep-alives (30 s by default), and a command there waits 15 s for
+        a channel before it moves on."""
         log.warning("%s state=probe-failed", route.describe())
-        if route.tunnel.lost:
+        if route.tunnel.lost or route.suspect:
             self.chain.site.failed(route.tunnel.login)
         self.router.drop(route)
         if not self.router.routes:

@@ -202,6 +202,19 @@ async def test_a_lost_tunnel_puts_its_login_node_last(make):
     assert chain.site.failed_logins == ["login1"] and fwd.router.taken == ["7"]
 
 
+async def test_a_route_whose_gate_did_not_acknowledge_puts_its_login_node_last(make):
+    """Suspect: a connection on it went unacknowledged. A route that only
+    answered its probe badly (the service's health) leaves the order alone."""
+    chain = FakeChain([running("7")], [record("7")])
+    fwd = make(chain, answering={"7"})
+    unwell, unanswered = FakeRoute(record("7"), login="login2"), FakeRoute(record("7"))
+    unanswered.suspect = True
+    for route in (unwell, unanswered):
+        fwd.router.routes[0] = route
+        fwd._drop(route)  # its probe failed
+    assert chain.site.failed_logins == ["login1"]
+
+
 async def test_never_served_gives_up_after_its_attempts_but_served_once_never_does(make):
     fwd = make(FakeChain([running("7")], [record("7", "starting")]))
     with pytest.raises(NeverServed, match="after 3 attempts"):
