@@ -138,7 +138,7 @@ class Forwarder:
         for route, ok in zip(routes, answers, strict=True):
             route.suspect = route.suspect and not ok  # a good probe clears it
             if not ok:
-                self._drop(route)
+                await self._drop(route)
         first = self.route
         if first is not None:
             if not self.healthy.is_set():
@@ -159,19 +159,13 @@ class Forwarder:
         self.healthy.clear()
         await self._recover(session)
 
-    def _drop(self, route: Route) -> None:
-        """A route that failed its probe is out at once. Its login node goes
-        last, for commands and the next route, when its tunnel was lost or
-        a connection on it went unacknowledged (suspect): the path failed,
-        not the service's answer. A frozen sshd keeps the master up for
-        3 keep-alives (30 s by default), and a command there waits 15 s for
-        a channel before it moves on."""
+    async def _drop(self, route: Route) -> None:
+        """Out at once; then the router asks if its login node failed."""
         log.warning("%s state=probe-failed", route.describe())
-        if route.tunnel.lost or route.suspect:
-            self.chain.site.failed(route.tunnel.login)
         self.router.drop(route)
         if not self.router.routes:
             self.healthy.clear()
+        await self.router.check_path(route)
 
     async def _recover(self, session: aiohttp.ClientSession) -> None:
         self.served.attempts += 1
@@ -247,8 +241,7 @@ class Forwarder:
         await self.handover.until_serving(self._starting, seconds, self._sleep, RECORD_POLL)
 
     async def _sleep(self, seconds: float) -> None:
-        """Up to seconds, less when kicked: a kick while the heartbeat was
-        busy (a lost master, a failed connection) ends the next sleep at once."""
+        """Up to seconds; a kick, also one while the heartbeat was busy, ends it."""
         try:
             await asyncio.wait_for(self._kick.wait(), seconds)
         except asyncio.TimeoutError:

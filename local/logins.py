@@ -42,7 +42,12 @@ class Logins:
         self._open: dict[str, Connection] = {}
 
     def get(self, host: str) -> Connection:
-        """host's connection, opened now if it is not open."""
+        """host's connection, opened now if it is not open. One closed under
+        us (Site.lost, the watchdog) is opened again here, with the bounds
+        below: Fabric would reopen it by itself, without them."""
+        known = self._open.get(host)
+        if known is not None and not known.is_connected:
+            self.drop(host)
         if host not in self._open:
             gateway = self._gateway()
             try:

@@ -140,7 +140,8 @@ class Site:
         order, then those that failed lately (longest ago first)."""
         self._notice_broken()
         now = time.monotonic()
-        suspect = {h: t for h, t in self._failed.items() if now - t < SUSPECT_SECONDS}
+        failed = dict(self._failed)  # one step: failed() may run on another thread meanwhile
+        suspect = {h: t for h, t in failed.items() if now - t < SUSPECT_SECONDS}
         fresh = [n for n in self.options.login_nodes if n not in suspect]
         if self.current in fresh:
             fresh.remove(self.current)

@@ -41,6 +41,7 @@ class Router:
         # the other replica's probe down with it (sandbox, node stopped).
         self._tunnels: dict[tuple[str, int], Tunnel] = {}
         self._retiring: set[asyncio.Future] = set()
+        self._telling: set[asyncio.Future] = set()
         self._routes_retiring: set[Route] = set()
         self._extra_masters = 0
         self._starting: dict[tuple[str, int], asyncio.Future] = {}
@@ -162,8 +163,29 @@ class Router:
         heartbeat behind it kept the dead route (sandbox, the freeze timed
         on a read: 31.0 and 31.3 s to login2; 7.5 and 7.7 s so). And the
         heartbeat looks at once."""
-        self.site.lost(login)
+        telling = asyncio.ensure_future(self._site_lost(login))
+        self._telling.add(telling)  # held: asyncio keeps only a weak reference
+        telling.add_done_callback(self._telling.discard)
         self._on_lost()
+
+    async def check_path(self, route: Route) -> None:
+        """After a failed probe: did the path through the login node fail,
+        or the job? A lost master says so; a live one is asked to run a
+        command. A frozen sshd keeps our master up for 3 keep-alives (30 s
+        by default), and recovery went to login1 again, a command waiting
+        15 s there for a channel. A job that ended (scancel, its time
+        limit) leaves the login node where it was."""
+        tunnel = route.tunnel
+        if tunnel.lost:
+            self.site.failed(tunnel.login)
+        elif tunnel.alive and not await tunnel.answers():
+            log.warning("tunnel=%s state=not-answering", tunnel.login)
+            await self._site_lost(tunnel.login)
+
+    async def _site_lost(self, login: str) -> None:
+        # In a thread: closing a paramiko connection joins its transport's
+        # thread, and the relays on this loop must not wait for that.
+        await asyncio.to_thread(self.site.lost, login)
 
     def prewarm(self) -> None:
         """While a first job is on its way (no route yet): its login node's

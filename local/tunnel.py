@@ -28,6 +28,10 @@ START_TIMEOUT = 30.0
 # the master (sandbox, GET /health). Any command will do; it runs once per
 # master, in the background.
 NODELAY_COMMAND = "true"
+# After a failed probe, how long the login node has to run that command for
+# us (Tunnel.answers). It only decides which login node goes first, and a
+# session through a running master needs no new connection or key exchange.
+ANSWER_TIMEOUT = 5.0
 
 
 class TunnelError(RuntimeError):
@@ -177,20 +181,31 @@ class Tunnel:
         """One command through the master, for sshd's TCP_NODELAY (above).
         A site that refuses sessions (a forwarding-only key) costs nothing
         but the 40 ms stalls."""
+        code = await self._command(START_TIMEOUT)
+        if code != 0:
+            log.info("tunnel=%s session=refused code=%s nodelay=no", self.login, code)
+
+    async def answers(self) -> bool:
+        """Whether the login node's sshd still answers us on this master:
+        a session within ANSWER_TIMEOUT, refused or not. A frozen one
+        answers nothing, while our master waits out its keep-alives."""
+        return await self._command(ANSWER_TIMEOUT) is not None
+
+    async def _command(self, seconds: float) -> int | None:
+        """NODELAY_COMMAND through the master: its exit code, or None when
+        it did not end within seconds."""
         proc = await asyncio.create_subprocess_exec(
             *self._base, "-S", str(self.control), self.login, NODELAY_COMMAND,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         try:
-            code = await asyncio.wait_for(proc.wait(), START_TIMEOUT)
+            return await asyncio.wait_for(proc.wait(), seconds)
         except asyncio.TimeoutError:
             proc.kill()
-            code = 255
+            return None
         except asyncio.CancelledError:
             proc.kill()
             raise
-        if code != 0:
-            log.info("tunnel=%s session=refused code=%d nodelay=no", self.login, code)
 
     async def _watch_master(self, proc: asyncio.subprocess.Process) -> None:
         """Tell on_lost as soon as the master ends on a connection error:

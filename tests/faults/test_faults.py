@@ -200,10 +200,10 @@ def test_login1_lost_while_serving(serve, alice, faults, report, mode):
 def test_login1_sshd_frozen_while_serving(serve, alice, faults, report):
     """Our user's sshd processes on login1 stopped, the host up and its
     sshd still accepting: as when they hang on a dead home filesystem. With
-    the default heartbeat (10 s) the probe fails first, on a connection the
-    gate never acknowledged: login1 goes last, and recovery asks login2
-    (the tunnel's keep-alive would end its master only after 30 s; with
-    that, test_local shows a command caught on login1 let go)."""
+    the default heartbeat (10 s) the probe fails first; login1, asked
+    through our master, does not answer either, and goes last: recovery
+    asks login2 (the tunnel's keep-alive would end its master only after
+    30 s; with that, test_local shows a command caught on login1 let go)."""
     up = serve("f-frozen", "--heartbeat-time", "10")
     with Load(up.port, timeout=90) as load:
         current_job(load)
@@ -214,7 +214,7 @@ def test_login1_sshd_frozen_while_serving(serve, alice, faults, report):
         time.sleep(3)
     log = up.log.read_text()
     recovery = log[log.index("state=probe-failed"):log.index("login=login2 state=serving")]
-    assert "login=login1" not in recovery, recovery  # no command or route tried there first
+    assert "login=login1 state=unreachable" not in recovery, recovery  # no command waited there
     report("our sshd processes on login1 stopped (SIGSTOP), default heartbeat",
            "the probe fails; commands and the tunnel move to login2", load.outage_after(t0),
            load)

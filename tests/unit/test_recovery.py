@@ -40,9 +40,13 @@ def pending(job: str, slot: int = 0) -> Job:
 class FakeSite:
     def __init__(self):
         self.failed_logins: list[str] = []
+        self.lost_logins: list[str] = []
 
     def failed(self, login: str) -> None:
         self.failed_logins.append(login)
+
+    def lost(self, login: str) -> None:
+        self.lost_logins.append(login)
 
     def run(self, argv):
         class Result:
@@ -92,6 +96,10 @@ class FakeChain:
 class FakeTunnel:
     def __init__(self, login: str, lost: bool = False):
         self.login, self.lost, self.alive = login, lost, not lost
+        self.answering = True
+
+    async def answers(self) -> bool:
+        return self.answering
 
 
 class FakeRoute:
@@ -117,6 +125,8 @@ class FakeRouter:
 
     route = Router.route
     pick = Router.pick
+    check_path = Router.check_path
+    _site_lost = Router._site_lost
 
     async def candidate(self, target, session):
         return FakeRoute(target) if target.job_id in self.answering else None
@@ -148,6 +158,7 @@ def make(tmp_path, monkeypatch):
         values.update(options)
         fwd = Forwarder(Options(**values), chain)
         fwd.router = FakeRouter(answering)
+        fwd.router.site = chain.site
         return fwd
     return build
 
@@ -197,22 +208,26 @@ async def test_a_lost_tunnel_puts_its_login_node_last(make):
     fwd = make(chain, answering={"7"})
     lost = FakeRoute(record("7"), login="login1", lost=True)
     fwd.router.routes[0] = lost
-    fwd._drop(lost)  # its probe failed
+    await fwd._drop(lost)  # its probe failed
     await recover(fwd)
     assert chain.site.failed_logins == ["login1"] and fwd.router.taken == ["7"]
 
 
-async def test_a_route_whose_gate_did_not_acknowledge_puts_its_login_node_last(make):
-    """Suspect: a connection on it went unacknowledged. A route that only
-    answered its probe badly (the service's health) leaves the order alone."""
+async def test_a_failed_probe_asks_the_login_node_itself(make):
+    """The master still up: a login node that runs our command stays first
+    (the job failed, not the path: a scancel under load refuses clients,
+    and the route is suspect), one that does not is left for commands and
+    routes, its connection closed (a frozen sshd)."""
     chain = FakeChain([running("7")], [record("7")])
     fwd = make(chain, answering={"7"})
-    unwell, unanswered = FakeRoute(record("7"), login="login2"), FakeRoute(record("7"))
-    unanswered.suspect = True
-    for route in (unwell, unanswered):
+    job_ended, frozen = FakeRoute(record("7"), login="login2"), FakeRoute(record("7"))
+    job_ended.suspect = True
+    frozen.tunnel.answering = False
+    for route in (job_ended, frozen):
         fwd.router.routes[0] = route
-        fwd._drop(route)  # its probe failed
-    assert chain.site.failed_logins == ["login1"]
+        await fwd._drop(route)  # its probe failed
+    assert (chain.site.failed_logins, chain.site.lost_logins) == ([], ["login1"])
+    assert not fwd.router.routes and not fwd.healthy.is_set()
 
 
 async def test_never_served_gives_up_after_its_attempts_but_served_once_never_does(make):
@@ -397,7 +412,7 @@ async def test_a_new_job_after_a_failed_probe_is_a_switch_not_a_first_serving(ma
     chain = FakeChain([running("7")], [record("7")])
     fwd = make(chain, answering={"7", "8"})
     await recover(fwd)
-    fwd._drop(fwd.router.routes[0])  # 7 scancelled: its probe failed
+    await fwd._drop(fwd.router.routes[0])  # 7 scancelled: its probe failed
     chain.job_list, chain.records = [running("8")], {"8": record("8")}
     await recover(fwd)
     assert fwd.router.taken == ["7", "8"] and fwd.status.switches == 1
