@@ -79,10 +79,6 @@ class Forwarder:
                                self._kick.set, self.metrics, self.events)
         self.status = self.status_file.status
 
-    @property
-    def route(self) -> Route | None:
-        return self.router.route
-
     # -- lifecycle -------------------------------------------------------
 
     async def listen(self, sockets: list[socket.socket] | None = None) -> None:
@@ -135,11 +131,13 @@ class Forwarder:
     async def _heartbeat(self, session: aiohttp.ClientSession) -> None:
         routes = list(self.router.routes.values())
         answers = await asyncio.gather(*(self._probe(r, session) for r in routes))
-        for route, ok in zip(routes, answers, strict=True):
-            route.suspect = route.suspect and not ok  # a good probe clears it
-            if not ok:
-                await self._drop(route)
-        first = self.route
+        failed = [route for route, ok in zip(routes, answers, strict=True) if not ok]
+        for route in routes:
+            route.suspect = route.suspect and route in failed  # a good probe clears it
+            if route in failed:
+                self._drop(route)
+        await self.router.check_paths(failed)
+        first = self.router.route
         if first is not None:
             if not self.healthy.is_set():
                 log.info("%s state=serving local=%s", first.describe(), self.options.address)
@@ -159,13 +157,12 @@ class Forwarder:
         self.healthy.clear()
         await self._recover(session)
 
-    async def _drop(self, route: Route) -> None:
-        """Out at once; then the router asks if its login node failed."""
+    def _drop(self, route: Route) -> None:
+        """Out at once, each, before the router asks their login nodes."""
         log.warning("%s state=probe-failed", route.describe())
         self.router.drop(route)
         if not self.router.routes:
             self.healthy.clear()
-        await self.router.check_path(route)
 
     async def _recover(self, session: aiohttp.ClientSession) -> None:
         self.served.attempts += 1
@@ -252,7 +249,8 @@ class Forwarder:
         if state in STATES:
             self.metrics.state.state(state)
         where = None
-        if self.route:
-            e = self.route.endpoint
-            where = (e.job_id, e.node, self.route.tunnel.login)
+        route = self.router.route
+        if route:
+            e = route.endpoint
+            where = (e.job_id, e.node, route.tunnel.login)
         self.status_file.set(state, message, where)

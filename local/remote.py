@@ -156,9 +156,10 @@ class Site:
             self.current = None
 
     def lost(self, host: str) -> None:
-        """Our ssh master to host ended on a connection error: this
-        connection there is likely stuck the same way. Closed (from any
-        thread), a command waiting on it raises and goes to the next node."""
+        """Our ssh master to host ended on a connection error, or host's
+        sshd does not answer on it: this connection there is likely stuck
+        the same way. Closed (from any thread), a command waiting on it
+        raises and goes to the next node."""
         self.failed(host)
         self._logins.abort(host)
 

@@ -168,14 +168,17 @@ class Router:
         telling.add_done_callback(self._telling.discard)
         self._on_lost()
 
-    async def check_path(self, route: Route) -> None:
-        """After a failed probe: did the path through the login node fail,
-        or the job? A lost master says so; a live one is asked to run a
-        command. A frozen sshd keeps our master up for 3 keep-alives (30 s
-        by default), and recovery went to login1 again, a command waiting
-        15 s there for a channel. A job that ended (scancel, its time
-        limit) leaves the login node where it was."""
-        tunnel = route.tunnel
+    async def check_paths(self, failed: list[Route]) -> None:
+        """After failed probes (the routes dropped already): did the path
+        through a login node fail, or the job? A lost master says so; a
+        live one is asked (Tunnel.answers), each at once. A frozen sshd
+        keeps our master up for 3 keep-alives (30 s by default), and
+        recovery went to login1 again, a command waiting 15 s there for a
+        channel. A job that ended (scancel, its time limit) leaves the
+        login node where it was."""
+        await asyncio.gather(*(self._check(t) for t in {r.tunnel for r in failed}))
+
+    async def _check(self, tunnel: Tunnel) -> None:
         if tunnel.lost:
             self.site.failed(tunnel.login)
         elif tunnel.alive and not await tunnel.answers():

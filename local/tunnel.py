@@ -28,9 +28,13 @@ START_TIMEOUT = 30.0
 # the master (sandbox, GET /health). Any command will do; it runs once per
 # master, in the background.
 NODELAY_COMMAND = "true"
-# After a failed probe, how long the login node has to run that command for
-# us (Tunnel.answers). It only decides which login node goes first, and a
-# session through a running master needs no new connection or key exchange.
+# After a failed probe, does the login node's sshd still answer us
+# (Tunnel.answers)? A stdio forward to a closed port is refused at once and
+# starts no session: no PAM, no shell reading a ~/.bashrc that loads
+# modules from a network home (a command did, and a slow one would have
+# sent a healthy node's next route to the fallback). A frozen sshd answers
+# nothing. The bound only decides which login node goes first.
+ANSWER_ADDRESS = "127.0.0.1:1"
 ANSWER_TIMEOUT = 5.0
 
 
@@ -181,21 +185,22 @@ class Tunnel:
         """One command through the master, for sshd's TCP_NODELAY (above).
         A site that refuses sessions (a forwarding-only key) costs nothing
         but the 40 ms stalls."""
-        code = await self._command(START_TIMEOUT)
+        code = await self._through(START_TIMEOUT, self.login, NODELAY_COMMAND)
         if code != 0:
             log.info("tunnel=%s session=refused code=%s nodelay=no", self.login, code)
 
     async def answers(self) -> bool:
         """Whether the login node's sshd still answers us on this master:
-        a session within ANSWER_TIMEOUT, refused or not. A frozen one
-        answers nothing, while our master waits out its keep-alives."""
-        return await self._command(ANSWER_TIMEOUT) is not None
+        the forward to ANSWER_ADDRESS refused (or, unlikely, made) within
+        ANSWER_TIMEOUT. A frozen one answers nothing, while our master
+        waits out its keep-alives."""
+        return await self._through(ANSWER_TIMEOUT, "-W", ANSWER_ADDRESS, self.login) is not None
 
-    async def _command(self, seconds: float) -> int | None:
-        """NODELAY_COMMAND through the master: its exit code, or None when
+    async def _through(self, seconds: float, *request: str) -> int | None:
+        """ssh with request through the master: its exit code, or None when
         it did not end within seconds."""
         proc = await asyncio.create_subprocess_exec(
-            *self._base, "-S", str(self.control), self.login, NODELAY_COMMAND,
+            *self._base, "-S", str(self.control), *request,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         try:

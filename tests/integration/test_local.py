@@ -261,6 +261,31 @@ def test_a_command_caught_on_a_frozen_login_node_ends_with_the_tunnel_there(
         assert (result.host, result.stdout.strip()) == ("login2", "login2"), result
 
 
+def test_a_login_node_whose_sshd_froze_does_not_answer_through_our_master(cluster, faults):
+    """Tunnel.answers, which decides after a failed probe whether the login
+    node goes last: yes from a live sshd, no from a frozen one, while the
+    master itself is still up (its keep-alive, 3 x 10 s, has not given up)."""
+    options = site_options(cluster, heartbeat_time=10.0)
+    runtime = Path(tempfile.mkdtemp(prefix="spl-", dir="/tmp"))
+
+    async def asked():
+        tunnel = Tunnel(options, "login1", control_socket(runtime, 0))
+        await tunnel.start()
+        try:
+            started = time.monotonic()
+            before = await tunnel.answers()
+            print(f"answered in {time.monotonic() - started:.3f} s")
+            await asyncio.to_thread(faults.freeze, "login1", user_sshd("alice"))
+            return before, await tunnel.answers(), tunnel.alive
+        finally:
+            await tunnel.close()
+    try:
+        result = then_mended(faults, lambda: asyncio.run(asked()))
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert result == (True, False, True)
+
+
 def test_a_switch_drops_the_old_forward(start_up, alice):
     up = start_up("switch")
     up.wait_serving()

@@ -125,7 +125,8 @@ class FakeRouter:
 
     route = Router.route
     pick = Router.pick
-    check_path = Router.check_path
+    check_paths = Router.check_paths
+    _check = Router._check
     _site_lost = Router._site_lost
 
     async def candidate(self, target, session):
@@ -208,7 +209,8 @@ async def test_a_lost_tunnel_puts_its_login_node_last(make):
     fwd = make(chain, answering={"7"})
     lost = FakeRoute(record("7"), login="login1", lost=True)
     fwd.router.routes[0] = lost
-    await fwd._drop(lost)  # its probe failed
+    fwd._drop(lost)  # its probe failed
+    await fwd.router.check_paths([lost])
     await recover(fwd)
     assert chain.site.failed_logins == ["login1"] and fwd.router.taken == ["7"]
 
@@ -223,11 +225,13 @@ async def test_a_failed_probe_asks_the_login_node_itself(make):
     job_ended, frozen = FakeRoute(record("7"), login="login2"), FakeRoute(record("7"))
     job_ended.suspect = True
     frozen.tunnel.answering = False
-    for route in (job_ended, frozen):
-        fwd.router.routes[0] = route
-        await fwd._drop(route)  # its probe failed
+    job_ended.endpoint = record("8", slot=1)
+    fwd.router.routes = {0: frozen, 1: job_ended}
+    for route in (job_ended, frozen):  # their probes failed
+        fwd._drop(route)
+    assert not fwd.router.routes and not fwd.healthy.is_set()  # before any is asked
+    await fwd.router.check_paths([job_ended, frozen])
     assert (chain.site.failed_logins, chain.site.lost_logins) == ([], ["login1"])
-    assert not fwd.router.routes and not fwd.healthy.is_set()
 
 
 async def test_never_served_gives_up_after_its_attempts_but_served_once_never_does(make):
@@ -256,7 +260,7 @@ async def test_a_later_job_serving_is_taken_while_the_current_one_still_answers(
     fwd.router.routes[0] = FakeRoute(record("7"))
 
     async def look():
-        return await fwd.handover.later_serving({0: fwd.route.endpoint})
+        return await fwd.handover.later_serving({0: fwd.router.route.endpoint})
     assert [e.job_id for e in await look()] == ["8"]  # 7 is gone from SLURM: NODE_FAIL
     chain.job_list = [running("7")]
     assert (await look()) == []  # 8's record serves, SLURM runs no 8: asked once
@@ -412,7 +416,7 @@ async def test_a_new_job_after_a_failed_probe_is_a_switch_not_a_first_serving(ma
     chain = FakeChain([running("7")], [record("7")])
     fwd = make(chain, answering={"7", "8"})
     await recover(fwd)
-    await fwd._drop(fwd.router.routes[0])  # 7 scancelled: its probe failed
+    fwd._drop(fwd.router.routes[0])  # 7 scancelled: its probe failed
     chain.job_list, chain.records = [running("8")], {"8": record("8")}
     await recover(fwd)
     assert fwd.router.taken == ["7", "8"] and fwd.status.switches == 1
