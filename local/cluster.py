@@ -118,10 +118,11 @@ class Chain:
             self._user = self.site.run(["id", "-un"]).stdout.strip()
         return self.run_slurm(slurm.squeue_argv(self._user, **query))
 
-    def run_slurm(self, argv: list[str]) -> Result:
-        """A SLURM command, counted, on the next login node when this one fails it."""
+    def run_slurm(self, argv: list[str], once: bool = False) -> Result:
+        """A SLURM command, counted, on the next login node when this one
+        fails it; once: see Site.run (sbatch)."""
         self.on_slurm()
-        return self.site.run(argv, elsewhere=_failed_here)
+        return self.site.run(argv, elsewhere=_failed_here, once=once)
 
     def home(self) -> Home | None:
         """Can jobs write in the service dir? None when the check could not run."""

@@ -107,7 +107,7 @@ def _probe(chain: Chain, options: Options, partition: str | None) -> list[Check]
     wrap = shlex.join(["python3", "-c", Path(probe.__file__).read_text(), token,
                        ",".join(options.login_nodes)])
     submitted = chain.site.run(slurm.wrap_argv("sp-doctor", f"{folder}/%j.out", 5, partition,
-                                               wrap))
+                                               wrap), once=True)
     try:
         job = slurm.parse_sbatch(submitted.returncode, submitted.stdout, submitted.stderr)
     except slurm.SlurmUnknown as exc:

@@ -159,7 +159,8 @@ class Launch:
         limit = _staggered(spec, text, ends)
         result = self.chain.run_slurm(slurm.sbatch_argv(spec, script=text, slot=slot, limit=limit,
                                                     exclude=exclude,
-                                                    reservations=self._reservations_ahead()))
+                                                    reservations=self._reservations_ahead()),
+                                     once=True)
         try:
             job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         except slurm.SlurmUnknown as exc:

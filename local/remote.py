@@ -30,7 +30,7 @@ from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from .config import Options
 from .host_keys import HostKeyUnknown
-from .logins import CONNECT_TIMEOUT, Logins
+from .logins import CONNECT_TIMEOUT, Logins, SentThenLost
 from .watchdog import Watchdog
 
 log = logging.getLogger("slurm_persist.remote")
@@ -73,17 +73,20 @@ class Site:
 
     def run(self, argv: Sequence[str], stdin: str | None = None,
             timeout: float = COMMAND_TIMEOUT,
-            elsewhere: Callable[[Result], bool] | None = None) -> Result:
+            elsewhere: Callable[[Result], bool] | None = None, once: bool = False) -> Result:
         """Run argv (quoted here, once) on a login node; fail over on SSH errors.
         A command that outlives timeout comes back as exit status 124: SLURM
         commands hang for minutes when the controller is gone, and a caller
         must see "no answer", not wait. When elsewhere(result) says the node
         itself failed the command (its munged is dead, say), each other node
-        is tried once; if all fail so, the last answer is returned."""
+        is tried once; if all fail so, the last answer is returned. once: a
+        command that must not run twice (sbatch) comes back cut off (-1)
+        when the connection fails after its exec request went out, rather
+        than run again on the next node."""
         command = shlex.join(argv)
 
         def run_on(host: str) -> Result:
-            return self._run_on(host, command, stdin, timeout)
+            return self._run_on(host, command, stdin, timeout, once)
         result = self._on_any(run_on)
         tried = {result.host}
         while elsewhere is not None and elsewhere(result):
@@ -104,13 +107,20 @@ class Site:
     def run_at(self, host: str, argv: Sequence[str]) -> Result:
         """Run argv on this login node only: for what differs between them."""
         command = shlex.join(argv)
-        return self._on_hosts([host], lambda h: self._run_on(h, command, None, COMMAND_TIMEOUT))
+        return self._on_hosts([host], lambda h: self._run_on(h, command, None, COMMAND_TIMEOUT,
+                                                             False))
 
     def stream(self, argv: Sequence[str]) -> int:
         """Run argv with its output shown as it comes (logs --follow)."""
         command = shlex.join(argv)
-        return self._on_any(lambda host: self._connection(host).run(
-            command, hide=False, warn=True, pty=False, in_stream=False).exited)
+
+        def follow(host: str) -> int:
+            try:
+                return self._connection(host).run(command, hide=False, warn=True, pty=False,
+                                                  in_stream=False).exited
+            except SentThenLost as exc:  # it only shows: safe to show again from the next node
+                raise ConnectionError(str(exc)) from exc
+        return self._on_any(follow)
 
     def put(self, local: Path, remote: str, mode: int) -> None:
         """Upload beside the target, then rename: a job never reads half a file."""
@@ -183,6 +193,7 @@ class Site:
             if attempt:
                 time.sleep(min(2 ** (attempt - 1), 10))
             for host in list(hosts):
+                started = time.monotonic()
                 try:
                     result = action(host)
                 except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -197,7 +208,10 @@ class Site:
                     if isinstance(exc, paramiko.AuthenticationException):
                         hosts.remove(host)  # retrying cannot fix a key
                     continue
-                self._failed.pop(host, None)
+                if self._failed.get(host, started) < started:
+                    # An answer clears an older failure, not one told meanwhile
+                    # (a cut-off command, Site.lost from the forwarder).
+                    self._failed.pop(host, None)
                 return result
             if not hosts:
                 break
@@ -207,9 +221,10 @@ class Site:
         self._logins.close()
         self.current = None
 
-    def _run_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
+    def _run_on(self, host: str, command: str, stdin: str | None, timeout: float,
+                once: bool) -> Result:
         with self._watched(f"{command[:100]} on {host}", host, timeout):
-            return self._command_on(host, command, stdin, timeout)
+            return self._command_on(host, command, stdin, timeout, once)
 
     def _watched(self, what: str, host: str, timeout: float):
         # The watchdog's bound: a healthy path's worst case twice over, each
@@ -217,11 +232,13 @@ class Site:
         # authentication, the hop's channel, the node's banner and
         # authentication, the command's channel: 7 x CONNECT_TIMEOUT with one
         # key) and the command. Past it, the node's connection is closed: the
-        # wait raises, and the command goes to the next node.
+        # wait raises, and the command goes to the next node (or comes back
+        # cut off, once its exec request went out, when it must run once).
         return self.watchdog.watch(what, 14 * CONNECT_TIMEOUT + 2 * timeout,
                                    unstick=lambda: self._logins.abort(host))
 
-    def _command_on(self, host: str, command: str, stdin: str | None, timeout: float) -> Result:
+    def _command_on(self, host: str, command: str, stdin: str | None, timeout: float,
+                    once: bool) -> Result:
         conn = self._connection(host)
         try:
             out = conn.run(command, hide=True, warn=True, in_stream=_stream(stdin),
@@ -231,14 +248,22 @@ class Site:
         except CommandTimedOut:
             self._drop(host)  # the channel may still carry the hung command
             return Result(124, "", f"{argv0(command)} did not answer within {timeout:.0f} s", host)
+        except SentThenLost as exc:
+            if not once:  # it may run there too; harmless for this one: the next node
+                raise ConnectionError(str(exc)) from exc
+            return self._cut_off(host, command, "")
         if out.exited == -1:
-            # No exit status: the connection died mid-command. Not retried
-            # here: an sbatch cut off like this may still have gone through.
-            self._drop(host)
-            self.failed(host)
-            return Result(-1, out.stdout, f"the connection to {host} closed before "
-                          f"{argv0(command)} ended", host)
+            return self._cut_off(host, command, out.stdout)
         return Result(out.exited, out.stdout, out.stderr, host)
+
+    def _cut_off(self, host: str, command: str, stdout: str) -> Result:
+        """No exit status: the connection died once the command was asked
+        for. Not retried here: an sbatch cut off like this may still have
+        gone through."""
+        self._drop(host)
+        self.failed(host)
+        return Result(-1, stdout, f"the connection to {host} closed before "
+                      f"{argv0(command)} ended", host)
 
     def _connection(self, host: str) -> Connection:
         conn = self._logins.get(host)

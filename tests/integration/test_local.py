@@ -211,16 +211,26 @@ def test_an_sftp_start_caught_where_paramiko_waits_for_ever_goes_to_the_next_nod
         alice.run(f"rm -f {target} {target}.partial-*", check=False)
 
 
-@pytest.mark.parametrize("caught", ["opening-its-channel", "running"])
+@pytest.mark.parametrize("caught", ["opening-its-channel", "sending-its-request", "running"])
 def test_a_command_caught_on_a_frozen_login_node_ends_with_the_tunnel_there(
         cluster, faults, monkeypatch, caught):
-    """Our sshd processes on login1 stop, with a command there either
-    waiting for its channel or running. The ssh master to login1 (keep-alive
-    every 2 s, 3 missed) ends on it, and takes the command's connection
-    with it: the command comes back, on login2 or as cut off, where its own
-    bounds (raised to 600 s here) would have held it. Seen in the forwarder:
-    a record read caught so held the heartbeat 30 s behind a dead route."""
+    """Our sshd processes on login1 stop, with a command there waiting for
+    its channel, waiting for the answer to its exec request, or running.
+    The ssh master to login1 (keep-alive every 2 s, 3 missed) ends on it,
+    and takes the command's connection with it: the command comes back, on
+    login2 or as cut off, where its own bounds (raised to 600 s here) would
+    have held it. Seen in the forwarder: a record read caught so held the
+    heartbeat 30 s behind a dead route. Once its request is sent, a command
+    that must run once is not run again on login2: the frozen sshd may
+    still read it (an sbatch would run twice)."""
     monkeypatch.setattr(logins, "CONNECT_TIMEOUT", 600)
+    exec_command = paramiko.Channel.exec_command
+
+    def stopped_first(channel, command):
+        if "ran-once" in command:
+            faults.freeze("login1", user_sshd("alice"))
+        return exec_command(channel, command)
+    monkeypatch.setattr(paramiko.Channel, "exec_command", stopped_first)
     options = site_options(cluster)
     site = Site(options)
     lost: list[str] = []
@@ -242,6 +252,9 @@ def test_a_command_caught_on_a_frozen_login_node_ends_with_the_tunnel_there(
                     "login1", "pgrep", "-u", "alice", "-f", "sleep 40", check=False
                 ) is not None, every=0.2)
                 await asyncio.to_thread(faults.freeze, "login1", user_sshd("alice"))
+            elif caught == "sending-its-request":
+                command = asyncio.ensure_future(asyncio.to_thread(
+                    site.run, ["sh", "-c", "touch /tmp/ran-once-$(hostname)"], once=True))
             else:
                 await asyncio.to_thread(faults.freeze, "login1", user_sshd("alice"))
                 command = asyncio.ensure_future(asyncio.to_thread(site.run, ["hostname"]))
@@ -254,9 +267,12 @@ def test_a_command_caught_on_a_frozen_login_node_ends_with_the_tunnel_there(
         site.close()
         shutil.rmtree(runtime, ignore_errors=True)
         cluster.exec("login1", "pkill", "-u", "alice", "-f", "sleep 40", check=False)
+        ran_on_login2 = cluster.exec("login2", "ls", "/tmp/ran-once-login2", check=False)
+        for login in ("login1", "login2"):
+            cluster.exec(login, "rm", "-f", f"/tmp/ran-once-{login}", check=False)
     assert lost == ["login1"]
-    if caught == "running":  # cut off, not run again elsewhere: it may have done its work
-        assert (result.host, result.returncode) == ("login1", -1), result
+    if caught != "opening-its-channel":  # cut off, not run again: it may have done its work
+        assert (result.host, result.returncode, ran_on_login2) == ("login1", -1, None), result
     else:
         assert (result.host, result.stdout.strip()) == ("login2", "login2"), result
 

@@ -123,7 +123,7 @@ MUNGE = "squeue: error: Munge encode failed: (Did you start munged?)\nProtocol a
 
 def answers(site, monkeypatch, said: dict, tried: list):
     """Each login node answers a command as said names it (exit status, stderr)."""
-    def run_on(host, command, stdin, timeout):
+    def run_on(host, command, stdin, timeout, once):
         tried.append(host)
         returncode, stderr = said[host]
         return remote.Result(returncode, "" if returncode else "12|...", stderr, host)
@@ -177,3 +177,56 @@ def test_a_transport_dying_under_a_closing_channel_prints_no_traceback():
     assert printed == []
     hook(ZeroDivisionError, threading.Thread())  # any other thread's error still prints
     assert len(printed) == 1
+
+
+
+class Unanswered:
+    """A channel whose exec request fails; the connection under it alive or not."""
+
+    def __init__(self, connected: bool):
+        self.transport = type("Transport", (), {"is_active": lambda _: connected})()
+
+    def get_transport(self):
+        return self.transport
+
+    def exec_command(self, command):
+        raise remote.paramiko.SSHException("Channel closed.")
+
+
+def test_a_connection_lost_once_the_exec_request_went_out_is_told_apart():
+    """The request may sit unread in a frozen sshd's socket and run when it
+    resumes. A refusal on a connection that stands ran nothing."""
+    runner = logins._Remote.__new__(logins._Remote)
+    runner.channel = Unanswered(connected=False)
+    with pytest.raises(logins.SentThenLost, match="Channel closed"):
+        runner.send_start_message("sbatch job.sh")
+    runner.channel = Unanswered(connected=True)
+    with pytest.raises(remote.paramiko.SSHException) as refused:
+        runner.send_start_message("sbatch job.sh")
+    assert not isinstance(refused.value, logins.SentThenLost)
+    # Every connection runs its commands so.
+    made = logins.Logins(Options(login_node="login1"))._make("login1", "alice")
+    assert isinstance(made._remote_runner(), logins._Remote)
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_only_a_command_that_must_run_once_comes_back_cut_off(site, monkeypatch, once):
+    """sbatch retried on the next node could run twice; a read is asked there."""
+    tried = []
+
+    class Sent:
+        is_connected = True
+
+        def run(self, command, **kwargs):
+            tried.append(command)
+            if len(tried) == 1:
+                raise logins.SentThenLost("Channel closed.")
+            return type("Out", (), {"exited": 0, "stdout": "12\n", "stderr": ""})()
+    monkeypatch.setattr(site._logins, "get", lambda host: Sent())
+    result = site.run(["sbatch", "job.sh"], once=once)
+    if once:
+        assert (result.host, result.returncode, len(tried)) == ("login1", -1, 1)
+        assert "closed before sbatch ended" in result.stderr
+    else:
+        assert (result.host, result.returncode, len(tried)) == ("login2", 0, 2)
+    assert site.order()[-1] == "login1"  # tried last for a while, either way

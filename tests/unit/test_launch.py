@@ -54,11 +54,12 @@ class FakeChain:
     def ended(self, job_id):
         return next((j for j in self.job_list if j.job_id == job_id), None)
 
-    def run_slurm(self, argv):
+    def run_slurm(self, argv, once=False):
         self.ran.append(argv)
         if argv[0] == "sinfo":
             return Result(0, self.idle, "", "login1")
         if "sbatch" in argv:
+            assert once, "an sbatch cut off and run again on the next node may run twice"
             if self.sbatch_rc:
                 return Result(self.sbatch_rc, "", "sbatch: error: timed out", "login1")
             self.next_id += 1

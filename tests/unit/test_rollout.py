@@ -43,8 +43,8 @@ class Records(FakeChain):
                 records[str(self.next_id)] = record(str(self.next_id), state)
         return Snapshot(ChainState(), records)
 
-    def run_slurm(self, argv):
-        result = super().run_slurm(argv)
+    def run_slurm(self, argv, once=False):
+        result = super().run_slurm(argv, once)
         if argv[0] == "scancel":  # drained or cancelled: gone from the queue
             gone = set(argv[1:])
             self.job_list = [j for j in self.job_list if j.job_id not in gone]

@@ -64,14 +64,15 @@ def test_a_site_command_is_watched_with_its_own_bound(monkeypatch):
     site.watchdog, stuck = recording()
     watched: list = []
 
-    def command_on(host, command, stdin, timeout):
+    def command_on(host, command, stdin, timeout, once):
         site.watchdog.check()
         watched.extend(site.watchdog.watching())
         return "done"
     monkeypatch.setattr(site, "_command_on", command_on)
     lock = LOCK_WAIT + COMMAND_TIMEOUT
-    assert site._run_on("login1", "squeue -h", None, COMMAND_TIMEOUT) == "done"
-    assert site._run_on("login1", "env A=1 python3 -m remote_agent lock", None, lock) == "done"
+    assert site._run_on("login1", "squeue -h", None, COMMAND_TIMEOUT, False) == "done"
+    assert site._run_on("login1", "env A=1 python3 -m remote_agent lock", None, lock,
+                        False) == "done"
     assert watched == [("squeue -h on login1", 210 + 2 * COMMAND_TIMEOUT),
                        ("env A=1 python3 -m remote_agent lock on login1", 210 + 2 * lock)]
     assert site.watchdog.watching() == [] and stuck == []
