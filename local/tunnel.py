@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,15 @@ NODELAY_COMMAND = "true"
 # nothing. The bound only decides which login node goes first.
 ANSWER_ADDRESS = "127.0.0.1:1"
 ANSWER_TIMEOUT = 5.0
+# Ctrl-C on a foreground `up` reaches its whole process group: each master
+# ended on it with its 255 and logged `state=lost` while the forwarder
+# closed. ssh keeps an inherited SIG_IGN for SIGINT (clientloop.c; SIGHUP
+# and SIGTERM still end it), so a master ends when the forwarder ends it.
+# Set in an exec wrapper: libuv (uvloop) resets every signal to SIG_DFL in
+# the child after any preexec_fn.
+WITHOUT_SIGINT = [sys.executable, "-I", "-S", "-c", "import os, signal, sys; "
+                  "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                  "os.execvp(sys.argv[1], sys.argv[1:])"]
 
 
 class TunnelError(RuntimeError):
@@ -144,7 +154,7 @@ class Tunnel:
             self.control.unlink()
         alive = max(2, int(self.options.heartbeat_time))
         self._proc = await asyncio.create_subprocess_exec(
-            *base, "-M", "-S", str(self.control), "-N",
+            *WITHOUT_SIGINT, *base, "-M", "-S", str(self.control), "-N",
             "-o", "ControlPersist=no", "-o", f"ServerAliveInterval={alive}",
             "-o", "ServerAliveCountMax=3", "-o", "ExitOnForwardFailure=yes",
             "-o", f"ConnectTimeout={int(START_TIMEOUT)}", self.login,

@@ -302,6 +302,30 @@ def test_a_login_node_whose_sshd_froze_does_not_answer_through_our_master(cluste
     assert result == (True, False, True)
 
 
+def test_ctrl_c_on_a_foreground_up_ends_it_and_its_masters_quietly(cluster, tmp_path):
+    """A terminal's Ctrl-C reaches its whole foreground process group, the
+    ssh masters too: each ended on it and logged `state=lost` while the
+    forwarder closed. They are the forwarder's to end, and none is left."""
+    port, log = free_port(), tmp_path / "up.log"
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / f"slurm-persist-{os.getuid()}" / "ctrlc"
+    proc = subprocess.Popen([BIN, *up_args(cluster, "ctrlc", port)], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # its own group, as in a terminal
+    try:
+        wait_for("ctrlc serving", lambda: answers(port) or proc.poll() is not None, timeout=120)
+        assert ssh_masters(runtime), log.read_text()
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        left = ssh_masters(runtime)  # before down, which would end them
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cli("down", *site_args(cluster, "ctrlc"))
+    text = log.read_text()
+    assert "state=lost" not in text and "state=forwarder-stopped" in text, text
+    assert left == {}
+
+
 def test_a_switch_drops_the_old_forward(start_up, alice):
     up = start_up("switch")
     up.wait_serving()
