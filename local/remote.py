@@ -79,10 +79,10 @@ class Site:
         commands hang for minutes when the controller is gone, and a caller
         must see "no answer", not wait. When elsewhere(result) says the node
         itself failed the command (its munged is dead, say), each other node
-        is tried once; if all fail so, the last answer is returned. once: a
-        command that must not run twice (sbatch) comes back cut off (-1)
-        when the connection fails after its exec request went out, rather
-        than run again on the next node."""
+        is tried once; if all fail so, the last answer is returned. A
+        command whose connection fails after its exec request went out is
+        run again on the next node, unless once: one that must not run twice
+        (sbatch) comes back cut off (-1)."""
         command = shlex.join(argv)
 
         def run_on(host: str) -> Result:
@@ -248,22 +248,23 @@ class Site:
         except CommandTimedOut:
             self._drop(host)  # the channel may still carry the hung command
             return Result(124, "", f"{argv0(command)} did not answer within {timeout:.0f} s", host)
-        except SentThenLost as exc:
-            if not once:  # it may run there too; harmless for this one: the next node
-                raise ConnectionError(str(exc)) from exc
-            return self._cut_off(host, command, "")
+        except SentThenLost:
+            return self._cut_off(host, command, "", once)
         if out.exited == -1:
-            return self._cut_off(host, command, out.stdout)
+            return self._cut_off(host, command, out.stdout, once)
         return Result(out.exited, out.stdout, out.stderr, host)
 
-    def _cut_off(self, host: str, command: str, stdout: str) -> Result:
+    def _cut_off(self, host: str, command: str, stdout: str, once: bool) -> Result:
         """No exit status: the connection died once the command was asked
-        for. Not retried here: an sbatch cut off like this may still have
-        gone through."""
+        for, so it may have run there, or may still (a frozen sshd reads the
+        request when it resumes). One that must run once (an sbatch) comes
+        back so; any other is run on the next node."""
+        said = f"the connection to {host} closed before {argv0(command)} ended"
+        if not once:
+            raise ConnectionError(said)
         self._drop(host)
         self.failed(host)
-        return Result(-1, stdout, f"the connection to {host} closed before "
-                      f"{argv0(command)} ended", host)
+        return Result(-1, stdout, said, host)
 
     def _connection(self, host: str) -> Connection:
         conn = self._logins.get(host)

@@ -73,7 +73,8 @@ def authorize(site: Site, path: str, public: str) -> None:
     line = f"{KEY_OPTIONS} {public}\n"
     if text and not text.endswith("\n"):
         line = "\n" + line  # or it would run on from the file's last key
-    _check(site.run(["tee", "-a", path], stdin=line), f"adding the key to {path}")
+    # once: appended twice, the key would be listed twice.
+    _check(site.run(["tee", "-a", path], stdin=line, once=True), f"adding the key to {path}")
     log.info("reverse=key-authorized file=%s", path)
 
 

@@ -30,6 +30,8 @@ def acquire(service_dir: Path, owner: str, wait: float) -> bool:
         try:
             os.mkdir(str(path), 0o700)
         except FileExistsError:
+            if _holder(path) == owner:  # asked again: its first answer was cut off
+                return True
             _break_if_stale(path)
         else:
             (path / "owner").write_text(owner)
@@ -49,10 +51,7 @@ def _break_if_stale(path: Path) -> None:
         age = time.time() - path.stat().st_mtime
     except OSError:
         return
-    try:
-        holder = (path / "owner").read_text()
-    except OSError:  # died (or the home was full) between mkdir and writing it
-        holder = "unknown"
+    holder = _holder(path)
     if age <= STALE:
         return
     try:
@@ -65,6 +64,13 @@ def _break_if_stale(path: Path) -> None:
                 shutil.rmtree(str(aside), ignore_errors=True)
         except OSError:
             pass
+
+
+def _holder(path: Path) -> str:
+    try:
+        return (path / "owner").read_text()
+    except OSError:  # died (or the home was full) between mkdir and writing it
+        return "unknown"
 
 
 def _plain(owner: str) -> str:

@@ -210,18 +210,24 @@ def test_a_connection_lost_once_the_exec_request_went_out_is_told_apart():
 
 
 @pytest.mark.parametrize("once", [True, False])
-def test_only_a_command_that_must_run_once_comes_back_cut_off(site, monkeypatch, once):
-    """sbatch retried on the next node could run twice; a read is asked there."""
+@pytest.mark.parametrize("lost", ["after-its-request", "while-it-ran"])
+def test_only_a_command_that_must_run_once_comes_back_cut_off(site, monkeypatch, once, lost):
+    """sbatch run again on the next node could run twice; a read is asked there."""
     tried = []
+
+    def out(exited):
+        return type("Out", (), {"exited": exited, "stdout": "12\n", "stderr": ""})()
 
     class Sent:
         is_connected = True
 
         def run(self, command, **kwargs):
             tried.append(command)
-            if len(tried) == 1:
+            if len(tried) > 1:
+                return out(0)
+            if lost == "after-its-request":
                 raise logins.SentThenLost("Channel closed.")
-            return type("Out", (), {"exited": 0, "stdout": "12\n", "stderr": ""})()
+            return out(-1)  # Fabric's status for a channel closed without one
     monkeypatch.setattr(site._logins, "get", lambda host: Sent())
     result = site.run(["sbatch", "job.sh"], once=once)
     if once:

@@ -66,3 +66,11 @@ def test_a_lock_its_holder_never_named_is_broken_once_stale(tmp_path):
     old = time.time() - lock.STALE - 1
     os.utime(tmp_path / lock.LOCK, (old, old))
     assert lock.acquire(tmp_path, "next", wait=1)
+
+
+def test_its_holder_asking_again_has_it_and_no_one_else(tmp_path):
+    """Its first answer cut off, `up` asks again on the next login node."""
+    assert lock.acquire(tmp_path, "a", wait=0)
+    assert lock.acquire(tmp_path, "a", wait=0)
+    assert not lock.acquire(tmp_path, "b", wait=0)
+    assert lock.release(tmp_path, "a") and lock.acquire(tmp_path, "b", wait=0)
