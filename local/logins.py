@@ -11,8 +11,8 @@ import threading
 
 import paramiko
 from fabric import Config, Connection
-from fabric.runners import Remote
 
+from .commands import Runner
 from .config import Options
 from .host_keys import check_host_keys
 
@@ -33,36 +33,6 @@ def _dead_transport(args: threading.ExceptHookArgs, default=threading.excepthook
 
 
 threading.excepthook = _dead_transport
-
-
-class SentThenLost(Exception):
-    """The connection failed after the command's exec request went out: the
-    command may run there all the same (an sshd frozen with the request in
-    its socket reads it when it resumes), so it must not be run on another
-    login node too. Not an OSError: Site's failover must not catch it."""
-
-
-class _Remote(Remote):
-    """Fabric's runner, telling a connection lost after the exec request was
-    sent from a failure before it (opening the channel) or a refusal (sshd
-    answered, say its fork failed at the user's process limit): those two
-    are safe to retry elsewhere."""
-
-    def send_start_message(self, command):
-        try:
-            super().send_start_message(command)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            if self.channel.get_transport().is_active():
-                raise  # the connection stands: sshd refused the request
-            raise SentThenLost(str(exc) or type(exc).__name__) from exc
-
-    def stop(self):
-        # Closing the channel of a connection that just died may raise too
-        # (EOFError from the socket); that must not hide SentThenLost.
-        try:
-            super().stop()
-        except (OSError, EOFError, paramiko.SSHException):
-            log.debug("ssh=channel-close-failed")
 
 
 class Logins:
@@ -132,7 +102,7 @@ class Logins:
 
     def _make(self, host: str, user: str | None, gateway=None) -> Connection:
         paths = {"runtime_ssh_path": self.options.ssh_config} if self.options.ssh_config else {}
-        config = Config(overrides={"runners": {"remote": _Remote}}, **paths)
+        config = Config(overrides={"runners": {"remote": Runner}}, **paths)
         conn = Connection(host, user=user, gateway=gateway, config=config,
                           connect_timeout=CONNECT_TIMEOUT,
                           connect_kwargs={"allow_agent": True, "banner_timeout": CONNECT_TIMEOUT,

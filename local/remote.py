@@ -13,12 +13,10 @@ always refused.
 
 from __future__ import annotations
 
-import io
 import logging
 import shlex
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +24,12 @@ from typing import TypeVar
 
 import paramiko
 from fabric import Connection
-from invoke.exceptions import CommandTimedOut, UnexpectedExit
+from invoke.exceptions import CommandTimedOut
 
+from .commands import Lost, SentThenLost, execute, send_file
 from .config import Options
 from .host_keys import HostKeyUnknown
-from .logins import CONNECT_TIMEOUT, Logins, SentThenLost
+from .logins import CONNECT_TIMEOUT, Logins
 from .watchdog import Watchdog
 
 log = logging.getLogger("slurm_persist.remote")
@@ -107,8 +106,7 @@ class Site:
     def run_at(self, host: str, argv: Sequence[str]) -> Result:
         """Run argv on this login node only: for what differs between them."""
         command = shlex.join(argv)
-        return self._on_hosts([host], lambda h: self._run_on(h, command, None, COMMAND_TIMEOUT,
-                                                             False))
+        return self._on_hosts([host], lambda h: self._run_on(h, command, None, COMMAND_TIMEOUT))
 
     def stream(self, argv: Sequence[str]) -> int:
         """Run argv with its output shown as it comes (logs --follow)."""
@@ -129,14 +127,7 @@ class Site:
             # answer and its version: the watchdog's bound, as a command's.
             with self._watched(f"sftp to {host}", host, COMMAND_TIMEOUT):
                 sftp = self._connection(host).sftp()
-            # Else a reply never comes from an sshd stopped mid-session (a
-            # deploy waited past 120 s); socket.timeout moves to the next node.
-            sftp.get_channel().settimeout(COMMAND_TIMEOUT)
-            # Its own name: two `up`s may deploy the same file at once.
-            partial = f"{remote}.partial-{uuid.uuid4().hex[:12]}"
-            sftp.put(str(local), partial)
-            sftp.chmod(partial, mode)
-            sftp.posix_rename(partial, remote)
+            send_file(sftp, local, remote, mode, COMMAND_TIMEOUT)
         self._on_any(upload)
 
     def put_text(self, text: str, remote: str, mode: int) -> None:
@@ -222,7 +213,7 @@ class Site:
         self.current = None
 
     def _run_on(self, host: str, command: str, stdin: str | None, timeout: float,
-                once: bool) -> Result:
+                once: bool = False) -> Result:
         with self._watched(f"{command[:100]} on {host}", host, timeout):
             return self._command_on(host, command, stdin, timeout, once)
 
@@ -239,32 +230,22 @@ class Site:
 
     def _command_on(self, host: str, command: str, stdin: str | None, timeout: float,
                     once: bool) -> Result:
-        conn = self._connection(host)
         try:
-            out = conn.run(command, hide=True, warn=True, in_stream=_stream(stdin),
-                           timeout=timeout)
-        except UnexpectedExit as exc:  # pragma: no cover - warn=True avoids it
-            out = exc.result
+            out = execute(self._connection(host), command, stdin, timeout)
         except CommandTimedOut:
             self._drop(host)  # the channel may still carry the hung command
             return Result(124, "", f"{argv0(command)} did not answer within {timeout:.0f} s", host)
-        except SentThenLost:
-            return self._cut_off(host, command, "", once)
+        except Lost as lost:
+            said = f"the connection to {host} closed before {argv0(command)} ended"
+            if not once:  # it may have run there: harmless for this one, the next node
+                raise ConnectionError(said) from None
+            self._drop(host)
+            self.failed(host)
+            return Result(-1, lost.stdout, said, host)
         if out.exited == -1:
-            return self._cut_off(host, command, out.stdout, once)
+            return Result(-1, out.stdout, f"{argv0(command)} on {host} ended without an exit "
+                          "status (a signal?)", host)
         return Result(out.exited, out.stdout, out.stderr, host)
-
-    def _cut_off(self, host: str, command: str, stdout: str, once: bool) -> Result:
-        """No exit status: the connection died once the command was asked
-        for, so it may have run there, or may still (a frozen sshd reads the
-        request when it resumes). One that must run once (an sbatch) comes
-        back so; any other is run on the next node."""
-        said = f"the connection to {host} closed before {argv0(command)} ended"
-        if not once:
-            raise ConnectionError(said)
-        self._drop(host)
-        self.failed(host)
-        return Result(-1, stdout, said, host)
 
     def _connection(self, host: str) -> Connection:
         conn = self._logins.get(host)
@@ -275,10 +256,6 @@ class Site:
         self._logins.drop(host)
         if self.current == host:
             self.current = None
-
-
-def _stream(stdin: str | None):
-    return io.StringIO(stdin) if stdin is not None else False
 
 
 def argv0(command: str) -> str:

@@ -142,11 +142,12 @@ async def forward(options: Options, sockets=None, supervisor: int = 0,
 
 
 def foreground(options: Options, sockets=None, supervisor: int = 0) -> int:
-    """Forward in this process until SIGINT/SIGTERM, or until there is
-    nothing to follow (the chain stopped, or never served). Sockets: a
-    supervisor's or systemd's (LISTEN_FDS), else bound here. SIGUSR1 writes
-    every thread's stack to stderr (the log, in a daemon): a forwarder that
-    stops saying anything can then say where it waits."""
+    """Forward in this process until SIGINT/SIGTERM (SIGHUP too, from a
+    terminal), or until there is nothing to follow (the chain stopped, or
+    never served). Sockets: a supervisor's or systemd's (LISTEN_FDS), else
+    bound here. SIGUSR1 writes every thread's stack to stderr (the log, in
+    a daemon): a forwarder that stops saying anything can then say where
+    it waits."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if not supervisor:
         daemon.write_pid(options.name)
@@ -172,7 +173,11 @@ async def _until_signal(options: Options, sockets, supervisor: int) -> None:
         stopping.set()
         task.cancel()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too, from a terminal: closing it must not kill the forwarder
+    # before it ends its ssh masters (in sessions of their own, local.tunnel).
+    # A daemon keeps ignoring it (local.daemon).
+    hangup = () if supervisor else (signal.SIGHUP,)
+    for sig in (signal.SIGINT, signal.SIGTERM, *hangup):
         loop.add_signal_handler(sig, stop)
     try:
         await task

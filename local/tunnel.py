@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import logging
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,15 +36,6 @@ NODELAY_COMMAND = "true"
 # nothing. The bound only decides which login node goes first.
 ANSWER_ADDRESS = "127.0.0.1:1"
 ANSWER_TIMEOUT = 5.0
-# Ctrl-C on a foreground `up` reaches its whole process group: each master
-# ended on it with its 255 and logged `state=lost` while the forwarder
-# closed. ssh keeps an inherited SIG_IGN for SIGINT (clientloop.c; SIGHUP
-# and SIGTERM still end it), so a master ends when the forwarder ends it.
-# Set in an exec wrapper: libuv (uvloop) resets every signal to SIG_DFL in
-# the child after any preexec_fn.
-WITHOUT_SIGINT = [sys.executable, "-I", "-S", "-c", "import os, signal, sys; "
-                  "signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                  "os.execvp(sys.argv[1], sys.argv[1:])"]
 
 
 class TunnelError(RuntimeError):
@@ -153,13 +143,19 @@ class Tunnel:
         if self.control.exists():
             self.control.unlink()
         alive = max(2, int(self.options.heartbeat_time))
+        # A session of its own: Ctrl-C on a foreground `up` reached its whole
+        # process group, and each master (with a jumphost, also the mux
+        # client it proxies through, which sets its own SIGINT handler)
+        # ended on it and logged `state=lost` while the forwarder closed.
+        # The forwarder ends it (on SIGINT, SIGTERM, SIGHUP); a forwarder
+        # killed outright leaves it to local.leftovers.
         self._proc = await asyncio.create_subprocess_exec(
-            *WITHOUT_SIGINT, *base, "-M", "-S", str(self.control), "-N",
+            *base, "-M", "-S", str(self.control), "-N",
             "-o", "ControlPersist=no", "-o", f"ServerAliveInterval={alive}",
             "-o", "ServerAliveCountMax=3", "-o", "ExitOnForwardFailure=yes",
             "-o", f"ConnectTimeout={int(START_TIMEOUT)}", self.login,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
         deadline = asyncio.get_event_loop().time() + START_TIMEOUT
         while asyncio.get_event_loop().time() < deadline:
             if self._proc.returncode is not None:

@@ -303,10 +303,13 @@ def test_a_login_node_whose_sshd_froze_does_not_answer_through_our_master(cluste
     assert result == (True, False, True)
 
 
-def test_ctrl_c_on_a_foreground_up_ends_it_and_its_masters_quietly(cluster, tmp_path):
-    """A terminal's Ctrl-C reaches its whole foreground process group, the
-    ssh masters too: each ended on it and logged `state=lost` while the
-    forwarder closed. They are the forwarder's to end, and none is left."""
+@pytest.mark.parametrize("sent", ["SIGINT", "SIGHUP"])
+def test_a_terminal_ends_a_foreground_up_and_its_masters_quietly(cluster, tmp_path, sent):
+    """A terminal's Ctrl-C (SIGINT) reaches its whole foreground process
+    group, the ssh masters too (and the jumphost's mux client): each ended
+    on it and logged `state=lost` while the forwarder closed. Closing the
+    terminal (SIGHUP) killed the forwarder before it ended them. They are
+    the forwarder's to end, and none is left."""
     port, log = free_port(), tmp_path / "up.log"
     runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / f"slurm-persist-{os.getuid()}" / "ctrlc"
     proc = subprocess.Popen([BIN, *up_args(cluster, "ctrlc", port)], stdout=log.open("w"),
@@ -315,7 +318,7 @@ def test_ctrl_c_on_a_foreground_up_ends_it_and_its_masters_quietly(cluster, tmp_
     try:
         wait_for("ctrlc serving", lambda: answers(port) or proc.poll() is not None, timeout=120)
         assert ssh_masters(runtime), log.read_text()
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, getattr(signal, sent))
         assert proc.wait(timeout=30) == 0, log.read_text()
         left = ssh_masters(runtime)  # before down, which would end them
     finally:
