@@ -170,13 +170,16 @@ async def _until_signal(options: Options, sockets, supervisor: int) -> None:
     task = asyncio.ensure_future(forward(options, sockets, supervisor, stopping))
 
     def stop() -> None:
-        stopping.set()
-        task.cancel()
+        # Once: a closed terminal sends SIGHUP twice (the shell's, then the
+        # kernel's), and a second cancel cut the masters' closing short.
+        if not stopping.is_set():
+            stopping.set()
+            task.cancel()
     loop = asyncio.get_running_loop()
     # SIGHUP too, from a terminal: closing it must not kill the forwarder
     # before it ends its ssh masters (in sessions of their own, local.tunnel).
-    # A daemon keeps ignoring it (local.daemon).
-    hangup = () if supervisor else (signal.SIGHUP,)
+    # Ignored it stays ignored: a daemon (local.daemon), `nohup up &`.
+    hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
     for sig in (signal.SIGINT, signal.SIGTERM, *hangup):
         loop.add_signal_handler(sig, stop)
     try:

@@ -303,22 +303,29 @@ def test_a_login_node_whose_sshd_froze_does_not_answer_through_our_master(cluste
     assert result == (True, False, True)
 
 
-@pytest.mark.parametrize("sent", ["SIGINT", "SIGHUP"])
+@pytest.mark.parametrize("sent", ["SIGINT", "SIGHUP", "SIGHUP-under-nohup"])
 def test_a_terminal_ends_a_foreground_up_and_its_masters_quietly(cluster, tmp_path, sent):
     """A terminal's Ctrl-C (SIGINT) reaches its whole foreground process
     group, the ssh masters too (and the jumphost's mux client): each ended
     on it and logged `state=lost` while the forwarder closed. Closing the
     terminal (SIGHUP) killed the forwarder before it ended them. They are
-    the forwarder's to end, and none is left."""
+    the forwarder's to end, and none is left. Under nohup, SIGHUP is
+    ignored still: the forwarder serves on."""
     port, log = free_port(), tmp_path / "up.log"
     runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / f"slurm-persist-{os.getuid()}" / "ctrlc"
-    proc = subprocess.Popen([BIN, *up_args(cluster, "ctrlc", port)], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    nohup = ["nohup"] if sent.endswith("nohup") else []
+    proc = subprocess.Popen([*nohup, BIN, *up_args(cluster, "ctrlc", port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL,
                             start_new_session=True)  # its own group, as in a terminal
     try:
         wait_for("ctrlc serving", lambda: answers(port) or proc.poll() is not None, timeout=120)
         assert ssh_masters(runtime), log.read_text()
-        os.killpg(proc.pid, getattr(signal, sent))
+        os.killpg(proc.pid, signal.SIGHUP if sent.startswith("SIGHUP") else signal.SIGINT)
+        if nohup:
+            time.sleep(2)  # to act on it, were it not ignored
+            assert proc.poll() is None and answers(port), log.read_text()
+            os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=30) == 0, log.read_text()
         left = ssh_masters(runtime)  # before down, which would end them
     finally:
