@@ -17,7 +17,7 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 from fabric.runners import Remote
-from invoke.exceptions import UnexpectedExit
+from invoke.exceptions import ThreadException, UnexpectedExit
 
 log = logging.getLogger("slurm_persist.remote")
 
@@ -83,6 +83,10 @@ def execute(conn: Connection, command: str, stdin: str | None, timeout: float):
         out = exc.result
     except SentThenLost:
         raise Lost("") from None
+    except ThreadException:  # the writer of stdin, on a socket closed under it
+        if gone(conn.transport):
+            raise Lost("") from None
+        raise
     if out.exited == -1 and gone(conn.transport):
         raise Lost(out.stdout)
     return out

@@ -80,7 +80,7 @@ def connected(site, monkeypatch, first: str) -> list:
 
         def __init__(self, host):
             # dying: the channel closed before the transport knew (paramiko)
-            self.transport = Transport("dying" if first == "while-it-ran" else "live")
+            self.transport = Transport("live" if first == "signalled" else "dying")
 
         def run(self, command, **kwargs):
             tried.append(command)
@@ -88,13 +88,15 @@ def connected(site, monkeypatch, first: str) -> list:
                 return out(0)
             if first == "after-its-request":
                 raise commands.SentThenLost("Channel closed.")
+            if first == "writing-its-stdin":  # invoke's, for its writer thread's OSError
+                raise commands.ThreadException([])
             return out(-1)  # Fabric's status for a channel closed without one
     monkeypatch.setattr(site._logins, "get", Connection)
     return tried
 
 
 @pytest.mark.parametrize("once", [True, False])
-@pytest.mark.parametrize("lost", ["after-its-request", "while-it-ran"])
+@pytest.mark.parametrize("lost", ["after-its-request", "while-it-ran", "writing-its-stdin"])
 def test_only_a_command_that_must_run_once_comes_back_cut_off(site, monkeypatch, once, lost):
     """sbatch run again on the next node could run twice; a read is asked there."""
     tried = connected(site, monkeypatch, lost)
