@@ -21,10 +21,13 @@ from invoke.exceptions import ThreadException, UnexpectedExit
 
 log = logging.getLogger("slurm_persist.remote")
 
-# How long a closed channel's transport thread is given to end when its
-# connection died: paramiko closes the channels before it marks the
-# transport inactive, and a live connection's thread never ends. Paid only
-# when a channel closed without an exit status.
+# How long a transport's thread is given to end, to tell a dead connection
+# from a live one: paramiko closes the channels first and marks the
+# transport inactive after a few steps in memory (transport.py, its run
+# loop's end), while a live connection's thread never ends. Not measured: a
+# bound on what a live connection pays, only after a failure (a channel
+# closed without an exit status, a refused exec request, a failed stdin
+# writer).
 SETTLE = 0.5
 
 
@@ -60,8 +63,8 @@ class Runner(Remote):
         # (EOFError from the socket); that must not hide SentThenLost.
         try:
             super().stop()
-        except (OSError, EOFError, paramiko.SSHException):
-            log.debug("ssh=channel-close-failed")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            log.debug("ssh=channel-close-failed error=%r", str(exc))
 
 
 def gone(transport: paramiko.Transport | None) -> bool:

@@ -239,6 +239,7 @@ class Site:
             said = f"the connection to {host} closed before {argv0(command)} ended"
             if not once:  # it may have run there: harmless for this one, the next node
                 raise ConnectionError(said) from None
+            log.warning("login=%s state=cut-off command=%s", host, argv0(command))
             self._drop(host)
             self.failed(host)
             return Result(-1, lost.stdout, said, host)

@@ -40,8 +40,10 @@ def prepare(chain: Chain, spec: Spec) -> list[list[str]]:
     site, lay = chain.site, chain.layout
     site.run(["mkdir", "-p", "-m", "700", lay.reverse_dir, f"{lay.home}/.ssh"])
     if site.run(["test", "-f", spec.reverse_key]).returncode != 0:
+        # once: run again over a key it made, it waits at "Overwrite (y/n)?".
         _check(site.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                         "slurm-persist reverse mode", "-f", spec.reverse_key]), "ssh-keygen")
+                         "slurm-persist reverse mode", "-f", spec.reverse_key], once=True),
+               "ssh-keygen")
         log.info("reverse=key-made path=%s", spec.reverse_key)
     public = _check(site.run(["cat", f"{spec.reverse_key}.pub"]), "reading the key").strip()
     authorize(site, f"{lay.home}/.ssh/authorized_keys", public)

@@ -39,11 +39,7 @@ SIGNALLED = (CANCELLED, TIME_LIMIT_NEAR)
 
 class Agent:
     def __init__(self, spec: Spec, job_id: str, node: str, user: str, slot: int = 0):
-        self.spec = spec
-        self.job_id = job_id
-        self.slot = slot
-        self.node = node
-        self.user = user
+        self.spec, self.job_id, self.slot, self.node, self.user = spec, job_id, slot, node, user
         self.service_dir = spec.service_path
         self.secret = secrets.token_hex(16)
         self.events = Summariser(lambda line: self.say("%s", line))
@@ -209,8 +205,8 @@ class Agent:
     def _install_signals(self) -> None:
         loop = asyncio.get_event_loop()
         loop.add_signal_handler(signal.SIGUSR1, self._time_warning)
-        loop.add_signal_handler(signal.SIGTERM, self._finish, CANCELLED)
-        loop.add_signal_handler(signal.SIGINT, self._finish, CANCELLED)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._finish, CANCELLED)
 
     def _time_warning(self) -> None:
         """Without overlap, ending now lets the successor start before the

@@ -5,6 +5,9 @@ no chain and each started one (5 of 5 tries). "Find the chain, else submit
 one" is now done under this lock, from any laptop: a directory made with
 mkdir, which is atomic on local and NFS file systems alike. It names its
 holder; one older than STALE seconds (a holder that died) is broken.
+Its holder asking again has it (its first answer was cut off, and `up`
+asked on the next login node). A request left in a frozen login node's
+sshd may still take it after `up` released it: held then until STALE.
 """
 
 from __future__ import annotations

@@ -322,6 +322,9 @@ def test_a_terminal_ends_a_foreground_up_and_its_masters_quietly(cluster, tmp_pa
         wait_for("ctrlc serving", lambda: answers(port) or proc.poll() is not None, timeout=120)
         assert ssh_masters(runtime), log.read_text()
         os.killpg(proc.pid, signal.SIGHUP if sent.startswith("SIGHUP") else signal.SIGINT)
+        if sent == "SIGHUP":  # a closed terminal's second, the kernel's after the shell's
+            time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGHUP)
         if nohup:
             time.sleep(2)  # to act on it, were it not ignored
             assert proc.poll() is None and answers(port), log.read_text()
@@ -331,6 +334,7 @@ def test_a_terminal_ends_a_foreground_up_and_its_masters_quietly(cluster, tmp_pa
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         cli("down", *site_args(cluster, "ctrlc"))
     text = log.read_text()
     assert "state=lost" not in text and "state=forwarder-stopped" in text, text

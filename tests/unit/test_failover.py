@@ -177,4 +177,3 @@ def test_a_transport_dying_under_a_closing_channel_prints_no_traceback():
     assert printed == []
     hook(ZeroDivisionError, threading.Thread())  # any other thread's error still prints
     assert len(printed) == 1
-
