@@ -30,7 +30,7 @@ from .cluster import Chain
 from .config import ConfigError, Options, check_port_free
 from .deploy import deploy as deploy_files
 from .forwarder import ChainStopped, Forwarder, NeverServed
-from .remote import Site, Unreachable
+from .remote import HostKeyRefused, Site, Unreachable
 from .report import JobLine, Report, age, forwarder_line, local_url, maintenance, reason
 from .sandbox import JUMP_ALIAS, JUMP_USER, LOGIN_NODES, Sandbox
 from .status_file import read_status
@@ -232,6 +232,8 @@ def status(options: Options) -> Report:
     with connected(options) as chain:
         try:
             jobs = chain.jobs()
+        except HostKeyRefused:
+            raise  # someone in the middle, maybe: not a reason to ask login2 for the rest
         except (slurm.SlurmUnknown, Unreachable) as exc:  # Unreachable: squeue cut off on each
             said = " | ".join(str(exc).splitlines())  # one row, whatever SLURM printed
             jobs, chain_text = [], f"unknown ({said})"
