@@ -24,7 +24,6 @@ from remote_agent.slurm import capacity
 
 from .cluster import Chain
 from .config import Options
-from .launch import TIMED_OUT
 from .remote import Unreachable
 
 # A relay holds two descriptors a connection: under this, a few hundred clients fill a job.
@@ -112,10 +111,9 @@ def _probe(chain: Chain, options: Options, partition: str | None) -> list[Check]
     try:
         job = slurm.parse_sbatch(submitted.returncode, submitted.stdout, submitted.stderr)
     except slurm.SlurmUnknown as exc:
-        cut_off = submitted.returncode in (TIMED_OUT, -1)  # it may be queued all the same
         return [Check("a job runs", False, str(exc)[:200],
                       "sbatch gave no answer; a test job may be queued: squeue -n sp-doctor"
-                      if cut_off else "sbatch refused a 5-minute job")]
+                      if submitted.unanswered else "sbatch refused a 5-minute job")]
     try:
         return _read_probe(chain, options, f"{folder}/{job}.out", job)
     finally:

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slurm_persist.launch")
 
-# remote.Site's status for a command it cut off (as timeout(1) does).
-TIMED_OUT = 124
 # Replicas started together: how long to wait for one to get its node, so
 # the next keeps off it (on the sandbox a job starts 1-2 s after sbatch).
 SPREAD_WAIT = 10.0
@@ -164,7 +162,7 @@ class Launch:
         try:
             job_id = slurm.parse_sbatch(result.returncode, result.stdout, result.stderr)
         except slurm.SlurmUnknown as exc:
-            if result.returncode in (TIMED_OUT, -1):  # cut off: it may have gone through
+            if result.unanswered:  # it may have gone through
                 raise SubmitUnknown(str(exc)) from None
             raise
         log.info("service=%s job=%s slot=%d limit=%s exclude=%s state=chain-started",

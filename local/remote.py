@@ -37,6 +37,8 @@ log = logging.getLogger("slurm_persist.remote")
 # How long a login node that failed is tried only after the others.
 SUSPECT_SECONDS = 300.0
 COMMAND_TIMEOUT = 30
+# A command that did not answer in time, as timeout(1) says it.
+TIMED_OUT = 124
 T = TypeVar("T")
 
 
@@ -58,6 +60,11 @@ class Result:
     stdout: str
     stderr: str
     host: str
+
+    @property
+    def unanswered(self) -> bool:
+        """Timed out, or ended without a status: it may have done its work."""
+        return self.returncode in (TIMED_OUT, -1)
 
 
 class Site:
@@ -234,7 +241,8 @@ class Site:
             out = execute(self._connection(host), command, stdin, timeout)
         except CommandTimedOut:
             self._drop(host)  # the channel may still carry the hung command
-            return Result(124, "", f"{argv0(command)} did not answer within {timeout:.0f} s", host)
+            return Result(TIMED_OUT, "", f"{argv0(command)} did not answer within {timeout:.0f} s",
+                          host)
         except Lost as lost:
             said = f"the connection to {host} closed before {argv0(command)} ended"
             if not once:  # it may have run there: harmless for this one, the next node

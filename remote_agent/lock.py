@@ -83,10 +83,7 @@ def _plain(owner: str) -> str:
 def release(service_dir: Path, owner: str) -> bool:
     """Only the holder's own lock is removed (a broken one may be another's now)."""
     path = Path(service_dir) / LOCK
-    try:
-        if (path / "owner").read_text() != owner:
-            return False
-    except OSError:
+    if _holder(path) != owner:
         return False
     shutil.rmtree(str(path), ignore_errors=True)
     return True

@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from local import launch
 from local.config import Options
 from local.launch import Launch, SubmitUnknown
-from local.remote import ClusterError, Result
+from local.remote import TIMED_OUT, ClusterError, Result
 from remote_agent import slots
 from remote_agent.slurm import Job
 from remote_agent.spec import Spec
@@ -110,7 +109,7 @@ def test_fewer_replicas_cancel_the_slots_above(tmp_path):
 
 
 def test_an_sbatch_cut_off_keeps_the_lock(tmp_path):
-    chain = FakeChain(tmp_path, sbatch_rc=launch.TIMED_OUT)
+    chain = FakeChain(tmp_path, sbatch_rc=TIMED_OUT)
     with pytest.raises(SubmitUnknown):
         Launch(chain).ensure()
     assert chain.agent_calls == ["lock", "reset"]  # left to go stale: it may have gone through
